@@ -1,0 +1,29 @@
+/// @file config.hpp
+/// @brief Compile-time configuration of pemoe: the index type and the macros a user may define.
+///
+/// Configuration flows only through the `#ifndef`-defaulted macros of this file and through
+/// INTERFACE compile definitions on the `pemoe::pemoe` target (e.g. `PEMOE_WITH_OPENMP`).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace pemoe {
+
+/// Signed index type for sizes and loops; the same as Eigen's default `Eigen::Index`.
+using Index = std::ptrdiff_t;
+
+/// Number of threads pemoe's own loops and Eigen's GEMM use (1 without OpenMP).
+inline int max_threads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+}  // namespace pemoe

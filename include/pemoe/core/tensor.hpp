@@ -1,0 +1,79 @@
+/// @file tensor.hpp
+/// @brief Row-major matrix types and zero-copy views (`Eigen::Map`, `xt::adapt`) over pemoe's buffers.
+///
+/// Activations are row-major `(tokens, features)`, parameters are stored as PyTorch stores them
+/// (a linear weight is `(d_out, d_in)`). Every view here aliases memory; none copies.
+#pragma once
+
+#include <Eigen/Core>
+#include <cstddef>
+#include <string>
+#include <vector>
+#include <xtensor/xadapt.hpp>
+
+#include "pemoe/core/config.hpp"
+#include "pemoe/core/error.hpp"
+
+namespace pemoe {
+
+/// Row-major dynamic matrix, the storage of every activation in pemoe.
+template <class T>
+using Matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+/// Row vector (one token, or a bias).
+template <class T>
+using RowVector = Eigen::Matrix<T, 1, Eigen::Dynamic, Eigen::RowMajor>;
+/// Column vector.
+template <class T>
+using Vector = Eigen::Matrix<T, Eigen::Dynamic, 1>;
+/// Mutable row-major view over memory pemoe does not own.
+template <class T>
+using MatrixMap = Eigen::Map<Matrix<T>>;
+/// Read-only row-major view.
+template <class T>
+using ConstMatrixMap = Eigen::Map<const Matrix<T>>;
+/// Function argument for a read-only matrix: binds a `Matrix`, a `Map` or a row block without a copy.
+template <class T>
+using ConstMatrixRef = Eigen::Ref<const Matrix<T>>;
+/// Function argument for a writable matrix: binds a `Matrix`, a `Map` or a row block.
+template <class T>
+using MatrixRef = Eigen::Ref<Matrix<T>>;
+
+/// Shape of an N-d tensor (row-major, last index fastest).
+using Shape = std::vector<Index>;
+
+/// Number of elements of a shape (1 for the empty shape of a scalar).
+inline Index shape_size(const Shape& shape) {
+  Index n = 1;
+  for (Index d : shape) n *= d;
+  return n;
+}
+
+/// "(a, b, c)" for messages.
+inline std::string shape_string(const Shape& shape) {
+  std::string s = "(";
+  for (std::size_t i = 0; i < shape.size(); ++i) {
+    if (i) s += ", ";
+    s += std::to_string(shape[i]);
+  }
+  return s + ")";
+}
+
+/// Throws `ShapeError` "<site>: <what> is (r, c), expected (rows, cols)" unless `m` has that shape.
+/// A negative `rows` or `cols` accepts any extent along that axis.
+template <class Derived>
+void check_shape(const std::string& site, const char* what, const Eigen::DenseBase<Derived>& m, Index rows,
+                 Index cols) {
+  const bool ok = (rows < 0 || m.rows() == rows) && (cols < 0 || m.cols() == cols);
+  PEMOE_CHECK_SHAPE(ok, site, ": ", what, " is (", m.rows(), ", ", m.cols(), "), expected (",
+                    rows < 0 ? std::string("any") : std::to_string(rows), ", ",
+                    cols < 0 ? std::string("any") : std::to_string(cols), ")");
+}
+
+/// Zero-copy N-d view of `shape` over `data` (row-major), for MPO cores and other N-d parameters.
+template <class T>
+auto adapt(T* data, const Shape& shape) {
+  std::vector<std::size_t> s(shape.begin(), shape.end());
+  return xt::adapt(data, static_cast<std::size_t>(shape_size(shape)), xt::no_ownership(), s);
+}
+
+}  // namespace pemoe

@@ -1,0 +1,109 @@
+/// @file linear.hpp
+/// @brief `Linear`: y = x·Wᵀ + b with the weight stored `(d_out, d_in)` like PyTorch.
+#pragma once
+
+#include <string>
+
+#include "pemoe/core/error.hpp"
+#include "pemoe/core/gemm.hpp"
+#include "pemoe/core/layer.hpp"
+#include "pemoe/core/param_store.hpp"
+#include "pemoe/core/rng.hpp"
+#include "pemoe/core/tensor.hpp"
+
+namespace pemoe {
+
+/// Configuration of a `Linear` layer.
+struct LinearConfig {
+  Index d_in = 0;         ///< input features
+  Index d_out = 0;        ///< output features
+  bool bias = true;       ///< add a bias vector `(d_out)`
+  bool trainable = true;  ///< declare weight and bias trainable (adapters declare their base frozen)
+};
+
+/**
+ * @brief Fully connected layer @f$ y = x W^\top + b @f$ (PyTorch `nn.Linear`).
+ *
+ * Parameters: `<prefix>.weight` `(d_out, d_in)`, `<prefix>.bias` `(d_out)`; initialised like
+ * `nn.Linear` (kaiming-uniform(a=√5) weight, bias U(±1/√d_in)), names as in Hugging Face checkpoints.
+ * Shapes: x `(N, d_in)` → y `(N, d_out)`. Cost: forward 2·N·d_in·d_out flops, backward the same for `dx`
+ * and again for `dW` when the weight is trainable.
+ * @tparam T scalar type.
+ */
+template <class T>
+class Linear {
+ public:
+  /// Linear needs nothing saved: backward uses x and dy only.
+  struct Cache {};
+
+  explicit Linear(const LinearConfig& config = {}) : m_config(config) {
+    PEMOE_CHECK_CONFIG(config.d_in > 0 && config.d_out > 0,
+                       "Linear: d_in and d_out must be positive, got d_in=", config.d_in,
+                       " d_out=", config.d_out);
+  }
+
+  /// Declares `<prefix>.weight` (and `<prefix>.bias`) and initialises them like `nn.Linear`.
+  void register_params(ParamStore<T>& store, const std::string& prefix, Rng& rng) {
+    m_store = &store;
+    m_name = prefix;
+    m_weight = store.add(prefix + ".weight", {m_config.d_out, m_config.d_in}, m_config.trainable);
+    Rng r = rng.split(prefix + ".weight");
+    r.fill_kaiming_uniform(store.value(m_weight), m_config.d_out * m_config.d_in, m_config.d_in);
+    if (m_config.bias) {
+      m_bias = store.add(prefix + ".bias", {m_config.d_out}, m_config.trainable);
+      const double bound = 1.0 / std::sqrt(static_cast<double>(m_config.d_in));
+      rng.split(prefix + ".bias").fill_uniform(store.value(m_bias), m_config.d_out, -bound, bound);
+    }
+  }
+
+  /// y = x·Wᵀ + b.   x: (N, d_in) -> y: (N, d_out)
+  void forward(ConstMatrixRef<T> x, MatrixRef<T> y, Cache& /*cache*/) const {
+    check_bound();
+    PEMOE_CHECK_SHAPE(x.cols() == m_config.d_in, site(), ": x has ", x.cols(), " features, layer expects ",
+                      m_config.d_in);
+    check_shape(site(), "y", y, x.rows(), m_config.d_out);
+    gemm<T>(Op::N, Op::T, T(1), x, weight(), T(0), y);
+    if (m_config.bias) y.rowwise() += bias().row(0);
+  }
+
+  /// dW += dyᵀ·x, db += Σ_rows dy (when trainable); dx = dy·W.
+  /// x: (N, d_in), dy: (N, d_out) -> dx: (N, d_in)
+  void backward(ConstMatrixRef<T> x, const Cache& /*cache*/, ConstMatrixRef<T> dy,
+                GradOut<T> dx = std::nullopt) {
+    check_bound();
+    check_shape(site(), "dy", dy, x.rows(), m_config.d_out);
+    if (m_store->trainable(m_weight))
+      gemm<T>(Op::T, Op::N, T(1), dy, x, T(1), m_store->grad_matrix(m_weight));
+    if (m_config.bias && m_store->trainable(m_bias)) m_store->grad_matrix(m_bias) += dy.colwise().sum();
+    if (dx) {
+      check_shape(site(), "dx", *dx, x.rows(), m_config.d_in);
+      gemm<T>(Op::N, Op::N, T(1), dy, weight(), T(0), *dx);
+    }
+  }
+
+  void set_training(bool /*on*/) {}
+
+  /// The weight `(d_out, d_in)`.
+  MatrixMap<T> weight() const { return m_store->matrix(m_weight); }
+  /// The bias as a row `(1, d_out)`; only when `config().bias`.
+  MatrixMap<T> bias() const { return m_store->matrix(m_bias); }
+  ParamId weight_id() const { return m_weight; }
+  ParamId bias_id() const { return m_bias; }
+  const LinearConfig& config() const { return m_config; }
+  /// The parameter prefix, used to name this layer in error messages.
+  const std::string& name() const { return m_name; }
+
+ private:
+  std::string site() const { return "Linear '" + m_name + "'"; }
+  void check_bound() const {
+    PEMOE_CHECK_CONFIG(m_store != nullptr, "Linear: call register_params() before forward/backward");
+  }
+
+  LinearConfig m_config;
+  ParamStore<T>* m_store = nullptr;
+  std::string m_name;
+  ParamId m_weight = 0;
+  ParamId m_bias = 0;
+};
+
+}  // namespace pemoe

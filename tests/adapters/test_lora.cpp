@@ -1,0 +1,152 @@
+// adapters/lora.hpp: forward against a naive loop, gradients, init, rsLoRA, merge/unmerge, errors.
+#include <catch2/catch.hpp>
+#include <cmath>
+
+#include "pemoe/adapters/lora.hpp"
+#include "support/gradcheck.hpp"
+#include "support/helpers.hpp"
+
+using namespace pemoe;
+
+namespace {
+// y = x Wᵀ + b + s (x Aᵀ) Bᵀ, written as loops.
+Matrix<double> naive_lora(const Matrix<double>& x, const LoRA<double>& l) {
+  const Matrix<double> W = l.base().weight(), A = l.lora_A(), B = l.lora_B();
+  const Matrix<double> b = l.base().bias();
+  Matrix<double> y(x.rows(), W.rows());
+  for (Index n = 0; n < x.rows(); ++n)
+    for (Index o = 0; o < W.rows(); ++o) {
+      double acc = b(0, o);
+      for (Index i = 0; i < x.cols(); ++i) acc += x(n, i) * W(o, i);
+      for (Index k = 0; k < A.rows(); ++k) {
+        double h = 0;
+        for (Index i = 0; i < x.cols(); ++i) h += x(n, i) * A(k, i);
+        acc += l.scaling() * h * B(o, k);
+      }
+      y(n, o) = acc;
+    }
+  return y;
+}
+}  // namespace
+
+TEST_CASE("LoRA: PEFT init, names, zero update at init") {
+  ParamStore<float> s;
+  Rng rng(11);
+  LoRA<float> l({64, 32, true}, LoraConfig{});
+  l.register_params(s, "h.0.attn.c_attn", rng);
+  CHECK(s.contains("h.0.attn.c_attn.weight"));
+  CHECK(s.contains("h.0.attn.c_attn.bias"));
+  CHECK(s.entry(l.lora_A_id()).name == "h.0.attn.c_attn.lora_A.weight");
+  CHECK(s.entry(l.lora_A_id()).shape == Shape{8, 64});
+  CHECK(s.entry(l.lora_B_id()).shape == Shape{32, 8});
+  CHECK(s.num_trainable() == 8 * 64 + 32 * 8);  // the base is frozen
+  CHECK(l.lora_B().isZero());
+  CHECK(l.lora_A().cwiseAbs().maxCoeff() <= 1.0f / 8.0f);  // kaiming-uniform(√5) bound 1/√64
+  CHECK(l.lora_A().cwiseAbs().maxCoeff() > 0.9f / 8.0f);
+  CHECK(l.scaling() == 1.0f);  // alpha 8 / r 8
+  LoRA<float> g({64, 32, true}, LoraConfig{4, 16, 0.0, false, LoraInit::gaussian});
+  ParamStore<float> s2;
+  g.register_params(s2, "q", rng);
+  const double sd = std::sqrt(g.lora_A().array().square().mean());
+  CHECK(sd == Approx(0.02).margin(0.004));
+  CHECK(g.scaling() == 4.0f);
+  LoraConfig rs;
+  rs.r = 16;
+  rs.alpha = 16;
+  rs.use_rslora = true;
+  CHECK(rs.scaling() == Approx(4.0));
+}
+
+TEST_CASE("LoRA forward equals the naive loop") {
+  ParamStore<double> s;
+  Rng rng(1);
+  LoRA<double> l({7, 5, true}, LoraConfig{3, 6.0});
+  l.register_params(s, "fc", rng);
+  testing::randomize_params(s, 9);
+  auto x = testing::random_matrix(4, 7, 2);
+  Matrix<double> y(4, 5);
+  LoRA<double>::Cache c;
+  l.forward(x, y, c);
+  CHECK(testing::max_abs_diff(y, naive_lora(x, l)) < 1e-12);
+}
+
+TEST_CASE("LoRA gradients pass the checker in double (frozen base, trainable base, rsLoRA, r = 1, dropout)") {
+  struct Case {
+    const char* what;
+    LoraConfig cfg;
+  };
+  LoraConfig base_trainable{3, 6.0};
+  base_trainable.base_trainable = true;
+  LoraConfig rslora{2, 4.0};
+  rslora.use_rslora = true;
+  LoraConfig dropout{3, 6.0, 0.3};
+  for (const Case& cs :
+       {Case{"frozen base", LoraConfig{3, 6.0}}, Case{"trainable base", base_trainable},
+        Case{"rslora", rslora}, Case{"r = 1", LoraConfig{1, 2.0}}, Case{"dropout 0.3", dropout}}) {
+    SECTION(cs.what) {
+      ParamStore<double> s;
+      Rng rng(1);
+      LoRA<double> l({7, 5, true}, cs.cfg);
+      l.register_params(s, "fc", rng);
+      testing::randomize_params(s, 9);
+      l.set_training(true);
+      LoRA<double>::Cache c;
+      const auto r = testing::gradcheck(
+          s, testing::random_matrix(4, 7, 2),
+          [&](const Matrix<double>& x, Matrix<double>& y) {
+            y.resize(x.rows(), 5);
+            l.dropout().set_call_counter(0);  // the same dropout mask on every evaluation
+            l.forward(x, y, c);
+            return 0.0;
+          },
+          [&](const Matrix<double>& x, const Matrix<double>& dy, Matrix<double>& dx) {
+            l.backward(x, c, dy, dx);
+          });
+      INFO(r.report());
+      CHECK(r.ok(1e-6));
+      CHECK(r.checked == 28 + s.num_trainable());
+    }
+  }
+}
+
+TEST_CASE("LoRA merge/unmerge: same output, restores the base weight to float rounding") {
+  ParamStore<float> s;
+  Rng rng(3);
+  LoRA<float> l({48, 40, true}, LoraConfig{8, 16.0});
+  l.register_params(s, "fc", rng);
+  testing::randomize_params(s, 4, 0.3);
+  const Matrix<float> w0 = l.base().weight();
+  auto x = testing::random_matrix<float>(6, 48, 5);
+  Matrix<float> y(6, 40), ym(6, 40);
+  LoRA<float>::Cache c;
+  l.forward(x, y, c);
+  l.merge();
+  CHECK(l.merged());
+  l.forward(x, ym, c);
+  CHECK(testing::max_abs_diff(y, ym) < 1e-4);
+  Matrix<float> dy(6, 40);
+  CHECK_THROWS_AS(l.backward(x, c, dy), ConfigError);
+  CHECK_THROWS_AS(l.merge(), ConfigError);
+  l.unmerge();
+  CHECK(testing::max_abs_diff(l.base().weight(), w0) < 1e-5);
+  CHECK_THROWS_AS(l.unmerge(), ConfigError);
+}
+
+TEST_CASE("LoRA errors name the site and the sizes") {
+  ParamStore<float> s;
+  Rng rng(3);
+  LoRA<float> l({768, 16, true}, LoraConfig{});
+  l.register_params(s, "h.0.attn.c_attn", rng);
+  Matrix<float> x(2, 700), y(2, 16);
+  LoRA<float>::Cache c;
+  try {
+    l.forward(x, y, c);
+    FAIL("no throw");
+  } catch (const ShapeError& e) {
+    CHECK(std::string(e.what()) == "LoRA 'h.0.attn.c_attn': x has 700 features, layer expects 768");
+  }
+  CHECK_THROWS_AS(LoRA<float>({8, 8, true}, LoraConfig{0}), ConfigError);
+  LoRA<float> unbound({8, 8, true}, LoraConfig{});
+  Matrix<float> x8(1, 8), y8(1, 8);
+  CHECK_THROWS_AS(unbound.forward(x8, y8, c), ConfigError);
+}

@@ -1,0 +1,15 @@
+# Configures, builds and runs the consumer project against an installed pemoe (called by ctest).
+file(REMOVE_RECURSE ${BINARY})
+execute_process(COMMAND ${CMAKE_COMMAND} -S ${SOURCE} -B ${BINARY} -G ${GENERATOR} -DCMAKE_PREFIX_PATH=${PREFIX}
+                        -DCMAKE_BUILD_TYPE=Release RESULT_VARIABLE rc)
+if(rc)
+  message(FATAL_ERROR "consumer: configure failed (${rc})")
+endif()
+execute_process(COMMAND ${CMAKE_COMMAND} --build ${BINARY} RESULT_VARIABLE rc)
+if(rc)
+  message(FATAL_ERROR "consumer: build failed (${rc})")
+endif()
+execute_process(COMMAND ${BINARY}/app RESULT_VARIABLE rc)
+if(rc)
+  message(FATAL_ERROR "consumer: app failed (${rc})")
+endif()

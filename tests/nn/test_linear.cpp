@@ -1,0 +1,105 @@
+// nn/linear.hpp and nn/dropout.hpp: forward against naive loops, gradients against central differences.
+#include <catch2/catch.hpp>
+
+#include "pemoe/nn/dropout.hpp"
+#include "pemoe/nn/linear.hpp"
+#include "support/gradcheck.hpp"
+#include "support/helpers.hpp"
+
+using namespace pemoe;
+
+TEST_CASE("Linear forward equals the naive loop") {
+  ParamStore<double> s;
+  Rng rng(1);
+  Linear<double> lin({5, 3, true});
+  lin.register_params(s, "fc", rng);
+  auto x = testing::random_matrix(4, 5, 2);
+  Matrix<double> y(4, 3);
+  Linear<double>::Cache c;
+  lin.forward(x, y, c);
+  Matrix<double> naive(4, 3);
+  for (Index n = 0; n < 4; ++n)
+    for (Index o = 0; o < 3; ++o) {
+      double acc = lin.bias()(0, o);
+      for (Index i = 0; i < 5; ++i) acc += x(n, i) * lin.weight()(o, i);
+      naive(n, o) = acc;
+    }
+  CHECK(testing::max_abs_diff(y, naive) < 1e-12);
+  CHECK(s.contains("fc.weight"));
+  CHECK(s.entry(lin.weight_id()).shape == Shape{3, 5});
+  CHECK(s.contains("fc.bias"));
+}
+
+TEST_CASE("Linear gradients (trainable weight and bias, dx) pass the checker in double") {
+  for (bool bias : {true, false}) {
+    ParamStore<double> s;
+    Rng rng(1);
+    Linear<double> lin({6, 4, bias});
+    lin.register_params(s, "fc", rng);
+    Linear<double>::Cache c;
+    const auto r = testing::gradcheck(
+        s, testing::random_matrix(3, 6, 5),
+        [&](const Matrix<double>& x, Matrix<double>& y) {
+          y.resize(x.rows(), 4);
+          lin.forward(x, y, c);
+          return 0.0;
+        },
+        [&](const Matrix<double>& x, const Matrix<double>& dy, Matrix<double>& dx) {
+          lin.backward(x, c, dy, dx);
+        });
+    INFO(r.report());
+    CHECK(r.ok(1e-6));
+  }
+}
+
+TEST_CASE("Linear frozen: no gradient buffer, dx still correct; skipping dx works") {
+  ParamStore<double> s;
+  Rng rng(1);
+  Linear<double> lin({6, 4, true, false});
+  lin.register_params(s, "fc", rng);
+  CHECK(s.num_trainable() == 0);
+  auto x = testing::random_matrix(3, 6, 5), dy = testing::random_matrix(3, 4, 6);
+  Matrix<double> y(3, 4), dx(3, 6);
+  Linear<double>::Cache c;
+  lin.forward(x, y, c);
+  lin.backward(x, c, dy, dx);
+  CHECK(testing::max_abs_diff(dx, dy * lin.weight()) < 1e-12);
+  CHECK_NOTHROW(lin.backward(x, c, dy));
+}
+
+TEST_CASE("Linear shape errors name the layer and both sizes") {
+  ParamStore<float> s;
+  Rng rng(1);
+  Linear<float> lin({768, 16});
+  lin.register_params(s, "h.0.mlp.c_fc", rng);
+  Matrix<float> x(2, 700), y(2, 16);
+  Linear<float>::Cache c;
+  try {
+    lin.forward(x, y, c);
+    FAIL("no throw");
+  } catch (const ShapeError& e) {
+    CHECK(std::string(e.what()) == "Linear 'h.0.mlp.c_fc': x has 700 features, layer expects 768");
+  }
+  CHECK_THROWS_AS(Linear<float>({0, 3}), ConfigError);
+}
+
+TEST_CASE("Dropout: inverted scaling, identity in eval, rate, replayable, gradient uses the mask") {
+  Dropout<double> d(0.25, Rng(3));
+  Matrix<double> x = Matrix<double>::Ones(200, 50), y(200, 50);
+  Dropout<double>::Cache c;
+  d.forward(x, y, c);
+  CHECK(y == x);  // eval mode
+  d.set_training(true);
+  d.forward(x, y, c);
+  const double kept = (y.array() > 0).cast<double>().mean();
+  CHECK(kept == Approx(0.75).margin(0.01));
+  CHECK(y.maxCoeff() == Approx(1.0 / 0.75));
+  Matrix<double> y2(200, 50);
+  d.set_call_counter(0);
+  d.forward(x, y2, c);
+  CHECK(y2 == y);
+  Matrix<double> dy = testing::random_matrix(200, 50, 4), dx(200, 50);
+  d.backward(c, dy, dx);
+  CHECK(testing::max_abs_diff(dx, dy.cwiseProduct(y)) < 1e-12);
+  CHECK_THROWS_AS(Dropout<double>(1.0), ConfigError);
+}
