@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Command 2 of the README (and of CI): install what is missing, check formatting, build everything with
+# -Wall -Wextra -Werror, run every test through ctest, then build and run the tests again under
+# AddressSanitizer + UndefinedBehaviorSanitizer, and build the docs (Doxygen warnings are errors).
+# Exits non-zero on the first failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+jobs=$(nproc)
+bash scripts/install_deps.sh
+
+echo "== clang-format"
+git ls-files '*.hpp' '*.cpp' '*.cu' '*.cuh' | xargs clang-format --dry-run -Werror
+
+echo "== build (Release, -Werror) and test"
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DPEMOE_WERROR=ON -DPEMOE_BUILD_TESTS=ON \
+      -DPEMOE_BUILD_EXAMPLES=ON -DPEMOE_BUILD_BENCH=ON -DPEMOE_BUILD_DOCS=ON >/dev/null
+cmake --build build -j "$jobs"
+ctest --test-dir build -j "$jobs" --output-on-failure
+
+echo "== tests under -fsanitize=address,undefined"
+cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Release -DPEMOE_SANITIZE=ON -DPEMOE_NATIVE=OFF \
+      -DPEMOE_BUILD_TESTS=ON -DPEMOE_BUILD_EXAMPLES=OFF -DPEMOE_BUILD_BENCH=OFF -DPEMOE_BUILD_DOCS=OFF >/dev/null
+cmake --build build-asan -j "$jobs"
+ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+  ctest --test-dir build-asan -j "$jobs" --output-on-failure -E '^(header|package|cli):'
+
+echo "== docs (Doxygen)"
+cmake --build build --target docs
+
+echo "pemoe: all checks passed"
