@@ -1,0 +1,36 @@
+// Shared helpers of pemoe's benchmarks: random inputs, the GFLOP/s counter, the SIMD context line.
+#pragma once
+
+#include <benchmark/benchmark.h>
+
+#include <Eigen/Core>
+#include <string>
+
+#include "pemoe/core/config.hpp"
+#include "pemoe/core/rng.hpp"
+#include "pemoe/core/tensor.hpp"
+
+namespace pemoe::bench {
+
+/// (rows, cols) float matrix with N(0, 1) entries.
+inline Matrix<float> random_matrix(Index rows, Index cols, std::uint64_t seed) {
+  Matrix<float> m(rows, cols);
+  Rng rng(seed);
+  rng.fill_normal(m.data(), m.size(), 0.0, 1.0);
+  return m;
+}
+
+/// Reports `flops` per iteration as a GFLOP/s rate.
+inline void set_gflops(benchmark::State& state, double flops) {
+  state.counters["GFLOPS"] =
+      benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
+  state.counters["GFLOPS"].value /= 1e9;
+}
+
+/// Adds the SIMD level Eigen was compiled with and the thread count to the benchmark's context.
+inline void add_context() {
+  benchmark::AddCustomContext("eigen_simd", Eigen::SimdInstructionSetsInUse());
+  benchmark::AddCustomContext("threads", std::to_string(max_threads()));
+}
+
+}  // namespace pemoe::bench
