@@ -1,0 +1,284 @@
+/// @file mov.hpp
+/// @brief `MoV`: mixture of (IA)³ vectors merged per token by a router (Zadouri et al. 2023, arXiv
+/// 2309.05444).
+#pragma once
+
+#include <algorithm>
+#include <optional>
+#include <string>
+
+#include "pemoe/core/error.hpp"
+#include "pemoe/core/gemm.hpp"
+#include "pemoe/core/layer.hpp"
+#include "pemoe/core/param_store.hpp"
+#include "pemoe/core/rng.hpp"
+#include "pemoe/core/tensor.hpp"
+#include "pemoe/moe/router.hpp"
+#include "pemoe/nn/linear.hpp"
+
+namespace pemoe {
+
+/// Configuration of a `MoV` adapter.
+struct MoVConfig {
+  Index n_experts = 4;  ///< E vectors per site (the reference trains MoV-10/30/60)
+  Index heads = 1;  ///< H > 1 at attention sites: the activation is (N, H, d_head), routed per token and head
+  RouterConfig router;  ///< defaults are for-ai's: soft, N(0, 0.02), no bias (d_in and E are filled in)
+  RouterInput router_input = RouterInput::activation;  ///< activation (reference), layer_input or external
+  bool base_trainable = false;                         ///< also train the wrapped linear
+  Index panel_rows = 128;                              ///< rows per panel of the fused GEMM + router + scale
+
+  /// for-ai MoV preset: E vectors (ones), soft router on the activation, N(0, 0.02), no bias.
+  static MoVConfig for_ai(Index n_experts = 30, Index heads = 1) {
+    MoVConfig c;
+    c.n_experts = n_experts;
+    c.heads = heads;
+    c.router.mode = GateMode::soft;
+    c.router.init = RouterInit::normal;
+    c.router.init_std = 0.02;
+    return c;
+  }
+};
+
+/**
+ * @brief MoV: @f$ y = h \odot m @f$, @f$ m = \sum_i g_i(u)\, l_i @f$: the E vectors l_i are merged per token
+ * BEFORE they are applied (equal to mixing the E scaled outputs, which is never formed).
+ *
+ * - FFN site (heads = 1): h (N, d), `<prefix>.mov_scaling` (E, d), router kernel (E, d_u), gates (N, E).
+ * - Attention K/V site (heads = H): h (N, H·d_head) read as (N, H, d_head), `<prefix>.mov_scaling`
+ *   (H, E, d_head) (each head its own E vectors), ONE router kernel (E, d_head) shared across heads, gates
+ *   (N·H, E): routing per token and head from that head's vector. With a per-token router input (the layer
+ *   input, or an external u with N rows) the gates (N, E) are shared by the heads.
+ * - h is either the input itself (`MoV(d, config)`, a standalone activation scaler) or the output of a frozen
+ *   linear (`MoV(base, config)`, h = x W^T + b); the router reads h (`activation`, the reference), the
+ *   linear's input x (`layer_input`) or a caller's u (`external`).
+ *
+ * Memory-bound (DESIGN §7): the base GEMM, the router, the merge (a (rows, E)·(E, d) GEMM) and the scale
+ * run panel by panel (`panel_rows`) while the panel is in cache. Vectors init to ones, so the layer starts
+ * as the identity for any router. Cost beyond the base: 2·N·d·E (merge) + 2·N·H·d_u·E (router) forward,
+ * about twice that backward. Cache: h (N, d) when there is a base, the gates and the router's cache.
+ */
+template <class T>
+class MoV {
+ public:
+  struct Cache {
+    typename Linear<T>::Cache base;
+    typename Router<T>::Cache router;
+    Matrix<T> h;           ///< (N, d) base output (or a contiguous copy of a strided standalone input)
+    Matrix<T> gates;       ///< (N·hg, E), hg = H (per head) or 1 (per token)
+    Index gate_heads = 1;  ///< hg
+  };
+
+  /// Standalone: scales an activation (N, d), d = heads·d_head.
+  MoV(Index d, const MoVConfig& config) : m_config(config), m_d(d) { init(0); }
+  /// On a linear: scales its output (N, d_out).
+  MoV(const LinearConfig& base, const MoVConfig& config) : m_config(config), m_d(base.d_out) {
+    LinearConfig b = base;
+    b.trainable = config.base_trainable;
+    m_base.emplace(b);
+    init(base.d_in);
+  }
+
+  /// Declares `<prefix>.mov_scaling` (ones), the router `<prefix>.router.*` and the base linear.
+  void register_params(ParamStore<T>& store, const std::string& prefix, Rng& rng) {
+    if (m_base) m_base->register_params(store, prefix, rng);
+    m_store = &store;
+    m_name = prefix;
+    const Index e = m_config.n_experts, hh = m_config.heads;
+    m_l = hh == 1 ? store.add(prefix + ".mov_scaling", {e, m_d})
+                  : store.add(prefix + ".mov_scaling", {hh, e, m_d / hh});
+    std::fill(store.value(m_l), store.value(m_l) + e * m_d, T(1));
+    m_router.register_params(store, prefix + ".router", rng);
+  }
+
+  /// Router input = the activation or the layer input.   x: (N, d_in) -> y: (N, d)
+  void forward(ConstMatrixRef<T> x, MatrixRef<T> y, Cache& cache) {
+    require(false);
+    run_forward(x, x, y, cache);
+  }
+  /// Router input = u: (N·H, d_u) per token and head, or (N, d_u) per token.
+  void forward(ConstMatrixRef<T> x, ConstMatrixRef<T> u, MatrixRef<T> y, Cache& cache) {
+    require(true);
+    run_forward(x, u, y, cache);
+  }
+  /// x: (N, d_in), dy: (N, d) -> dx: (N, d_in).
+  void backward(ConstMatrixRef<T> x, const Cache& cache, ConstMatrixRef<T> dy, GradOut<T> dx = std::nullopt) {
+    require(false);
+    run_backward(x, x, cache, dy, dx, std::nullopt);
+  }
+  /// External router input: also writes du when given.
+  void backward(ConstMatrixRef<T> x, ConstMatrixRef<T> u, const Cache& cache, ConstMatrixRef<T> dy,
+                GradOut<T> dx = std::nullopt, GradOut<T> du = std::nullopt) {
+    require(true);
+    run_backward(x, u, cache, dy, dx, du);
+  }
+
+  void set_training(bool on) { m_router.set_training(on); }
+
+  /// The vectors as a (H·E, d_head) matrix (for H = 1: (E, d)).
+  MatrixMap<T> scaling_vectors() const { return m_store->matrix(m_l); }
+  ParamId scaling_id() const { return m_l; }
+  Router<T>& router() { return m_router; }
+  const Router<T>& router() const { return m_router; }
+  bool has_base() const { return m_base.has_value(); }
+  Linear<T>& base() { return *m_base; }
+  const MoVConfig& config() const { return m_config; }
+  const std::string& name() const { return m_name; }
+  double aux_loss(const Cache& cache) const { return m_router.aux_loss(cache.router); }
+
+ private:
+  void init(Index base_d_in) {
+    const auto& c = m_config;
+    PEMOE_CHECK_CONFIG(m_d > 0 && c.n_experts > 0 && c.heads > 0 && m_d % c.heads == 0,
+                       "MoV: d must be a positive multiple of heads and E positive, got d=", m_d,
+                       " heads=", c.heads, " E=", c.n_experts);
+    PEMOE_CHECK_CONFIG(c.panel_rows > 0, "MoV: panel_rows must be positive");
+    PEMOE_CHECK_CONFIG(c.router_input != RouterInput::layer_input || base_d_in > 0,
+                       "MoV: router input 'layer_input' needs a base linear (use MoV(base, config))");
+    RouterConfig rc = c.router;
+    rc.n_experts = c.n_experts;
+    if (c.router_input == RouterInput::activation) rc.d_in = m_d / c.heads;
+    if (c.router_input == RouterInput::layer_input) rc.d_in = base_d_in;
+    PEMOE_CHECK_CONFIG(rc.d_in > 0, "MoV: an external router input needs config.router.d_in");
+    m_router = Router<T>(rc);
+  }
+  std::string site() const { return "MoV '" + m_name + "'"; }
+  void require(bool external) const {
+    PEMOE_CHECK_CONFIG(m_store != nullptr, "MoV: call register_params() before forward/backward");
+    PEMOE_CHECK_CONFIG((m_config.router_input == RouterInput::external) == external, site(),
+                       ": the router input is configured as ",
+                       external ? "internal; call forward(x, y, cache)" : "external; pass u");
+  }
+  Index d_in() const { return m_base ? m_base->config().d_in : m_d; }
+
+  // Mp (m, d) = merged vectors of the panel whose gates are G2 (m, hg·E).
+  void mix(const T* gates, Index m, Index hg, MatrixRef<T> Mp) const {
+    const Index e = m_config.n_experts, hh = m_config.heads, dh = m_d / hh;
+    ConstMatrixMap<T> G2(gates, m, hg * e);
+    const auto L = scaling_vectors();
+    for (Index h = 0; h < hh; ++h)
+      gemm<T>(Op::N, Op::N, T(1), G2.middleCols((hg == 1 ? 0 : h) * e, e), L.middleRows(h * e, e), T(0),
+              Mp.middleCols(h * dh, dh));
+  }
+
+  void run_forward(ConstMatrixRef<T> x, ConstMatrixRef<T> u, MatrixRef<T> y, Cache& c) {
+    const Index n = x.rows(), hh = m_config.heads, dh = m_d / hh, e = m_config.n_experts,
+                P = m_config.panel_rows;
+    PEMOE_CHECK_SHAPE(x.cols() == d_in(), site(), ": x has ", x.cols(), " features, layer expects ", d_in());
+    check_shape(site(), "y", y, n, m_d);
+    const auto in = m_config.router_input;
+    Index hg = in == RouterInput::activation ? hh : 1;
+    if (in == RouterInput::external) {
+      PEMOE_CHECK_SHAPE(u.rows() == n * hh || u.rows() == n, site(), ": router input has ", u.rows(),
+                        " rows, expected N·H = ", n * hh, " (per head) or N = ", n, " (per token)");
+      hg = u.rows() == n * hh ? hh : 1;
+    }
+    c.gate_heads = hg;
+    c.gates.resize(n * hg, e);
+    const bool own_h = m_base || x.outerStride() != m_d;
+    if (!m_base && own_h) c.h = x;
+    if (m_base) c.h.resize(n, m_d);
+    if (!own_h) c.h.resize(0, 0);
+    m_router.begin_forward(n * hg, c.router);
+    Matrix<T> M(std::min(P, std::max<Index>(n, 1)), m_d);
+    for (Index r0 = 0; r0 < n; r0 += P) {
+      const Index m = std::min(P, n - r0);
+      if (m_base) {
+        auto hp = c.h.middleRows(r0, m);
+        gemm<T>(Op::N, Op::T, T(1), x.middleRows(r0, m), m_base->weight(), T(0), hp);
+        if (m_base->config().bias) hp.rowwise() += m_base->bias().row(0);
+      }
+      const T* hptr = own_h ? c.h.data() + r0 * m_d : x.data() + r0 * m_d;
+      ConstMatrixMap<T> hp(hptr, m, m_d);
+      auto gp = c.gates.middleRows(r0 * hg, m * hg);
+      if (in == RouterInput::activation)
+        m_router.forward_rows(ConstMatrixMap<T>(hptr, m * hh, dh), r0 * hh, gp, c.router);
+      else if (in == RouterInput::layer_input)
+        m_router.forward_rows(x.middleRows(r0, m), r0, gp, c.router);
+      else
+        m_router.forward_rows(u.middleRows(r0 * hg, m * hg), r0 * hg, gp, c.router);
+      auto Mp = M.topRows(m);
+      mix(gp.data(), m, hg, Mp);
+      y.middleRows(r0, m) = hp.cwiseProduct(Mp);
+    }
+    m_router.finish_forward(c.router);
+  }
+
+  void run_backward(ConstMatrixRef<T> x, ConstMatrixRef<T> u, const Cache& c, ConstMatrixRef<T> dy,
+                    GradOut<T> dx, GradOut<T> du) {
+    const Index n = x.rows(), hh = m_config.heads, dh = m_d / hh, e = m_config.n_experts,
+                P = m_config.panel_rows;
+    const Index hg = c.gate_heads;
+    check_shape(site(), "dy", dy, n, m_d);
+    PEMOE_CHECK_SHAPE(c.gates.rows() == n * hg, site(), ": the cache holds ", c.gates.rows() / hg,
+                      " tokens, x has ", n, " (did forward run on this x?)");
+    const auto in = m_config.router_input;
+    const bool own_h = c.h.size() != 0;
+    const bool tl = m_store->trainable(m_l);
+    const bool tw = m_base && m_store->trainable(m_base->weight_id());
+    const bool tb = m_base && m_base->config().bias && m_store->trainable(m_base->bias_id());
+    const auto L = scaling_vectors();
+    const Index cap = std::min(P, std::max<Index>(n, 1));
+    Matrix<T> A(cap, m_d), M(cap, m_d), dH(cap, m_d), dG(cap, hg * e);
+    for (Index r0 = 0; r0 < n; r0 += P) {
+      const Index m = std::min(P, n - r0);
+      const T* hptr = own_h ? c.h.data() + r0 * m_d : x.data() + r0 * m_d;
+      ConstMatrixMap<T> hp(hptr, m, m_d);
+      const auto dyp = dy.middleRows(r0, m);
+      auto Ap = A.topRows(m);
+      Ap = dyp.cwiseProduct(hp);  // dL/dm
+      ConstMatrixMap<T> G2(&c.gates(r0 * hg, 0), m, hg * e);
+      auto dGp = dG.topRows(m);
+      dGp.setZero();
+      for (Index h = 0; h < hh; ++h) {
+        const Index gh = (hg == 1 ? 0 : h) * e;
+        if (tl)
+          gemm<T>(Op::T, Op::N, T(1), G2.middleCols(gh, e), Ap.middleCols(h * dh, dh), T(1),
+                  m_store->grad_matrix(m_l).middleRows(h * e, e));
+        gemm<T>(Op::N, Op::T, T(1), Ap.middleCols(h * dh, dh), L.middleRows(h * e, e), T(1),
+                dGp.middleCols(gh, e));
+      }
+      auto Mp = M.topRows(m);
+      mix(G2.data(), m, hg, Mp);
+      auto dHp = dH.topRows(m);
+      dHp = dyp.cwiseProduct(Mp);  // dL/dh through the scale
+      MatrixMap<T> dG_rows(dGp.data(), m * hg, e);
+      if (in == RouterInput::activation) {
+        MatrixMap<T> du_rows(dHp.data(), m * hh, dh);
+        m_router.backward_rows(ConstMatrixMap<T>(hptr, m * hh, dh), r0 * hh, c.router, dG_rows,
+                               MatrixRef<T>(du_rows), /*accumulate=*/true);
+      } else if (in == RouterInput::external) {
+        if (du)
+          m_router.backward_rows(u.middleRows(r0 * hg, m * hg), r0 * hg, c.router, dG_rows,
+                                 MatrixRef<T>(du->middleRows(r0 * hg, m * hg)), false);
+        else
+          m_router.backward_rows(u.middleRows(r0 * hg, m * hg), r0 * hg, c.router, dG_rows);
+      }
+      if (m_base) {
+        if (tw)
+          gemm<T>(Op::T, Op::N, T(1), dHp, x.middleRows(r0, m), T(1),
+                  m_store->grad_matrix(m_base->weight_id()));
+        if (tb) m_store->grad_matrix(m_base->bias_id()) += dHp.colwise().sum();
+        if (dx) gemm<T>(Op::N, Op::N, T(1), dHp, m_base->weight(), T(0), dx->middleRows(r0, m));
+      } else if (dx) {
+        dx->middleRows(r0, m) = dHp;
+      }
+      if (in == RouterInput::layer_input) {
+        if (dx)
+          m_router.backward_rows(x.middleRows(r0, m), r0, c.router, dG_rows,
+                                 MatrixRef<T>(dx->middleRows(r0, m)), true);
+        else
+          m_router.backward_rows(x.middleRows(r0, m), r0, c.router, dG_rows);
+      }
+    }
+  }
+
+  MoVConfig m_config;
+  Index m_d;
+  std::optional<Linear<T>> m_base;
+  Router<T> m_router;
+  ParamStore<T>* m_store = nullptr;
+  std::string m_name;
+  ParamId m_l = 0;
+};
+
+}  // namespace pemoe

@@ -1,0 +1,259 @@
+/// @file sparse_lora.hpp
+/// @brief `SparseLoRAExperts`: top-k mixture of LoRA experts computing only the selected experts, by grouped
+/// GEMM (MoLA, Gao et al. 2024, arXiv 2402.08562).
+#pragma once
+
+#include <algorithm>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "pemoe/core/error.hpp"
+#include "pemoe/core/gemm.hpp"
+#include "pemoe/core/layer.hpp"
+#include "pemoe/core/param_store.hpp"
+#include "pemoe/core/rng.hpp"
+#include "pemoe/core/tensor.hpp"
+#include "pemoe/moe/lora_experts.hpp"
+#include "pemoe/moe/router.hpp"
+#include "pemoe/nn/dropout.hpp"
+#include "pemoe/nn/linear.hpp"
+
+namespace pemoe {
+
+/**
+ * @brief Sparse top-k LoRA experts: @f$ y = x W_0^\top + b + s \sum_{e \in S(u)} g_e(u)\,
+ * (\tilde x A_e^\top) B_e^\top @f$, S = the router's selected set (k experts per token), x̃ = dropout(x),
+ * s = alpha/r. The default preset (`LoraExpertsConfig::mola`) is MoLA's: `topk_renorm`, k = 2, r = 8, alpha
+ * 16, dropout 0.05, kaiming-uniform A and router, B = 0.
+ *
+ * Grouped GEMM (DESIGN §7): the N·k (token, expert) assignments are count-sorted by expert (tokens in
+ * increasing order within a group, so results are deterministic); each expert's group is gathered into
+ * contiguous rows, run through one GEMM pair (A_e then B_e, in chunks of `chunk_rows` rows so the gathered
+ * rows and the partial outputs stay in cache), and scatter-added back with its gate weights. No per-token
+ * GEMV, no atomics. Only the selected experts are computed: expert FLOPs are k/E of the soft `MoLoRA`'s.
+ *
+ * Parameters: as `MoLoRA` (`lora_A.weight` (E, r, d_in), `lora_B.weight` (E, d_out, r), `router.weight`).
+ * Shapes: x (N, d_in) -> y (N, d_out). Cache: the router's, the sorted assignment list, H = x̃A_eᵀ per
+ * assignment (N·k, r). Cost beyond the base: forward 2·N·k·r·(d_in + d_out), backward twice that.
+ * The gate mode must select experts (topk_mask, topk_renorm, noisy_topk or switch_top1); with k = E and
+ * topk_renorm it equals the soft MoLoRA.
+ */
+template <class T>
+class SparseLoRAExperts {
+ public:
+  struct Cache {
+    typename Linear<T>::Cache base;
+    typename Router<T>::Cache router;
+    typename Dropout<T>::Cache dropout;
+    Matrix<T> x_dropped;         ///< (N, d_in), only when dropout is active
+    Matrix<T> gates;             ///< (N, E), zeros outside the selected set
+    std::vector<Index> offsets;  ///< (E + 1) start of each expert's group in the sorted assignments
+    std::vector<Index> tokens;   ///< (N·k) token of each assignment, grouped by expert
+    std::vector<T> weights;      ///< (N·k) gate weight of each assignment
+    Matrix<T> h;                 ///< (N·k, r) x̃·A_eᵀ per assignment (before the gate)
+  };
+
+  SparseLoRAExperts(const LinearConfig& base, const LoraExpertsConfig& config, Index chunk_rows = 256)
+      : m_base(with_trainable(base, config)),
+        m_config(config),
+        m_bank(base.d_in, base.d_out, config),
+        m_chunk(chunk_rows) {
+    PEMOE_CHECK_CONFIG(
+        config.router_input != RouterInput::activation,
+        "SparseLoRAExperts: router input 'activation' is circular; use layer_input or external");
+    PEMOE_CHECK_CONFIG(config.router.mode != GateMode::soft,
+                       "SparseLoRAExperts: gate mode 'soft' selects no experts; use MoLoRA for soft merging");
+    PEMOE_CHECK_CONFIG(chunk_rows > 0, "SparseLoRAExperts: chunk_rows must be positive");
+    m_config.router.n_experts = config.n_experts;
+    if (config.router_input == RouterInput::layer_input) m_config.router.d_in = base.d_in;
+    m_router = Router<T>(m_config.router);
+    m_dropout = Dropout<T>(config.dropout);
+  }
+
+  void register_params(ParamStore<T>& store, const std::string& prefix, Rng& rng) {
+    m_base.register_params(store, prefix, rng);
+    m_store = &store;
+    m_name = prefix;
+    m_bank.register_params(store, prefix, rng);
+    m_router.register_params(store, prefix + ".router", rng);
+    m_dropout.seed(rng.split(prefix + ".lora_dropout"));
+  }
+
+  /// Router input = x.   x: (N, d_in) -> y: (N, d_out)
+  void forward(ConstMatrixRef<T> x, MatrixRef<T> y, Cache& cache) {
+    require_input(RouterInput::layer_input);
+    run_forward(x, x, y, cache);
+  }
+  /// Router input = u (N, d_u).
+  void forward(ConstMatrixRef<T> x, ConstMatrixRef<T> u, MatrixRef<T> y, Cache& cache) {
+    require_input(RouterInput::external);
+    run_forward(x, u, y, cache);
+  }
+  /// x: (N, d_in), dy: (N, d_out) -> dx: (N, d_in) (including the router's path).
+  void backward(ConstMatrixRef<T> x, const Cache& cache, ConstMatrixRef<T> dy, GradOut<T> dx = std::nullopt) {
+    require_input(RouterInput::layer_input);
+    run_backward(x, x, cache, dy, dx, std::nullopt);
+  }
+  /// External router input: also writes du (N, d_u) when given.
+  void backward(ConstMatrixRef<T> x, ConstMatrixRef<T> u, const Cache& cache, ConstMatrixRef<T> dy,
+                GradOut<T> dx = std::nullopt, GradOut<T> du = std::nullopt) {
+    require_input(RouterInput::external);
+    run_backward(x, u, cache, dy, dx, du);
+  }
+
+  void set_training(bool on) {
+    m_dropout.set_training(on);
+    m_router.set_training(on);
+  }
+
+  T scaling() const { return T(m_config.scaling()); }
+  Linear<T>& base() { return m_base; }
+  const Linear<T>& base() const { return m_base; }
+  Router<T>& router() { return m_router; }
+  const Router<T>& router() const { return m_router; }
+  LoraExpertBank<T>& experts() { return m_bank; }
+  const LoraExpertBank<T>& experts() const { return m_bank; }
+  Dropout<T>& dropout() { return m_dropout; }
+  const LoraExpertsConfig& config() const { return m_config; }
+  const std::string& name() const { return m_name; }
+  double aux_loss(const Cache& cache) const { return m_router.aux_loss(cache.router); }
+  /// Tokens routed to expert e by the last forward.
+  static Index group_size(const Cache& cache, Index e) { return cache.offsets[e + 1] - cache.offsets[e]; }
+
+ private:
+  static LinearConfig with_trainable(LinearConfig base, const LoraExpertsConfig& c) {
+    base.trainable = c.base_trainable;
+    return base;
+  }
+  std::string site() const { return "SparseLoRAExperts '" + m_name + "'"; }
+  void require_input(RouterInput in) const {
+    PEMOE_CHECK_CONFIG(m_store != nullptr,
+                       "SparseLoRAExperts: call register_params() before forward/backward");
+    PEMOE_CHECK_CONFIG(m_config.router_input == in, site(), ": the router input is configured as ",
+                       m_config.router_input == RouterInput::external ? "external (pass u)" : "layer_input",
+                       "; call the matching forward/backward overload");
+  }
+
+  // Count-sort of the (token, expert) assignments by expert.
+  void group(Cache& c) const {
+    const Index n = c.gates.rows(), e = m_config.n_experts;
+    const IndexMatrix& idx = c.router.topk_idx;
+    const Index k = idx.cols();
+    c.offsets.assign(static_cast<std::size_t>(e + 1), 0);
+    for (Index t = 0; t < n; ++t)
+      for (Index j = 0; j < k; ++j) ++c.offsets[static_cast<std::size_t>(idx(t, j) + 1)];
+    for (Index i = 0; i < e; ++i) c.offsets[i + 1] += c.offsets[i];
+    std::vector<Index> fill(c.offsets.begin(), c.offsets.end() - 1);
+    c.tokens.resize(static_cast<std::size_t>(n * k));
+    c.weights.resize(static_cast<std::size_t>(n * k));
+    for (Index t = 0; t < n; ++t)
+      for (Index j = 0; j < k; ++j) {
+        const Index ex = idx(t, j), pos = fill[ex]++;
+        c.tokens[pos] = t;
+        c.weights[pos] = c.gates(t, ex);
+      }
+  }
+
+  void run_forward(ConstMatrixRef<T> x, ConstMatrixRef<T> u, MatrixRef<T> y, Cache& c) {
+    const Index n = x.rows(), d_in = m_base.config().d_in, d_out = m_base.config().d_out, r = m_config.r;
+    PEMOE_CHECK_SHAPE(x.cols() == d_in, site(), ": x has ", x.cols(), " features, layer expects ", d_in);
+    PEMOE_CHECK_SHAPE(u.rows() == n, site(), ": router input has ", u.rows(), " rows, x has ", n);
+    m_base.forward(x, y, c.base);
+    c.gates.resize(n, m_config.n_experts);
+    m_router.forward(u, c.gates, c.router);
+    if (m_dropout.active()) {
+      c.x_dropped.resize(n, d_in);
+      m_dropout.forward(x, c.x_dropped, c.dropout);
+    } else {
+      c.x_dropped.resize(0, 0);
+    }
+    const bool dropped = c.x_dropped.size() != 0;
+    const ConstMatrixRef<T> xs = dropped ? ConstMatrixRef<T>(c.x_dropped) : x;  // the experts' input
+    group(c);
+    c.h.resize(static_cast<Index>(c.tokens.size()), r);
+    Matrix<T> xg(std::min(m_chunk, n), d_in), hg(std::min(m_chunk, n), r), yg(std::min(m_chunk, n), d_out);
+    const T s = scaling();
+    for (Index ex = 0; ex < m_config.n_experts; ++ex) {
+      for (Index p0 = c.offsets[ex]; p0 < c.offsets[ex + 1]; p0 += m_chunk) {
+        const Index m = std::min(m_chunk, c.offsets[ex + 1] - p0);
+        auto X = xg.topRows(m);
+        for (Index i = 0; i < m; ++i)
+          X.row(i) = xs.row(c.tokens[p0 + i]);
+        auto H = c.h.middleRows(p0, m);
+        gemm<T>(Op::N, Op::T, T(1), X, m_bank.A(ex), T(0), H);  // (m, r)
+        auto Hg = hg.topRows(m);
+        for (Index i = 0; i < m; ++i) Hg.row(i) = c.weights[p0 + i] * H.row(i);
+        auto Y = yg.topRows(m);
+        gemm<T>(Op::N, Op::T, s, Hg, m_bank.B(ex), T(0), Y);  // (m, d_out)
+        for (Index i = 0; i < m; ++i) y.row(c.tokens[p0 + i]) += Y.row(i);
+      }
+    }
+  }
+
+  void run_backward(ConstMatrixRef<T> x, ConstMatrixRef<T> u, const Cache& c, ConstMatrixRef<T> dy,
+                    GradOut<T> dx, GradOut<T> du) {
+    const Index n = x.rows(), d_in = m_base.config().d_in, d_out = m_base.config().d_out, r = m_config.r;
+    PEMOE_CHECK_SHAPE(c.gates.rows() == n && c.h.rows() == static_cast<Index>(c.tokens.size()), site(),
+                      ": the cache holds ", c.gates.rows(), " tokens, x has ", n,
+                      " (did forward run on this x?)");
+    m_base.backward(x, c.base, dy, dx);
+    const bool dropped = c.x_dropped.size() != 0;
+    const ConstMatrixRef<T> xs = dropped ? ConstMatrixRef<T>(c.x_dropped) : x;
+    const T s = scaling();
+    Matrix<T> dgates = Matrix<T>::Zero(n, m_config.n_experts);
+    const Index cap = std::min(m_chunk, std::max<Index>(n, 1));
+    Matrix<T> dyg(cap, d_out), hg(cap, r), dh(cap, r), xg(cap, d_in), dxg(cap, d_in);
+    const bool ta = m_bank.a_trainable(), tb = m_bank.b_trainable();
+    for (Index ex = 0; ex < m_config.n_experts; ++ex) {
+      for (Index p0 = c.offsets[ex]; p0 < c.offsets[ex + 1]; p0 += m_chunk) {
+        const Index m = std::min(m_chunk, c.offsets[ex + 1] - p0);
+        auto dY = dyg.topRows(m);
+        for (Index i = 0; i < m; ++i) dY.row(i) = dy.row(c.tokens[p0 + i]);
+        const auto H = c.h.middleRows(p0, m);
+        auto Hg = hg.topRows(m);
+        for (Index i = 0; i < m; ++i) Hg.row(i) = c.weights[p0 + i] * H.row(i);
+        if (tb) gemm<T>(Op::T, Op::N, s, dY, Hg, T(1), m_bank.dB_stack().middleRows(ex * d_out, d_out));
+        auto dH = dh.topRows(m);
+        gemm<T>(Op::N, Op::N, s, dY, m_bank.B(ex), T(0), dH);  // dL/dHg (m, r)
+        for (Index i = 0; i < m; ++i) {
+          dgates(c.tokens[p0 + i], ex) = dH.row(i).dot(H.row(i));
+          dH.row(i) *= c.weights[p0 + i];  // dL/dH
+        }
+        if (!ta && !dx) continue;
+        auto X = xg.topRows(m);
+        if (ta) {
+          for (Index i = 0; i < m; ++i)
+            X.row(i) = xs.row(c.tokens[p0 + i]);
+          gemm<T>(Op::T, Op::N, T(1), dH, X, T(1), m_bank.dA_cat().middleRows(ex * r, r));
+        }
+        if (dx) {
+          auto dX = dxg.topRows(m);
+          gemm<T>(Op::N, Op::N, T(1), dH, m_bank.A(ex), T(0), dX);
+          for (Index i = 0; i < m; ++i) {
+            const Index t = c.tokens[p0 + i];
+            if (dropped)
+              dx->row(t) += dX.row(i).cwiseProduct(c.dropout.mask.row(t));
+            else
+              dx->row(t) += dX.row(i);
+          }
+        }
+      }
+    }
+    if (m_config.router_input == RouterInput::layer_input)
+      m_router.backward(u, c.router, dgates, dx, /*accumulate=*/true);
+    else
+      m_router.backward(u, c.router, dgates, du, /*accumulate=*/false);
+  }
+
+  Linear<T> m_base;
+  LoraExpertsConfig m_config;
+  LoraExpertBank<T> m_bank;
+  Index m_chunk;
+  Router<T> m_router;
+  Dropout<T> m_dropout;
+  ParamStore<T>* m_store = nullptr;
+  std::string m_name;
+};
+
+}  // namespace pemoe
