@@ -53,6 +53,7 @@ int main(int argc, char** argv) {
   LoRA<float>::Cache cache;
   layer.set_training(true);
   double first_loss = 0, loss = 0;
+  PlotSeries loss_curve{"train loss", {}, {}};
   const auto t0 = std::chrono::steady_clock::now();
   for (int step = 1; step <= steps; ++step) {
     rng.fill_normal(x.data(), x.size(), 0.0, 1.0);
@@ -62,6 +63,8 @@ int main(int argc, char** argv) {
     dy = y - target;
     loss = double(dy.squaredNorm()) / double(dy.size());
     if (step == 1) first_loss = loss;
+    loss_curve.x.push_back(step);
+    loss_curve.y.push_back(loss);
     dy *= 2.0f / float(dy.size());  // d(mean squared error)/dy
     store.zero_grad();
     layer.backward(x, cache, dy);
@@ -78,6 +81,13 @@ int main(int argc, char** argv) {
   // ---- 5. how close is s·B·A to Δ? ----------------------------------------------------------------
   const double rel_err = double((layer.delta_weight() - delta).norm() / delta.norm());
   std::printf("loss %.3e -> %.3e; ||s·B·A - Δ||/||Δ|| = %.2e\n", first_loss, loss, rel_err);
+  LinePlotOptions plot;
+  plot.title = "LoRA demo: training loss";
+  plot.x_label = "step";
+  plot.y_label = "mean squared error";
+  plot.log_y = true;
+  plot_lines("lora_demo_loss.png", {loss_curve}, plot);
+  std::printf("loss curve written to lora_demo_loss.png\n");
   layer.merge();  // fold the adapter into the weight for inference
   std::printf("merged: ||W - (W0 + Δ)||/||Δ|| = %.2e\n",
               double((Matrix<float>(layer.base().weight()) - w_target).norm() / delta.norm()));

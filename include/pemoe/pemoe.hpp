@@ -22,5 +22,9 @@
 // adapters
 #include "pemoe/adapters/lora.hpp"
 
+// io
+#include "pemoe/io/plot.hpp"
+#include "pemoe/io/png.hpp"
+
 // train
 #include "pemoe/train/adamw.hpp"
