@@ -150,3 +150,26 @@ TEST_CASE("LoRA errors name the site and the sizes") {
   Matrix<float> x8(1, 8), y8(1, 8);
   CHECK_THROWS_AS(unbound.forward(x8, y8, c), ConfigError);
 }
+
+TEST_CASE("LoRA training is deterministic: same seed, same bits (dropout included)") {
+  auto train = [] {
+    ParamStore<float> s;
+    Rng rng(21);
+    LoRA<float> l({32, 24, true}, LoraConfig{4, 8.0, 0.1});
+    l.register_params(s, "fc", rng);
+    l.set_training(true);
+    LoRA<float>::Cache c;
+    Matrix<float> y(16, 24), dx(16, 32);
+    for (int step = 0; step < 5; ++step) {
+      const Matrix<float> x = testing::random_matrix<float>(16, 32, 100 + std::uint64_t(step));
+      l.forward(x, y, c);
+      s.zero_grad();
+      l.backward(x, c, y, dx);
+      s.matrix(l.lora_B_id()) -= 0.1f * s.grad_matrix(l.lora_B_id());
+      s.matrix(l.lora_A_id()) -= 0.1f * s.grad_matrix(l.lora_A_id());
+    }
+    return s.values();
+  };
+  const auto a = train(), b = train();
+  CHECK(a == b);
+}
