@@ -1,0 +1,403 @@
+// adapters/molora.hpp and adapters/sparse_lora.hpp: forward against per-expert loops, equivalences
+// (E = 1 == LoRA, sparse k = E == soft), gradients for every gate mode, corner cases, errors.
+#include <catch2/catch.hpp>
+#include <cmath>
+
+#include "adapters/moe_cases.hpp"
+#include "pemoe/adapters/lora.hpp"
+#include "pemoe/adapters/molora.hpp"
+#include "pemoe/adapters/sparse_lora.hpp"
+#include "support/gradcheck.hpp"
+#include "support/helpers.hpp"
+
+using namespace pemoe;
+
+namespace {
+
+// y = x Wᵀ + b + s Σ_e g_e (x A_eᵀ) B_eᵀ with every expert's output formed (the papers' form).
+template <class Layer>
+Matrix<double> naive_mixture(const Matrix<double>& x, const Matrix<double>& gates, Layer& l) {
+  const Matrix<double> W = l.base().weight(), b = l.base().bias();
+  const Index E = l.config().n_experts, r = l.config().r;
+  Matrix<double> y(x.rows(), W.rows());
+  for (Index n = 0; n < x.rows(); ++n)
+    for (Index o = 0; o < W.rows(); ++o) {
+      double acc = b(0, o);
+      for (Index i = 0; i < x.cols(); ++i) acc += x(n, i) * W(o, i);
+      for (Index e = 0; e < E; ++e) {
+        if (gates(n, e) == 0.0) continue;
+        const Matrix<double> A = l.experts().A(e), B = l.experts().B(e);
+        double oe = 0;
+        for (Index j = 0; j < r; ++j) {
+          double h = 0;
+          for (Index i = 0; i < x.cols(); ++i) h += x(n, i) * A(j, i);
+          oe += h * B(o, j);
+        }
+        acc += l.scaling() * gates(n, e) * oe;
+      }
+      y(n, o) = acc;
+    }
+  return y;
+}
+
+LoraExpertsConfig experts_case(Index E, Index r, GateMode mode, Index k) {
+  LoraExpertsConfig c;
+  c.n_experts = E;
+  c.r = r;
+  c.alpha = 2.0 * double(r);
+  c.router = testing::router_case(mode, k);
+  return c;
+}
+
+template <class Layer>
+testing::GradcheckResult check_layer(ParamStore<double>& s, Layer& l, const Matrix<double>& x, Index d_out) {
+  typename Layer::Cache c;
+  return testing::gradcheck(
+      s, x,
+      [&](const Matrix<double>& xx, Matrix<double>& y) {
+        y.resize(xx.rows(), d_out);
+        l.router().set_call_counter(0);
+        l.dropout().set_call_counter(0);
+        l.forward(xx, y, c);
+        return l.aux_loss(c);
+      },
+      [&](const Matrix<double>& xx, const Matrix<double>& dy, Matrix<double>& dx) {
+        l.backward(xx, c, dy, dx);
+      });
+}
+
+}  // namespace
+
+TEST_CASE("MoLoRA: names, stacked shapes, for-ai and MoLA presets") {
+  ParamStore<float> s;
+  Rng rng(1);
+  MoLoRA<float> m({64, 48, true}, LoraExpertsConfig::for_ai(10, 4));
+  m.register_params(s, "h.0.attn.q", rng);
+  CHECK(s.entry(m.experts().A_id()).name == "h.0.attn.q.lora_A.weight");
+  CHECK(s.entry(m.experts().A_id()).shape == Shape{10, 4, 64});
+  CHECK(s.entry(m.experts().B_id()).shape == Shape{10, 48, 4});
+  CHECK(s.entry(m.router().weight_id()).name == "h.0.attn.q.router.weight");
+  CHECK(s.entry(m.router().weight_id()).shape == Shape{10, 64});
+  CHECK(s.num_trainable() == 10 * 4 * (64 + 48) + 10 * 64);
+  CHECK(m.scaling() == 4.0f);
+  CHECK(m.experts().B_stack().isZero());
+  CHECK(std::sqrt(m.experts().A_cat().array().square().mean()) == Approx(0.02).margin(0.003));
+  CHECK(m.router().config().mode == GateMode::soft);
+  const auto mola = LoraExpertsConfig::mola();
+  CHECK(mola.r == 8);
+  CHECK(mola.alpha == 16.0);
+  CHECK(mola.scaling() == 2.0);
+  CHECK(mola.dropout == 0.05);
+  CHECK(mola.router.mode == GateMode::topk_renorm);
+  CHECK(mola.router.top_k == 2);
+  SparseLoRAExperts<float> sp({64, 48, true}, mola);
+  sp.register_params(s, "h.0.attn.k", rng);
+  CHECK(sp.experts().A_cat().cwiseAbs().maxCoeff() <= 1.0f / 8.0f);  // kaiming-uniform(√5): 1/√64
+  CHECK(sp.router().weight().cwiseAbs().maxCoeff() <= 1.0f / 8.0f);
+  CHECK(sp.router().weight().cwiseAbs().maxCoeff() > 0.9f / 8.0f);
+}
+
+TEST_CASE("MoLoRA forward equals per-expert outputs mixed by the router, for every gate mode") {
+  for (GateMode mode : testing::all_gate_modes()) {
+    INFO(testing::gate_name(mode));
+    ParamStore<double> s;
+    Rng rng(2);
+    MoLoRA<double> m({7, 5, true}, experts_case(4, 3, mode, 2));
+    m.register_params(s, "fc", rng);
+    testing::randomize_params(s, 3);
+    auto x = testing::random_matrix(6, 7, 4);
+    Matrix<double> y(6, 5);
+    MoLoRA<double>::Cache c;
+    m.forward(x, y, c);
+    const Matrix<double> g = testing::naive_router(x, m.router().weight(), mode, 2);
+    CHECK(testing::max_abs_diff(c.gates, g) < 1e-13);
+    CHECK(testing::max_abs_diff(y, naive_mixture(x, g, m)) < 1e-12);
+  }
+}
+
+TEST_CASE("SparseLoRAExperts forward equals the selected experts mixed, for every selecting gate mode") {
+  for (GateMode mode : testing::all_gate_modes()) {
+    if (mode == GateMode::soft) continue;
+    INFO(testing::gate_name(mode));
+    ParamStore<double> s;
+    Rng rng(2);
+    SparseLoRAExperts<double> m({7, 5, true}, experts_case(5, 3, mode, 2), /*chunk_rows=*/3);
+    m.register_params(s, "fc", rng);
+    testing::randomize_params(s, 3);
+    auto x = testing::random_matrix(11, 7, 4);
+    Matrix<double> y(11, 5);
+    SparseLoRAExperts<double>::Cache c;
+    m.forward(x, y, c);
+    const Matrix<double> g = testing::naive_router(x, m.router().weight(), mode, 2);
+    CHECK(testing::max_abs_diff(c.gates, g) < 1e-13);
+    CHECK(testing::max_abs_diff(y, naive_mixture(x, g, m)) < 1e-12);
+    Index assigned = 0;
+    for (Index e = 0; e < 5; ++e) assigned += SparseLoRAExperts<double>::group_size(c, e);
+    CHECK(assigned == 11 * m.router().config().selected());
+  }
+}
+
+TEST_CASE("MoLoRA with E = 1 equals LoRA with the same A and B") {
+  ParamStore<double> s1, s2;
+  Rng rng(5);
+  LoraExpertsConfig c = experts_case(1, 3, GateMode::soft, 1);
+  c.router.aux = {};
+  MoLoRA<double> m({6, 4, true}, c);
+  m.register_params(s1, "fc", rng);
+  testing::randomize_params(s1, 6);
+  LoRA<double> l({6, 4, true}, LoraConfig{3, c.alpha});
+  l.register_params(s2, "fc", rng);
+  l.base().weight() = m.base().weight();
+  l.base().bias() = m.base().bias();
+  l.lora_A() = m.experts().A_cat();
+  l.lora_B() = m.experts().B(0);
+  auto x = testing::random_matrix(5, 6, 7);
+  auto dy = testing::random_matrix(5, 4, 8);
+  Matrix<double> y1(5, 4), y2(5, 4), dx1(5, 6), dx2(5, 6);
+  MoLoRA<double>::Cache c1;
+  LoRA<double>::Cache c2;
+  m.forward(x, y1, c1);
+  l.forward(x, y2, c2);
+  CHECK(testing::max_abs_diff(y1, y2) < 1e-13);
+  m.backward(x, c1, dy, dx1);
+  l.backward(x, c2, dy, dx2);
+  CHECK(testing::max_abs_diff(dx1, dx2) < 1e-13);
+  CHECK(testing::max_abs_diff(MatrixMap<double>(s1.grad(m.experts().A_id()), 3, 6),
+                              MatrixMap<double>(s2.grad(l.lora_A_id()), 3, 6)) < 1e-13);
+  CHECK(testing::max_abs_diff(MatrixMap<double>(s1.grad(m.experts().B_id()), 4, 3),
+                              MatrixMap<double>(s2.grad(l.lora_B_id()), 4, 3)) < 1e-13);
+  CHECK(MatrixMap<double>(s1.grad(m.router().weight_id()), 1, 6).isZero());  // a gate of constant 1
+}
+
+TEST_CASE("SparseLoRAExperts with k = E (topk_renorm) equals soft MoLoRA, forward and backward") {
+  ParamStore<double> s1, s2;
+  Rng rng(5);
+  auto cs = experts_case(4, 2, GateMode::topk_renorm, 4);
+  auto cm = experts_case(4, 2, GateMode::soft, 1);
+  cs.router.aux = {};
+  cm.router.aux = {};
+  SparseLoRAExperts<double> sp({6, 5, true}, cs, 4);
+  MoLoRA<double> so({6, 5, true}, cm);
+  sp.register_params(s1, "fc", rng);
+  so.register_params(s2, "fc", rng);
+  testing::randomize_params(s1, 9);
+  s2.values() = s1.values();
+  auto x = testing::random_matrix(9, 6, 1);
+  auto dy = testing::random_matrix(9, 5, 2);
+  Matrix<double> y1(9, 5), y2(9, 5), dx1(9, 6), dx2(9, 6);
+  SparseLoRAExperts<double>::Cache c1;
+  MoLoRA<double>::Cache c2;
+  sp.forward(x, y1, c1);
+  so.forward(x, y2, c2);
+  CHECK(testing::max_abs_diff(y1, y2) < 1e-13);
+  sp.backward(x, c1, dy, dx1);
+  so.backward(x, c2, dy, dx2);
+  CHECK(testing::max_abs_diff(dx1, dx2) < 1e-13);
+  REQUIRE(s1.grads().size() == s2.grads().size());
+  for (std::size_t i = 0; i < s1.grads().size(); ++i)
+    CHECK(s1.grads()[i] == Approx(s2.grads()[i]).margin(1e-13));
+}
+
+TEST_CASE("MoLoRA gradients (experts, router, aux losses, dx) pass the checker for every gate mode") {
+  for (GateMode mode : testing::all_gate_modes()) {
+    for (int variant = 0; variant < 3;
+         ++variant) {  // 0 plain, 1 dropout + trainable base, 2 external router input
+      DYNAMIC_SECTION(testing::gate_name(mode) << " variant " << variant) {
+        auto cfg = experts_case(4, 2, mode, 2);
+        if (variant == 1) {
+          cfg.dropout = 0.3;
+          cfg.base_trainable = true;
+        }
+        if (variant == 2) {
+          cfg.router_input = RouterInput::external;
+          cfg.router.d_in = 3;
+        }
+        ParamStore<double> s;
+        Rng rng(8);
+        MoLoRA<double> m({6, 5, true}, cfg);
+        m.register_params(s, "fc", rng);
+        testing::randomize_params(s, 10, 0.6);
+        m.set_training(true);
+        const auto x = testing::random_matrix(7, 6, 11);
+        testing::GradcheckResult r;
+        if (variant != 2) {
+          r = check_layer(s, m, x, 5);
+        } else {
+          // the router input u is the checked "x"; the experts' input is fixed
+          const auto xe = testing::random_matrix(7, 6, 12);
+          MoLoRA<double>::Cache c;
+          r = testing::gradcheck(
+              s, testing::random_matrix(7, 3, 13),
+              [&](const Matrix<double>& u, Matrix<double>& y) {
+                y.resize(7, 5);
+                m.router().set_call_counter(0);
+                m.forward(xe, u, y, c);
+                return m.aux_loss(c);
+              },
+              [&](const Matrix<double>& u, const Matrix<double>& dy, Matrix<double>& du) {
+                Matrix<double> dx(7, 6);
+                m.backward(xe, u, c, dy, dx, du);
+              });
+        }
+        INFO(r.report());
+        CHECK(r.ok(1e-6));
+        CHECK(r.checked > s.num_trainable());
+      }
+    }
+  }
+}
+
+TEST_CASE("SparseLoRAExperts gradients pass the checker for every selecting gate mode") {
+  for (GateMode mode : testing::all_gate_modes()) {
+    if (mode == GateMode::soft) continue;
+    for (int variant = 0; variant < 3;
+         ++variant) {  // 0 plain, 1 dropout + trainable base, 2 external + chunk 1
+      DYNAMIC_SECTION(testing::gate_name(mode) << " variant " << variant) {
+        auto cfg = experts_case(5, 2, mode, 2);
+        if (variant == 1) {
+          cfg.dropout = 0.3;
+          cfg.base_trainable = true;
+        }
+        if (variant == 2) {
+          cfg.router_input = RouterInput::external;
+          cfg.router.d_in = 3;
+        }
+        ParamStore<double> s;
+        Rng rng(8);
+        SparseLoRAExperts<double> m({6, 5, true}, cfg, variant == 2 ? 1 : 4);
+        m.register_params(s, "fc", rng);
+        testing::randomize_params(s, 10, 0.6);
+        m.set_training(true);
+        testing::GradcheckResult r;
+        if (variant != 2) {
+          r = check_layer(s, m, testing::random_matrix(9, 6, 11), 5);
+        } else {
+          const auto xe = testing::random_matrix(9, 6, 12);
+          SparseLoRAExperts<double>::Cache c;
+          r = testing::gradcheck(
+              s, testing::random_matrix(9, 3, 13),
+              [&](const Matrix<double>& u, Matrix<double>& y) {
+                y.resize(9, 5);
+                m.router().set_call_counter(0);
+                m.forward(xe, u, y, c);
+                return m.aux_loss(c);
+              },
+              [&](const Matrix<double>& u, const Matrix<double>& dy, Matrix<double>& du) {
+                Matrix<double> dx(9, 6);
+                m.backward(xe, u, c, dy, dx, du);
+              });
+        }
+        INFO(r.report());
+        CHECK(r.ok(1e-6));
+      }
+    }
+  }
+}
+
+TEST_CASE("SparseLoRAExperts corner cases: an expert with no token, E = 1, r = 1, one token, exact ties") {
+  SECTION("expert 3 receives no token: zero gradient, still passes the checker") {
+    auto cfg = experts_case(4, 2, GateMode::topk_renorm, 2);
+    cfg.router.bias = true;
+    ParamStore<double> s;
+    Rng rng(1);
+    SparseLoRAExperts<double> m({5, 4, true}, cfg, 2);
+    m.register_params(s, "fc", rng);
+    testing::randomize_params(s, 2);
+    s.matrix(m.router().bias_id())(0, 3) = -50.0;  // never in the top-2
+    SparseLoRAExperts<double>::Cache c;
+    const auto x = testing::random_matrix(6, 5, 3);
+    Matrix<double> y(6, 4);
+    m.forward(x, y, c);
+    CHECK(SparseLoRAExperts<double>::group_size(c, 3) == 0);
+    const auto r = check_layer(s, m, x, 4);
+    INFO(r.report());
+    CHECK(r.ok(1e-6));
+    CHECK(MatrixMap<double>(s.grad(m.experts().A_id()), 8, 5).middleRows(6, 2).isZero());
+    CHECK(MatrixMap<double>(s.grad(m.experts().B_id()), 16, 2).middleRows(12, 4).isZero());
+  }
+  SECTION("E = 1, k = 1, r = 1") {
+    ParamStore<double> s;
+    Rng rng(1);
+    SparseLoRAExperts<double> m({5, 4, true}, experts_case(1, 1, GateMode::topk_renorm, 1));
+    m.register_params(s, "fc", rng);
+    testing::randomize_params(s, 2);
+    const auto x = testing::random_matrix(3, 5, 3);
+    Matrix<double> y(3, 4);
+    SparseLoRAExperts<double>::Cache c;
+    m.forward(x, y, c);
+    CHECK(c.gates.isOnes());
+    CHECK(testing::max_abs_diff(y, naive_mixture(x, c.gates, m)) < 1e-12);
+    const auto r = check_layer(s, m, x, 4);
+    INFO(r.report());
+    CHECK(r.ok(1e-6));
+  }
+  SECTION("a batch of one token") {
+    for (GateMode mode : testing::all_gate_modes()) {
+      if (mode == GateMode::soft) continue;
+      ParamStore<double> s;
+      Rng rng(1);
+      SparseLoRAExperts<double> m({5, 4, true}, experts_case(3, 2, mode, 2));
+      m.register_params(s, "fc", rng);
+      testing::randomize_params(s, 2);
+      const auto r = check_layer(s, m, testing::random_matrix(1, 5, 3), 4);
+      INFO(testing::gate_name(mode) << ": " << r.report());
+      CHECK(r.ok(1e-6));
+    }
+  }
+  SECTION("exact ties: zero router weights select experts 0 and 1 for every token") {
+    ParamStore<double> s;
+    Rng rng(1);
+    SparseLoRAExperts<double> m({5, 4, true}, experts_case(4, 2, GateMode::topk_renorm, 2));
+    m.register_params(s, "fc", rng);
+    testing::randomize_params(s, 2);
+    m.router().weight().setZero();
+    const auto x = testing::random_matrix(5, 5, 3);
+    Matrix<double> y(5, 4);
+    SparseLoRAExperts<double>::Cache c;
+    m.forward(x, y, c);
+    CHECK(SparseLoRAExperts<double>::group_size(c, 0) == 5);
+    CHECK(SparseLoRAExperts<double>::group_size(c, 1) == 5);
+    CHECK(SparseLoRAExperts<double>::group_size(c, 2) == 0);
+    CHECK((c.gates.leftCols(2).array() == 0.5).all());
+    CHECK(testing::max_abs_diff(y, naive_mixture(x, c.gates, m)) < 1e-12);
+  }
+}
+
+TEST_CASE("MoLoRA corner cases: r = 1, k = E for topk modes, one token") {
+  for (GateMode mode : {GateMode::topk_mask, GateMode::topk_renorm, GateMode::noisy_topk}) {
+    ParamStore<double> s;
+    Rng rng(1);
+    MoLoRA<double> m({4, 3, true}, experts_case(3, 1, mode, 3));
+    m.register_params(s, "fc", rng);
+    testing::randomize_params(s, 2);
+    m.set_training(true);
+    const auto r = check_layer(s, m, testing::random_matrix(1, 4, 3), 3);
+    INFO(testing::gate_name(mode) << ": " << r.report());
+    CHECK(r.ok(1e-6));
+  }
+}
+
+TEST_CASE("MoE adapters: NaN input is a NumericError naming the layer; config and shape errors") {
+  ParamStore<float> s;
+  Rng rng(1);
+  MoLoRA<float> m({8, 4, true}, LoraExpertsConfig::for_ai(3, 2));
+  m.register_params(s, "h.2.mlp.wi", rng);
+  SparseLoRAExperts<float> sp({8, 4, true}, LoraExpertsConfig::mola(3, 2, 2));
+  sp.register_params(s, "h.2.mlp.wo", rng);
+  Matrix<float> x = Matrix<float>::Ones(3, 8), y(3, 4);
+  x(2, 5) = NAN;
+  MoLoRA<float>::Cache c;
+  SparseLoRAExperts<float>::Cache cs;
+  CHECK_THROWS_WITH(m.forward(x, y, c),
+                    Catch::Contains("Router 'h.2.mlp.wi.router'") && Catch::Contains("token 2"));
+  CHECK_THROWS_AS(sp.forward(x, y, cs), NumericError);
+  Matrix<float> x7(3, 7);
+  CHECK_THROWS_WITH(m.forward(x7, y, c), "MoLoRA 'h.2.mlp.wi': x has 7 features, layer expects 8");
+  LoraExpertsConfig soft = LoraExpertsConfig::for_ai(3, 2);
+  CHECK_THROWS_AS(SparseLoRAExperts<float>({8, 4, true}, soft), ConfigError);
+  soft.router_input = RouterInput::activation;
+  CHECK_THROWS_AS(MoLoRA<float>({8, 4, true}, soft), ConfigError);
+  auto topk = LoraExpertsConfig::mola(3, 4);
+  SparseLoRAExperts<float> bad({8, 4, true}, topk);
+  CHECK_THROWS_AS(bad.register_params(s, "bad", rng), ConfigError);
+}
