@@ -12,6 +12,9 @@ Files (all < 100 KB together):
                              single metadata key: pemoe's SafetensorsWriter must write the same bytes.
   tiny_model.safetensors     a small "model" for the CLI round trip: 2-d weights of several shapes
                              (one BF16, one that needs padding), 1-d biases, an I64 buffer.
+  mpo_missing_core.safetensors, mpo_bad_record.safetensors
+                             the layout of `pemoe mpo compress` with a core missing / a record without
+                             its modes: `pemoe mpo expand` must reject them with a clear error.
 """
 import json
 import math
@@ -94,9 +97,21 @@ def tiny_model():
     torch_save(tt, os.path.join(HERE, "tiny_model.safetensors"), metadata={"format": "pt"})
 
 
+def broken_mpo():
+    # Files in the layout of `pemoe mpo compress` that `pemoe mpo expand` must reject with a clear error.
+    rec = {"shape": [4, 4], "dtype": "F32", "row_modes": [2, 2], "col_modes": [2, 2], "padded": False,
+           "gauge": "symmetric", "max_bond": None, "rel_cutoff": 0.0, "bond_dims": [1, 4, 1]}
+    core0 = np.ones((1, 2, 2, 4), dtype=np.float32)
+    np_save({"w.mpo.core_0": core0}, os.path.join(HERE, "mpo_missing_core.safetensors"),
+            metadata={"pemoe.mpo/w": json.dumps(rec)})
+    np_save({"v.mpo.core_0": core0}, os.path.join(HERE, "mpo_bad_record.safetensors"),
+            metadata={"pemoe.mpo/v": '{"shape": [4, 4], "dtype": "F32"}'})
+
+
 if __name__ == "__main__":
     mixed()
     f32()
     tiny_model()
+    broken_mpo()
     for f in sorted(os.listdir(HERE)):
         print(f, os.path.getsize(os.path.join(HERE, f)))

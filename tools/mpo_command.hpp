@@ -1,0 +1,445 @@
+// `pemoe mpo compress` and `pemoe mpo expand`: MPO-decompose the matching 2-d tensors of a safetensors
+// file, and rebuild dense weights from such a file.
+//
+// File layout written by `compress` (documented in `pemoe mpo --help`):
+// - every matched tensor W is replaced, at its place in the file, by its cores `<W>.mpo.core_<k>`,
+//   k = 0..n-1, each 4-d (d_k, i_k, j_k, d_{k+1}); F32 (F64 when W was F64);
+// - every other tensor is copied unchanged (same dtype, same bytes), and all metadata is kept;
+// - `__metadata__["pemoe.mpo/<W>"]` is a JSON object with what `expand` needs and what the table showed:
+//   {"shape": [rows, cols], "dtype": "F32", "row_modes": [...], "col_modes": [...], "padded": false,
+//    "gauge": "symmetric", "max_bond": 64 | null, "rel_cutoff": 0.0, "bond_dims": [1, ..., 1],
+//    "params": <dense>, "mpo_params": <cores>, "rel_error": ||W - MPO||_F / ||W||_F};
+// - `__metadata__["pemoe.mpo.version"]` is the pemoe version that wrote the file.
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <set>
+#include <string>
+#include <vector>
+#include <xtensor/xtensor.hpp>
+
+#include "cli_args.hpp"
+#include "pemoe/io/safetensors.hpp"
+#include "pemoe/mpo/decompose.hpp"
+#include "pemoe/mpo/reconstruct.hpp"
+#include "pemoe/mpo/shape.hpp"
+#include "pemoe/version.hpp"
+#include "table.hpp"
+
+namespace pemoe::cli {
+
+inline const char* const mpo_help =
+    R"(usage: pemoe mpo <command> [options]
+
+Matrix product operator (MPO) decomposition of the 2-d weights of a safetensors file (MPOP/MPOE:
+Gao et al. 2020, Liu et al. ACL 2021, Gao et al. COLING 2022).
+
+commands:
+  compress IN --match REGEX --out OUT [options]
+                     decompose every tensor whose name matches REGEX into MPO cores
+  expand IN --out OUT
+                     rebuild the dense tensors of a file written by 'compress'
+
+File layout of 'compress': each matched tensor W (rows x cols) is replaced, at its place, by n cores
+'W.mpo.core_0' .. 'W.mpo.core_<n-1>' of shape (d_k, i_k, j_k, d_k+1) with prod(i) = rows and
+prod(j) = cols (after zero-padding with --pad); W = contraction of the cores over the bonds d. Cores
+are F32 (F64 for an F64 tensor). Every other tensor and all metadata are copied unchanged;
+__metadata__["pemoe.mpo/W"] records, as JSON, the original shape and dtype, the modes, padding, gauge,
+bond dimensions and relative error, and __metadata__["pemoe.mpo.version"] the pemoe version.
+
+Run 'pemoe mpo compress --help' or 'pemoe mpo expand --help' for the options.
+)";
+
+inline const char* const mpo_compress_help =
+    R"(usage: pemoe mpo compress IN.safetensors --match REGEX --out OUT.safetensors [options]
+
+Decomposes every tensor of IN whose name matches REGEX (ECMAScript, searched anywhere in the name, as
+std::regex_search) into an MPO by TT-SVD, writes OUT and prints a table: tensor, shape, modes
+(row modes x col modes), bond dimensions d_1..d_n-1, parameters before and after, and the relative
+error ||W - MPO||_F / ||W||_F measured on the rebuilt matrix. The totals row sums the parameters of
+the matched tensors; its error is over all of them together.
+
+options:
+  --match REGEX        tensors to decompose; each must be 2-d and F32, F64, F16 or BF16 (required)
+  --out PATH           output file (required; may be IN itself)
+  --max-bond K         cap on every bond dimension (default: none, the decomposition is exact)
+  --cores N            number of cores n (default 5, as MPOP and MPOE)
+  --rel-cutoff X       per bond, drop the smallest singular values whose squared sum is at most X of
+                       the total (default 0: keep all); combined with --max-bond
+  --gauge G            symmetric (default; the reference's canonical form), mixed (centred on the
+                       middle core) or left (raw TT-SVD)
+  --pad                zero-pad a side whose own factors are unbalanced (its largest mode more than
+                       twice that of the padded size, e.g. a vocabulary of 30522 = 2*3*5087) up to a
+                       size with balanced factors; expand slices the padding off again
+  -h, --help           this text
+)";
+
+inline const char* const mpo_expand_help =
+    R"(usage: pemoe mpo expand IN.safetensors --out OUT.safetensors
+
+Rebuilds every tensor that 'pemoe mpo compress' decomposed (contracting its cores, slicing off any
+padding, converting back to its original dtype) at the place of its cores; copies every other tensor
+unchanged and drops only the metadata 'compress' added.
+
+options:
+  --out PATH           output file (required; may be IN itself)
+  -h, --help           this text
+)";
+
+namespace detail_mpo {
+
+inline const std::string record_prefix = "pemoe.mpo/";
+inline const std::string version_key = "pemoe.mpo.version";
+
+inline std::string core_name(const std::string& tensor, Index k) {
+  return tensor + ".mpo.core_" + std::to_string(k);
+}
+
+/// "12,64,64,12" (the inner bonds d_1..d_{n-1}; "-" for a single core).
+inline std::string inner_bonds(const std::vector<Index>& d) {
+  std::string s;
+  for (std::size_t k = 1; k + 1 < d.size(); ++k) s += (s.empty() ? "" : ",") + std::to_string(d[k]);
+  return s.empty() ? "-" : s;
+}
+
+inline std::string shape_text(Index rows, Index cols) {
+  return std::to_string(rows) + "x" + std::to_string(cols);
+}
+
+/// Modes for one side of size `size`: the balanced factorisation of `size` itself, or, with `pad`, of a
+/// zero-padded size when that makes the largest mode more than 2x smaller: 30522 = [1,2,5087,3,1] is padded
+/// to 32768 = [8,8,8,8,8], but 1536 = [4,4,6,4,4] and 3072 = [4,4,8,6,4] stay as they are (padding them
+/// would only add parameters).
+inline std::vector<Index> side_modes(Index size, Index n_cores, bool pad) {
+  std::vector<Index> plain = propose_modes(size, n_cores, false);
+  if (!pad) return plain;
+  std::vector<Index> padded = propose_modes(size, n_cores, true);
+  const Index max_plain = *std::max_element(plain.begin(), plain.end());
+  const Index max_padded = *std::max_element(padded.begin(), padded.end());
+  return max_plain > 2 * max_padded ? padded : plain;
+}
+
+inline MpoGauge parse_gauge(const std::string& g) {
+  if (g == "symmetric") return MpoGauge::symmetric;
+  if (g == "mixed") return MpoGauge::mixed_canonical;
+  if (g == "left") return MpoGauge::left_canonical;
+  throw UsageError("option '--gauge' must be symmetric, mixed or left, got '" + g + "'");
+}
+
+/// One decomposed tensor: what the table shows and `__metadata__` records.
+struct Row {
+  std::string name;
+  Index rows = 0, cols = 0;
+  MpoShape shape;
+  std::vector<Index> bonds;
+  Index params = 0, mpo_params = 0;
+  double err2 = 0, norm2 = 0;  // squared ||W - MPO||_F and ||W||_F
+};
+
+/// Decomposes one tensor in precision T, adds its cores to `out`, returns the table row.
+template <class T>
+Row compress_one(const SafetensorsFile& in, const std::string& name, const MpoShape& shape,
+                 const TruncationPolicy& policy, MpoGauge gauge, SafetensorsWriter& out) {
+  const Matrix<T> W = in.to_matrix<T>(name);
+  const Mpo<T> mpo = decompose<T>(W, shape, policy, gauge);
+  for (Index k = 0; k < mpo.n_cores(); ++k) {
+    const auto& c = mpo.cores[static_cast<std::size_t>(k)];
+    const Shape cs(c.shape().begin(), c.shape().end());
+    out.add(core_name(name, k), cs, c.data());
+  }
+  const Matrix<T> R = reconstruct(mpo);
+  Row row;
+  row.name = name;
+  row.rows = W.rows();
+  row.cols = W.cols();
+  row.shape = shape;
+  row.bonds = mpo.bond_dims();
+  row.params = W.size();
+  row.mpo_params = mpo.num_params();
+  row.err2 = (W.template cast<double>() - R.template cast<double>()).squaredNorm();
+  row.norm2 = W.template cast<double>().squaredNorm();
+  return row;
+}
+
+}  // namespace detail_mpo
+
+/// `pemoe mpo compress`; returns the exit code.
+inline int mpo_compress(int argc, char** argv, int first) {
+  using namespace detail_mpo;
+  const Args args("pemoe mpo compress",
+                  {{"--match", true},
+                   {"--out", true},
+                   {"--max-bond", true},
+                   {"--cores", true},
+                   {"--rel-cutoff", true},
+                   {"--gauge", true},
+                   {"--pad", false}},
+                  argc, argv, first);
+  if (args.help()) {
+    std::cout << mpo_compress_help;
+    return 0;
+  }
+  args.expect_positional(1, "input file (usage: pemoe mpo compress IN --match REGEX --out OUT)");
+  const std::string in_path = args.positional()[0];
+  const std::string pattern = args.required("--match");
+  const std::string out_path = args.required("--out");
+  TruncationPolicy policy;
+  policy.max_bond = static_cast<Index>(args.integer("--max-bond", policy.max_bond, 1, policy.max_bond));
+  policy.rel_cutoff = args.number("--rel-cutoff", 0.0, 0.0, 1.0);
+  const Index n_cores = static_cast<Index>(args.integer("--cores", 5, 1, 32));
+  const std::string gauge_name = args.get("--gauge", "symmetric");
+  const MpoGauge gauge = parse_gauge(gauge_name);
+  const bool pad = args.has("--pad");
+  std::regex re;
+  try {
+    re = std::regex(pattern);
+  } catch (const std::regex_error& e) {
+    throw UsageError("--match '" + pattern + "' is not a valid regular expression: " + e.what());
+  }
+
+  const auto t0 = std::chrono::steady_clock::now();
+  const SafetensorsFile in = SafetensorsFile::load(in_path);
+  std::vector<std::string> matched, bad;
+  for (const auto& name : in.names()) {
+    if (!std::regex_search(name, re)) continue;
+    matched.push_back(name);
+    const TensorInfo& ti = in.info(name);
+    const bool float_type =
+        ti.dtype == Dtype::F32 || ti.dtype == Dtype::F64 || ti.dtype == Dtype::F16 || ti.dtype == Dtype::BF16;
+    if (ti.shape.size() != 2 || !float_type)
+      bad.push_back(name + " " + shape_string(ti.shape) + " " + dtype_name(ti.dtype));
+  }
+  if (matched.empty())
+    throw RuntimeError("--match '" + pattern + "' matches none of the " + std::to_string(in.size()) +
+                       " tensors of '" + in_path + "': " + pemoe::detail::name_list(in.names(), 12) +
+                       " ('pemoe info " + in_path + "' lists them all)");
+  if (!bad.empty())
+    throw RuntimeError(
+        "--match '" + pattern + "' matches " + plural(bad.size(), "tensor") +
+        (bad.size() == 1 ? " that is not a 2-d float matrix" : " that are not 2-d float matrices") +
+        " (F32, F64, F16, BF16): " + pemoe::detail::name_list(bad, 6) +
+        "; make the pattern more specific so that it matches only weight matrices");
+  const std::set<std::string> match_set(matched.begin(), matched.end());
+  for (const auto& name : in.names())
+    for (const auto& m : matched)
+      if (!match_set.count(name) && name.rfind(m + ".mpo.core_", 0) == 0)
+        throw RuntimeError("'" + in_path + "' already has a tensor '" + name + "', which the cores of '" + m +
+                           "' would replace; was this file compressed before?");
+
+  SafetensorsWriter out;
+  out.set_metadata(in.metadata());
+  std::vector<Row> rows;
+  for (const auto& name : in.names()) {
+    if (!match_set.count(name)) {
+      out.copy_from(in, name);
+      continue;
+    }
+    const TensorInfo& ti = in.info(name);
+    const MpoShape shape{side_modes(ti.shape[0], n_cores, pad), side_modes(ti.shape[1], n_cores, pad)};
+    Row row = ti.dtype == Dtype::F64 ? compress_one<double>(in, name, shape, policy, gauge, out)
+                                     : compress_one<float>(in, name, shape, policy, gauge, out);
+    nlohmann::ordered_json rec;
+    rec["shape"] = {row.rows, row.cols};
+    rec["dtype"] = dtype_name(ti.dtype);
+    rec["row_modes"] = shape.row_modes;
+    rec["col_modes"] = shape.col_modes;
+    rec["padded"] = shape.rows() != row.rows || shape.cols() != row.cols;
+    rec["gauge"] = gauge_name;
+    rec["max_bond"] =
+        args.has("--max-bond") ? nlohmann::ordered_json(policy.max_bond) : nlohmann::ordered_json();
+    rec["rel_cutoff"] = policy.rel_cutoff;
+    rec["bond_dims"] = row.bonds;
+    rec["params"] = row.params;
+    rec["mpo_params"] = row.mpo_params;
+    rec["rel_error"] = row.norm2 > 0 ? std::sqrt(row.err2 / row.norm2) : std::sqrt(row.err2);
+    out.set_metadata(record_prefix + name, rec.dump());
+    rows.push_back(std::move(row));
+  }
+  out.set_metadata(version_key, version_string);
+  out.save(out_path);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+
+  Table table({"tensor", "shape", "modes", "bond dims", "params", "mpo params", "ratio", "rel. error"},
+              {false, false, false, false, true, true, true, true});
+  long long before = 0, after = 0;
+  double err2 = 0, norm2 = 0;
+  for (const auto& r : rows) {
+    const bool padded = r.shape.rows() != r.rows || r.shape.cols() != r.cols;
+    table.add({r.name, shape_text(r.rows, r.cols), r.shape.to_string() + (padded ? " (padded)" : ""),
+               inner_bonds(r.bonds), thousands(r.params), thousands(r.mpo_params),
+               format("%.1f%%", 100.0 * double(r.mpo_params) / double(r.params)),
+               format("%.2e", r.norm2 > 0 ? std::sqrt(r.err2 / r.norm2) : std::sqrt(r.err2))});
+    before += r.params;
+    after += r.mpo_params;
+    err2 += r.err2;
+    norm2 += r.norm2;
+  }
+  table.total({"total (" + plural(rows.size(), "tensor") + ")", "", "", "", thousands(before),
+               thousands(after), format("%.1f%%", 100.0 * double(after) / double(before)),
+               format("%.2e", norm2 > 0 ? std::sqrt(err2 / norm2) : std::sqrt(err2))});
+  long long file_params = 0;
+  for (const auto& name : in.names()) file_params += in.info(name).numel();
+  std::cout << "pemoe mpo compress: " << rows.size() << " of " << plural(in.size(), "tensor") << " of '"
+            << in_path << "' match '" << pattern << "'; " << n_cores << " cores, max bond "
+            << (args.has("--max-bond") ? std::to_string(policy.max_bond) : std::string("none"))
+            << ", rel cutoff " << policy.rel_cutoff << ", gauge " << gauge_name << (pad ? ", padding on" : "")
+            << "\n\n";
+  table.print(std::cout);
+  std::cout << "\nall tensors: " << thousands(file_params) << " -> "
+            << thousands(file_params - before + after) << " parameters; wrote '" << out_path << "' in "
+            << format("%.1f", seconds) << " s\n";
+  return 0;
+}
+
+namespace detail_mpo {
+
+/// Rebuilds tensor `name` from its cores in precision T and adds it to `out` as `dtype`.
+template <class T>
+void expand_one(const SafetensorsFile& in, const std::string& name, const MpoShape& shape, Index rows,
+                Index cols, Dtype dtype, SafetensorsWriter& out) {
+  std::vector<xt::xtensor<T, 4>> cores;
+  for (Index k = 0; k < shape.n_cores(); ++k) {
+    const std::string cn = core_name(name, k);
+    const TensorInfo& ti = in.info(cn);
+    if (ti.shape.size() != 4)
+      throw RuntimeError("'" + in.source() + "': core '" + cn + "' has shape " + shape_string(ti.shape) +
+                         ", expected 4-d (d_k, i_k, j_k, d_k+1)");
+    auto c = xt::xtensor<T, 4>::from_shape(
+        {static_cast<std::size_t>(ti.shape[0]), static_cast<std::size_t>(ti.shape[1]),
+         static_cast<std::size_t>(ti.shape[2]), static_cast<std::size_t>(ti.shape[3])});
+    in.copy_to(cn, c.data(), static_cast<Index>(c.size()));
+    cores.push_back(std::move(c));
+  }
+  const Matrix<T> W = reconstruct(cores, shape, rows, cols);
+  out.add(name, Shape{rows, cols}, W.data(), dtype);
+}
+
+}  // namespace detail_mpo
+
+/// `pemoe mpo expand`; returns the exit code.
+inline int mpo_expand(int argc, char** argv, int first) {
+  using namespace detail_mpo;
+  const Args args("pemoe mpo expand", {{"--out", true}}, argc, argv, first);
+  if (args.help()) {
+    std::cout << mpo_expand_help;
+    return 0;
+  }
+  args.expect_positional(1, "input file (usage: pemoe mpo expand IN --out OUT)");
+  const std::string in_path = args.positional()[0];
+  const std::string out_path = args.required("--out");
+  const auto t0 = std::chrono::steady_clock::now();
+  const SafetensorsFile in = SafetensorsFile::load(in_path);
+
+  struct Rec {
+    MpoShape shape;
+    Index rows = 0, cols = 0;
+    Dtype dtype = Dtype::F32;
+    std::vector<Index> bonds;
+  };
+  std::map<std::string, Rec> recs;  // tensor name -> record
+  SafetensorsMetadata kept;
+  for (const auto& [key, value] : in.metadata()) {
+    if (key == version_key) continue;
+    if (key.rfind(record_prefix, 0) != 0) {
+      kept[key] = value;
+      continue;
+    }
+    const std::string name = key.substr(record_prefix.size());
+    const std::string where = "'" + in_path + "': __metadata__ '" + key + "'";
+    Rec r;
+    try {
+      const auto j = nlohmann::json::parse(value);
+      r.shape.row_modes = j.at("row_modes").get<std::vector<Index>>();
+      r.shape.col_modes = j.at("col_modes").get<std::vector<Index>>();
+      const auto shape = j.at("shape").get<std::vector<Index>>();
+      if (shape.size() != 2) throw RuntimeError(where + ": \"shape\" must have 2 entries");
+      r.rows = shape[0];
+      r.cols = shape[1];
+      if (!parse_dtype(j.at("dtype").get<std::string>(), r.dtype))
+        throw RuntimeError(where + ": unknown dtype '" + j.at("dtype").get<std::string>() + "'");
+    } catch (const nlohmann::json::exception& e) {
+      throw RuntimeError(where + " is not a valid MPO record (" + e.what() +
+                         "); was the file edited by hand?");
+    }
+    r.shape.validate(key);
+    if (r.rows < 1 || r.cols < 1 || r.rows > r.shape.rows() || r.cols > r.shape.cols())
+      throw RuntimeError(where + ": shape " + shape_text(r.rows, r.cols) + " does not fit the modes " +
+                         r.shape.to_string());
+    for (Index k = 0; k < r.shape.n_cores(); ++k)
+      if (!in.contains(core_name(name, k)))
+        throw RuntimeError("'" + in_path + "': tensor '" + name + "' has " +
+                           std::to_string(r.shape.n_cores()) + " MPO cores but '" + core_name(name, k) +
+                           "' is missing from the file");
+    if (in.contains(name))
+      throw RuntimeError("'" + in_path + "' has both the dense tensor '" + name + "' and its MPO cores");
+    recs[name] = r;
+  }
+  if (recs.empty())
+    throw RuntimeError("'" + in_path +
+                       "' has no MPO-compressed tensors (no __metadata__ key starting with '" +
+                       record_prefix + "'); was it written by 'pemoe mpo compress'?");
+  std::map<std::string, std::pair<std::string, Index>> core_of;  // core name -> (tensor, k)
+  for (const auto& [name, r] : recs)
+    for (Index k = 0; k < r.shape.n_cores(); ++k) core_of[core_name(name, k)] = {name, k};
+
+  SafetensorsWriter out;
+  out.set_metadata(kept);
+  Table table({"tensor", "shape", "dtype", "modes", "bond dims", "mpo params", "params"},
+              {false, false, false, false, false, true, true});
+  long long before = 0, after = 0;
+  for (const auto& name : in.names()) {
+    auto it = core_of.find(name);
+    if (it == core_of.end()) {
+      out.copy_from(in, name);
+      continue;
+    }
+    if (it->second.second != 0) continue;  // the tensor is written at the place of its first core
+    const std::string& tensor = it->second.first;
+    const Rec& r = recs.at(tensor);
+    const bool f64 = in.info(core_name(tensor, 0)).dtype == Dtype::F64;
+    if (f64)
+      expand_one<double>(in, tensor, r.shape, r.rows, r.cols, r.dtype, out);
+    else
+      expand_one<float>(in, tensor, r.shape, r.rows, r.cols, r.dtype, out);
+    Index mpo_params = 0;
+    std::vector<Index> bonds{1};
+    for (Index k = 0; k < r.shape.n_cores(); ++k) {
+      const TensorInfo& ti = in.info(core_name(tensor, k));
+      mpo_params += ti.numel();
+      bonds.push_back(ti.shape[3]);
+    }
+    table.add({tensor, shape_text(r.rows, r.cols), dtype_name(r.dtype), r.shape.to_string(),
+               inner_bonds(bonds), thousands(mpo_params), thousands(r.rows * r.cols)});
+    before += mpo_params;
+    after += r.rows * r.cols;
+  }
+  table.total(
+      {"total (" + plural(recs.size(), "tensor") + ")", "", "", "", "", thousands(before), thousands(after)});
+  out.save(out_path);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::cout << "pemoe mpo expand: rebuilt " << plural(recs.size(), "tensor") << " of '" << in_path << "'\n\n";
+  table.print(std::cout);
+  std::cout << "\nwrote '" << out_path << "' (" << plural(out.names().size(), "tensor") << ") in "
+            << format("%.1f", seconds) << " s\n";
+  return 0;
+}
+
+/// `pemoe mpo ...`; returns the exit code.
+inline int mpo_command(int argc, char** argv, int first) {
+  if (first >= argc)
+    throw UsageError("missing command after 'mpo' (compress or expand; see 'pemoe mpo --help')");
+  const std::string cmd = argv[first];
+  if (cmd == "-h" || cmd == "--help") {
+    std::cout << mpo_help;
+    return 0;
+  }
+  if (cmd == "compress") return mpo_compress(argc, argv, first + 1);
+  if (cmd == "expand") return mpo_expand(argc, argv, first + 1);
+  throw UsageError("unknown command 'mpo " + cmd + "' (known: compress, expand; see 'pemoe mpo --help')");
+}
+
+}  // namespace pemoe::cli
