@@ -197,20 +197,6 @@ inline Index choose_rank(const Eigen::VectorXd& s, const TruncationPolicy& polic
   return r;
 }
 
-/// The zero-padded matrix (in double) permuted to the interleaved tensor (i_1, j_1, …, i_n, j_n).
-template <class T>
-std::vector<double> interleave(ConstMatrixRef<T> W, const MpoShape& shape) {
-  const InterleaveMap map = interleave_map(shape);
-  std::vector<double> t(static_cast<std::size_t>(shape.rows() * shape.cols()), 0.0);
-  for (Index r = 0; r < W.rows(); ++r) {
-    const Index ro = map.row_offset[static_cast<std::size_t>(r)];
-    for (Index c = 0; c < W.cols(); ++c)
-      t[static_cast<std::size_t>(ro + map.col_offset[static_cast<std::size_t>(c)])] =
-          static_cast<double>(W(r, c));
-  }
-  return t;
-}
-
 /// Row-major (rows, cols) copy of a column-major matrix block.
 inline RowMatD to_row(const MatD& m) {
   return RowMatD(m);
@@ -261,7 +247,7 @@ Mpo<T> decompose(ConstMatrixRef<T> W, const MpoShape& shape, const TruncationPol
   out.cols = W.cols();
   out.gauge = gauge;
 
-  std::vector<double> res = detail::interleave<T>(W, shape);
+  std::vector<double> res = detail::interleave_as<double, T>(W, shape, detail::interleave_map(shape));
   {
     double s2 = 0;
     for (double v : res) s2 += v * v;
@@ -384,7 +370,8 @@ xt::xtensor<T, 4> fix_auxiliary_central(ConstMatrixRef<T> W_new, const Mpo<T>& m
   const Index d_r = d[c + 1];
   const Eigen::Map<const RowMatD> R(Rl.data(), d_r, Rl.size() / d_r);  // (d_{c+1}, F_>c)
   const Index f_l = L.rows(), f_c = mpo.shape.row_modes[c] * mpo.shape.col_modes[c], f_r = R.cols();
-  const std::vector<double> t = detail::interleave<T>(W_new, mpo.shape);
+  const std::vector<double> t =
+      detail::interleave_as<double, T>(W_new, mpo.shape, detail::interleave_map(mpo.shape));
   const Eigen::Map<const RowMatD> M(t.data(), f_l, f_c * f_r);
   const RowMatD Lp = Eigen::CompleteOrthogonalDecomposition<MatD>(MatD(L)).pseudoInverse();  // (d_c, F_<c)
   const RowMatD Rp =

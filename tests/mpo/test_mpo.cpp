@@ -1,0 +1,396 @@
+// mpo/: shapes and parameter counts (spec §1.5, §2.2), exact reconstruction, gauges, spectra, truncation
+// (Oseledets bound, monotonicity, rel_cutoff), padding, fix_auxiliary_central, apply by contraction vs
+// rebuild.
+#include <Eigen/SVD>
+#include <catch2/catch.hpp>
+#include <cmath>
+
+#include "pemoe/mpo/contract.hpp"
+#include "pemoe/mpo/decompose.hpp"
+#include "pemoe/mpo/reconstruct.hpp"
+#include "pemoe/mpo/shape.hpp"
+#include "support/helpers.hpp"
+
+using namespace pemoe;
+
+namespace {
+
+const MpoShape kT5Wi{{4, 4, 8, 6, 4}, {3, 4, 4, 4, 4}};  // wi 3072×768 (PyTorch (out, in))
+
+template <class T>
+double rel_err(const Matrix<T>& a, const Matrix<T>& b) {
+  return double((a.template cast<double>() - b.template cast<double>()).norm() /
+                b.template cast<double>().norm());
+}
+
+// The k-th unfolding of W: (Π_{m<k} i_m j_m, rest) of the interleaved tensor, by explicit index loops.
+Matrix<double> unfolding(const Matrix<double>& W, const MpoShape& s, Index k) {
+  const Index n = s.n_cores();
+  Index left = 1;
+  for (Index m = 0; m < k; ++m) left *= s.row_modes[m] * s.col_modes[m];
+  Matrix<double> U(left, W.size() / left);
+  for (Index r = 0; r < W.rows(); ++r)
+    for (Index c = 0; c < W.cols(); ++c) {
+      // digits of r and c (row-major), then the interleaved flat index
+      std::vector<Index> ir(n), jc(n);
+      Index rr = r, cc = c;
+      for (Index m = n - 1; m >= 0; --m) {
+        ir[m] = rr % s.row_modes[m];
+        rr /= s.row_modes[m];
+        jc[m] = cc % s.col_modes[m];
+        cc /= s.col_modes[m];
+      }
+      Index flat = 0;
+      for (Index m = 0; m < n; ++m) flat = (flat * s.row_modes[m] + ir[m]) * s.col_modes[m] + jc[m];
+      U(flat / U.cols(), flat % U.cols()) = W(r, c);
+    }
+  return U;
+}
+
+Eigen::VectorXd singular_values(const Matrix<double>& A) {
+  return Eigen::BDCSVD<Eigen::MatrixXd>(Eigen::MatrixXd(A)).singularValues();
+}
+
+// Left block of bond k (cores 0..k-1) as (F_<k, d_k) and right block (cores k..n-1) as (d_k, F_>=k).
+template <class T>
+Matrix<double> left_block(const Mpo<T>& m, Index k) {
+  std::vector<xt::xtensor<double, 4>> c;
+  for (const auto& x : m.cores) c.push_back(xt::cast<double>(x));
+  return detail::chain_contract(c, 0, k - 1);
+}
+template <class T>
+Matrix<double> right_block(const Mpo<T>& m, Index k) {
+  std::vector<xt::xtensor<double, 4>> c;
+  for (const auto& x : m.cores) c.push_back(xt::cast<double>(x));
+  Matrix<double> R = detail::chain_contract(c, k, m.n_cores() - 1);
+  const Index d = Index(c[std::size_t(k)].shape()[0]);
+  return Eigen::Map<Matrix<double>>(R.data(), d, R.size() / d);
+}
+
+}  // namespace
+
+TEST_CASE("MpoShape: balanced factorisations reproduce MPOE's presets; padding as for vocabularies") {
+  CHECK(propose_modes(3072, 5) == std::vector<Index>{4, 4, 8, 6, 4});
+  CHECK(propose_modes(768, 5) == std::vector<Index>{3, 4, 4, 4, 4});
+  CHECK(propose_modes(1024, 5) == std::vector<Index>{4, 4, 4, 4, 4});
+  CHECK(propose_modes(4096, 5) == std::vector<Index>{4, 4, 8, 8, 4});
+  CHECK(propose_mpo_shape(3072, 768, 5) == kT5Wi);
+  // T5's vocabulary 32128 = 2^7·251 is padded to 8^5 (MPOE's EmbeddingMPO).
+  CHECK(propose_modes(32128, 5, true) == std::vector<Index>{8, 8, 8, 8, 8});
+  CHECK(propose_modes(32128, 5, false).size() == 5);
+  for (Index n : {3, 5, 7})
+    for (Index size : {60, 97, 768, 1000, 3072, 30522}) {
+      for (bool pad : {false, true}) {
+        const auto m = propose_modes(size, n, pad);
+        REQUIRE(Index(m.size()) == n);
+        Index p = 1;
+        for (Index f : m) p *= f;
+        if (pad)
+          CHECK(p >= size);
+        else
+          CHECK(p == size);
+        CHECK(*std::max_element(m.begin(), m.end()) == m[std::size_t((n - 1) / 2)]);  // largest in the centre
+      }
+    }
+  CHECK(propose_modes(97, 3) == std::vector<Index>{1, 97, 1});  // a prime cannot be balanced without padding
+  CHECK_THROWS_AS(propose_modes(0, 5), ConfigError);
+  CHECK_THROWS_AS((MpoShape{{2, 2}, {2}}.validate()), ConfigError);
+}
+
+TEST_CASE("MPO parameter counts equal spec §1.5 (T5 FFN matrix) and §2.2 (MPOE vs Switch totals)") {
+  CHECK(kT5Wi.bond_dims() == std::vector<Index>{1, 12, 192, 384, 16, 1});
+  const auto d = kT5Wi.bond_dims();
+  CHECK(kT5Wi.core_params(0, d) == 144);
+  CHECK(kT5Wi.core_params(1, d) == 36864);
+  CHECK(kT5Wi.core_params(2, d) == 2359296);
+  CHECK(kT5Wi.core_params(3, d) == 147456);
+  CHECK(kT5Wi.core_params(4, d) == 256);
+  CHECK(kT5Wi.num_params() == 2544016);
+  CHECK(kT5Wi.central_params() == 2359296);
+  CHECK(kT5Wi.auxiliary_params() == 184720);
+  CHECK(kT5Wi.transposed().num_params() == 2544016);       // wo
+  const MpoShape large{{4, 4, 8, 8, 4}, {4, 4, 4, 4, 4}};  // 4096×1024
+  CHECK(large.central_params() == 4194304);
+  CHECK(large.auxiliary_params() == 328192);
+  // §2.2: 24 FFN layers × 2 matrices.
+  const double dense = 48.0 * 3072 * 768;
+  CHECK(dense / 1e6 == Approx(113.2).margin(0.05));
+  const double mpoe[] = {148.7, 184.2, 255.1}, sw[] = {453.0, 906.0, 1811.9};
+  int idx = 0;
+  for (int N : {4, 8, 16}) {
+    const double m = 48.0 * double(kT5Wi.central_params() + N * kT5Wi.auxiliary_params());
+    CHECK(m / 1e6 == Approx(mpoe[idx]).margin(0.05));
+    CHECK(N * dense / 1e6 == Approx(sw[idx]).margin(0.05));
+    ++idx;
+  }
+  // truncated: every bond capped
+  CHECK(kT5Wi.bond_dims(64) == std::vector<Index>{1, 12, 64, 64, 16, 1});
+}
+
+TEST_CASE("decompose/reconstruct is exact at full rank for the MPOE shapes (float 1e-5, double 1e-12)") {
+  struct Case {
+    Index rows, cols;
+    MpoShape shape;
+  };
+  const Case cases[] = {{3072, 768, kT5Wi},
+                        {768, 768, MpoShape{{3, 4, 4, 4, 4}, {4, 4, 4, 4, 3}}},
+                        {4096, 1024, MpoShape{{4, 4, 8, 8, 4}, {4, 4, 4, 4, 4}}}};
+  for (const auto& cs : cases) {
+    const auto W = testing::random_matrix<double>(cs.rows, cs.cols, 7, 0.05);
+    const auto md = decompose<double>(W, cs.shape);
+    INFO(cs.shape.to_string());
+    CHECK(md.num_params() == cs.shape.num_params());
+    CHECK(md.bond_dims() == cs.shape.bond_dims());
+    CHECK(md.truncation_error == 0.0);
+    CHECK(rel_err(reconstruct(md), W) <= 1e-12);
+    const Matrix<float> Wf = W.cast<float>();
+    const auto mf = decompose<float>(Wf, cs.shape, {}, MpoGauge::mixed_canonical);
+    CHECK(rel_err(reconstruct(mf), Wf) <= 1e-5);
+  }
+}
+
+TEST_CASE("decompose/reconstruct is exact for random shapes with n = 3, 5, 7, all gauges") {
+  Rng rng(3);
+  for (Index n : {3, 5, 7})
+    for (int rep = 0; rep < 3; ++rep) {
+      const Index rows = 8 + Index(rng.below(120)), cols = 8 + Index(rng.below(120));
+      const MpoShape s = propose_mpo_shape(rows, cols, n, true);
+      const auto W = testing::random_matrix<double>(rows, cols, 100 + rep);
+      for (MpoGauge g : {MpoGauge::symmetric, MpoGauge::mixed_canonical, MpoGauge::left_canonical}) {
+        INFO(rows << "x" << cols << " " << s.to_string() << " gauge " << int(g));
+        const auto m = decompose<double>(W, s, {}, g);
+        CHECK(m.rows == rows);
+        CHECK(m.cols == cols);
+        CHECK(rel_err(reconstruct(m), W) <= 1e-12);
+        const Matrix<float> Wf = W.cast<float>();
+        CHECK(rel_err(reconstruct(decompose<float>(Wf, s, {}, g)), Wf) <= 1e-5);
+      }
+    }
+}
+
+TEST_CASE("gauges: symmetric blocks are isometry·Λ^½, mixed-canonical cores are orthonormal; spectra") {
+  const MpoShape s{{2, 3, 4, 2, 2}, {2, 2, 3, 2, 2}};  // 96 × 48
+  const auto W = testing::random_matrix<double>(96, 48, 11);
+  const auto sym = decompose<double>(W, s, {}, MpoGauge::symmetric);
+  const auto mix = decompose<double>(W, s, {}, MpoGauge::mixed_canonical);
+  CHECK(testing::max_abs_diff(reconstruct(sym), reconstruct(mix)) < 1e-12);
+  for (Index k = 1; k < s.n_cores(); ++k) {
+    INFO("bond " << k);
+    // the reported spectrum is the singular values of the k-th unfolding of W
+    const Eigen::VectorXd sv = singular_values(unfolding(W, s, k));
+    const auto& sp = sym.spectra[std::size_t(k - 1)];
+    REQUIRE(Index(sp.size()) == sv.size());
+    for (Index i = 0; i < sv.size(); ++i)
+      CHECK(sp[std::size_t(i)] == Approx(sv(i)).epsilon(1e-10).margin(1e-12));
+    // symmetric: LᵀL = Λ = R Rᵀ (diagonal)
+    const Matrix<double> L = left_block(sym, k), R = right_block(sym, k);
+    const Matrix<double> LtL = L.transpose() * L, RRt = R * R.transpose();
+    Matrix<double> lam = Matrix<double>::Zero(L.cols(), L.cols());
+    for (Index i = 0; i < L.cols(); ++i) lam(i, i) = sv(i);
+    CHECK(testing::max_abs_diff(LtL, lam) < 1e-10 * sv(0));
+    CHECK(testing::max_abs_diff(RRt, lam) < 1e-10 * sv(0));
+  }
+  const Index c = s.central();
+  for (Index k = 0; k < s.n_cores(); ++k) {
+    if (k == c) continue;
+    const auto v = detail::views(mix.cores)[std::size_t(k)];
+    const Matrix<double> G = k < c ? Matrix<double>(v.left().transpose() * v.left())
+                                   : Matrix<double>(v.right() * v.right().transpose());
+    CHECK(testing::max_abs_diff(G, Matrix<double>::Identity(G.rows(), G.cols())) < 1e-12);
+  }
+  // the central core of the mixed form carries the whole norm
+  const auto& C = mix.cores[std::size_t(c)];
+  double c2 = 0;
+  for (double v : C) c2 += v * v;
+  CHECK(std::sqrt(c2) == Approx(W.norm()).epsilon(1e-12));
+}
+
+TEST_CASE("symmetric gauge survives zero singular values (guarded inverse)") {
+  // A rank-2 matrix: most Schmidt values are exactly zero, the reference's Λ^{-1/2} would be inf.
+  const MpoShape s{{2, 4, 2}, {2, 3, 2}};
+  const Matrix<double> W =
+      testing::random_matrix<double>(16, 2, 1) * testing::random_matrix<double>(2, 12, 2);
+  for (MpoGauge g : {MpoGauge::symmetric, MpoGauge::mixed_canonical}) {
+    const auto m = decompose<double>(W, s, {}, g);
+    CHECK(m.bond_dims() == s.bond_dims());  // shapes do not depend on the data
+    const Matrix<double> Wr = reconstruct(m);
+    CHECK(Wr.allFinite());
+    CHECK(rel_err(Wr, W) <= 1e-12);
+  }
+  const auto z = decompose<double>(Matrix<double>::Zero(16, 12), s);
+  CHECK(reconstruct(z).isZero());
+}
+
+TEST_CASE("truncation: error = ‖W − MPO‖, ≤ sqrt(Σ ε_k²), non-increasing in max_bond") {
+  const MpoShape s{{2, 2, 4, 2, 2}, {2, 2, 3, 2, 2}};  // 64 × 48, full bonds 1,4,16,16,4,1
+  const Matrix<double> low =
+      testing::random_matrix<double>(64, 3, 5) * testing::random_matrix<double>(3, 48, 6);
+  const Matrix<double> noisy = low + testing::random_matrix<double>(64, 48, 7, 1e-2);
+  for (const Matrix<double>* Wp : {&noisy, static_cast<const Matrix<double>*>(nullptr)}) {
+    const Matrix<double> W = Wp ? *Wp : testing::random_matrix<double>(64, 48, 8);
+    std::vector<Eigen::VectorXd> sv;
+    for (Index k = 1; k < s.n_cores(); ++k) sv.push_back(singular_values(unfolding(W, s, k)));
+    double prev = INFINITY;
+    for (Index chi = 1; chi <= 16; ++chi) {
+      INFO((Wp ? "low rank + noise" : "random") << ", max_bond " << chi);
+      TruncationPolicy pol;
+      pol.max_bond = chi;
+      const auto m = decompose<double>(W, s, pol);
+      CHECK(m.bond_dims() == s.bond_dims(chi));
+      const double actual = (reconstruct(m) - W).norm();
+      CHECK(m.truncation_error == Approx(actual).epsilon(1e-8).margin(1e-12));
+      double bound2 = 0;  // Σ_k ε_k², ε_k the best rank-d_k error of unfolding k
+      const auto d = m.bond_dims();
+      for (Index k = 1; k < s.n_cores(); ++k)
+        for (Index i = d[std::size_t(k)]; i < sv[std::size_t(k - 1)].size(); ++i)
+          bound2 += sv[std::size_t(k - 1)](i) * sv[std::size_t(k - 1)](i);
+      CHECK(actual <= std::sqrt(bound2) * (1 + 1e-10) + 1e-12);
+      CHECK(actual <= prev * (1 + 1e-10) + 1e-12);
+      prev = actual;
+    }
+    CHECK(prev < 1e-12 * W.norm());
+  }
+}
+
+TEST_CASE("rel_cutoff discards at most the stated weight per bond; min_bond keeps a floor") {
+  const MpoShape s{{2, 2, 4, 2, 2}, {2, 2, 3, 2, 2}};
+  const Matrix<double> W =
+      testing::random_matrix<double>(64, 3, 5) * testing::random_matrix<double>(3, 48, 6) +
+      testing::random_matrix<double>(64, 48, 9, 0.05);
+  for (double cut : {1e-4, 1e-2, 0.1, 0.5}) {
+    TruncationPolicy pol;
+    pol.rel_cutoff = cut;
+    const auto m = decompose<double>(W, s, pol);
+    const auto d = m.bond_dims();
+    double discarded2 = 0;
+    for (Index k = 1; k < s.n_cores(); ++k) {
+      INFO("cutoff " << cut << " bond " << k);
+      const auto& sp = m.spectra[std::size_t(k - 1)];
+      double total = 0, gone = 0;
+      for (double v : sp) total += v * v;
+      for (std::size_t i = std::size_t(d[std::size_t(k)]); i < sp.size(); ++i) gone += sp[i] * sp[i];
+      discarded2 += gone;
+      CHECK(gone <= cut * total * (1 + 1e-12));
+      if (d[std::size_t(k)] > 1) {  // keeping one fewer would discard too much
+        const double next = sp[std::size_t(d[std::size_t(k)] - 1)];
+        CHECK(gone + next * next > cut * total);
+      }
+    }
+    CHECK(m.truncation_error == Approx(std::sqrt(discarded2)).epsilon(1e-12));
+    CHECK(m.truncation_error == Approx((reconstruct(m) - W).norm()).epsilon(1e-8).margin(1e-10));
+  }
+  TruncationPolicy pol;
+  pol.rel_cutoff = 0.9;
+  pol.min_bond = 3;
+  const auto m = decompose<double>(W, s, pol);
+  const auto d = m.bond_dims();
+  for (Index k = 1; k < s.n_cores(); ++k) CHECK(d[std::size_t(k)] >= std::min<Index>(3, s.bond_dims()[k]));
+  CHECK_THROWS_AS(decompose<double>(W, s, TruncationPolicy{0}), ConfigError);
+  TruncationPolicy bad;
+  bad.rel_cutoff = 1.0;
+  CHECK_THROWS_AS(decompose<double>(W, s, bad), ConfigError);
+  CHECK_THROWS_AS(decompose<double>(testing::random_matrix<double>(65, 48, 1), s), ShapeError);
+}
+
+TEST_CASE("padding round-trips: a 30×20 matrix in a padded shape") {
+  const MpoShape s = propose_mpo_shape(30, 21, 3, true);
+  REQUIRE((s.rows() > 30 || s.cols() > 21));
+  const auto W = testing::random_matrix<double>(30, 21, 4);
+  const auto m = decompose<double>(W, s);
+  CHECK(m.padded());
+  const Matrix<double> Wr = reconstruct(m);
+  REQUIRE(Wr.rows() == 30);
+  REQUIRE(Wr.cols() == 21);
+  CHECK(rel_err(Wr, W) <= 1e-12);
+  // the padded part of the full tensor is zero
+  const Matrix<double> full = reconstruct(m.cores, m.shape);
+  CHECK(full.rows() == s.rows());
+  CHECK(full.bottomRows(s.rows() - 30).cwiseAbs().maxCoeff() < 1e-12);
+  CHECK(full.rightCols(s.cols() - 21).cwiseAbs().maxCoeff() < 1e-12);
+  const auto x = testing::random_matrix<double>(5, 21, 8);
+  Matrix<double> y1(5, 30), y2(5, 30);
+  mpo_apply_by_contraction<double>(x, m, y1);
+  mpo_apply_by_rebuild<double>(x, m, y2);
+  CHECK(testing::max_abs_diff(y1, y2) < 1e-10);
+  CHECK(testing::max_abs_diff(y1, Matrix<double>(x * W.transpose())) < 1e-10);
+}
+
+TEST_CASE("mpo_apply: contraction equals rebuild (float and double, truncated, n = 3, 5, 7)") {
+  for (Index n : {3, 5, 7}) {
+    const MpoShape s = propose_mpo_shape(96, 80, n, true);
+    for (Index chi : {2, 5, 1000}) {
+      INFO(s.to_string() << " max_bond " << chi);
+      TruncationPolicy pol;
+      pol.max_bond = chi;
+      const auto W = testing::random_matrix<double>(96, 80, 12);
+      const auto m = decompose<double>(W, s, pol);
+      const auto x = testing::random_matrix<double>(7, 80, 13);
+      Matrix<double> yc(7, 96), yr(7, 96);
+      mpo_apply_by_contraction<double>(x, m, yc);
+      mpo_apply_by_rebuild<double>(x, m, yr);
+      CHECK(testing::max_abs_diff(yc, yr) < 1e-10 * (1 + yr.cwiseAbs().maxCoeff()));
+      const auto mf = decompose<float>(W.cast<float>(), s, pol);
+      Matrix<float> ycf(7, 96), yrf(7, 96);
+      const Matrix<float> xf = x.cast<float>();
+      mpo_apply_by_contraction<float>(xf, mf, ycf);
+      mpo_apply_by_rebuild<float>(xf, mf, yrf);
+      CHECK(testing::max_abs_diff(ycf, yrf) < 1e-4f * (1 + yrf.cwiseAbs().maxCoeff()));
+      Matrix<double> ya(7, 96);
+      const MpoApplyPath p = mpo_apply<double>(x, m, ya);
+      CHECK(p == mpo_apply_cost(m, 7).best);
+      CHECK(testing::max_abs_diff(ya, yr) < 1e-10 * (1 + yr.cwiseAbs().maxCoeff()));
+    }
+  }
+  const auto m = decompose<double>(testing::random_matrix<double>(8, 8, 1), MpoShape{{2, 2, 2}, {2, 2, 2}});
+  Matrix<double> x(3, 7), y(3, 8);
+  CHECK_THROWS_AS(mpo_apply<double>(x, m, y), ShapeError);
+}
+
+TEST_CASE("mpo_apply FLOP model: rebuild at full rank, contraction at small bonds and few tokens") {
+  // Cores with the right shapes are enough for the model (values do not matter).
+  auto zeros = [](const MpoShape& s, Index chi) {
+    Mpo<float> m;
+    m.shape = s;
+    m.rows = s.rows();
+    m.cols = s.cols();
+    const auto d = s.bond_dims(chi);
+    for (Index k = 0; k < s.n_cores(); ++k)
+      m.cores.push_back(
+          xt::xtensor<float, 4>::from_shape({std::size_t(d[k]), std::size_t(s.row_modes[k]),
+                                             std::size_t(s.col_modes[k]), std::size_t(d[k + 1])}));
+    return m;
+  };
+  const auto full = zeros(kT5Wi, 1 << 30);
+  for (Index N : {64, 2048}) CHECK(mpo_apply_cost(full, N).best == MpoApplyPath::rebuild);
+  const auto c = mpo_apply_cost(full, 2048);
+  CHECK(c.dense_flops == Approx(2.0 * 2048 * 3072 * 768));
+  // the cheapest order: C absorbs its left block (0.9 GFLOP) then its right block (1.8)
+  CHECK(c.rebuild_flops - c.dense_flops == Approx(2.72e9).epsilon(0.01));
+  CHECK(c.contraction_flops > 100 * c.rebuild_flops);
+  CHECK(mpo_apply_cost(zeros(kT5Wi, 4), 64).best == MpoApplyPath::contraction);
+}
+
+TEST_CASE("fix_auxiliary_central: recovers C for the same matrix, fits a new one exactly at full rank") {
+  const MpoShape s{{2, 3, 4, 2, 2}, {2, 2, 3, 2, 2}};
+  const auto W = testing::random_matrix<double>(96, 48, 21);
+  const auto m = decompose<double>(W, s);
+  const Index c = m.central();
+  const auto C = fix_auxiliary_central<double>(W, m);
+  REQUIRE(C.shape() == m.cores[std::size_t(c)].shape());
+  double diff = 0;
+  for (std::size_t e = 0; e < C.size(); ++e)
+    diff = std::max(diff, std::abs(C.data()[e] - m.cores[std::size_t(c)].data()[e]));
+  CHECK(diff < 1e-10);
+  const auto W2 = testing::random_matrix<double>(96, 48, 22);
+  auto m2 = m;
+  m2.cores[std::size_t(c)] = fix_auxiliary_central<double>(W2, m);
+  CHECK(rel_err(reconstruct(m2), W2) < 1e-10);
+  // truncated auxiliaries: the least-squares central is no worse than the original central
+  TruncationPolicy pol;
+  pol.max_bond = 3;
+  auto t = decompose<double>(W, s, pol);
+  const double before = (reconstruct(t) - W).norm();
+  t.cores[std::size_t(c)] = fix_auxiliary_central<double>(W, t);
+  CHECK((reconstruct(t) - W).norm() <= before * (1 + 1e-9));
+  CHECK_THROWS_AS(fix_auxiliary_central<double>(testing::random_matrix<double>(95, 48, 1), m), ShapeError);
+}
