@@ -2,6 +2,10 @@
 // (E = 1 == LoRA, sparse k = E == soft), gradients for every gate mode, corner cases, errors.
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <vector>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "adapters/moe_cases.hpp"
 #include "pemoe/adapters/lora.hpp"
@@ -400,4 +404,47 @@ TEST_CASE("MoE adapters: NaN input is a NumericError naming the layer; config an
   auto topk = LoraExpertsConfig::mola(3, 4);
   SparseLoRAExperts<float> bad({8, 4, true}, topk);
   CHECK_THROWS_AS(bad.register_params(s, "bad", rng), ConfigError);
+}
+
+TEST_CASE("SparseLoRAExperts: token blocks over threads give the same result as one block") {
+  ParamStore<double> s;
+  Rng rng(4);
+  auto cfg = experts_case(6, 3, GateMode::topk_renorm, 2);
+  SparseLoRAExperts<double> m({10, 7, true}, cfg, 16);
+  m.register_params(s, "fc", rng);
+  testing::randomize_params(s, 5);
+  const auto x = testing::random_matrix(400, 10, 6);
+  const auto dy = testing::random_matrix(400, 7, 7);
+  auto run = [&](int threads, Matrix<double>& y, Matrix<double>& dx, std::vector<double>& grads,
+                 int& blocks) {
+#ifdef _OPENMP
+    const int saved = omp_get_max_threads();
+    omp_set_num_threads(threads);
+#else
+    (void)threads;
+#endif
+    SparseLoRAExperts<double>::Cache c;
+    s.zero_grad();
+    m.forward(x, y, c);
+    m.backward(x, c, dy, dx);
+    grads = s.grads();
+    blocks = c.blocks;
+#ifdef _OPENMP
+    omp_set_num_threads(saved);
+#endif
+  };
+  Matrix<double> y1(400, 7), y3(400, 7), dx1(400, 10), dx3(400, 10);
+  std::vector<double> g1, g3;
+  int b1 = 0, b3 = 0;
+  run(1, y1, dx1, g1, b1);
+  run(3, y3, dx3, g3, b3);
+  CHECK(b1 == 1);
+#ifdef _OPENMP
+  CHECK(b3 == 3);
+#endif
+  CHECK(testing::max_abs_diff(y1, y3) < 1e-12);
+  CHECK(testing::max_abs_diff(dx1, dx3) < 1e-12);
+  for (std::size_t i = 0; i < g1.size(); ++i) CHECK(g1[i] == Approx(g3[i]).margin(1e-11));
+  Matrix<double> g = testing::naive_router(x, m.router().weight(), GateMode::topk_renorm, 2);
+  CHECK(testing::max_abs_diff(y3, naive_mixture(x, g, m)) < 1e-11);
 }

@@ -3,6 +3,10 @@
 // errors.
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <vector>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "adapters/moe_cases.hpp"
 #include "pemoe/adapters/ia3.hpp"
@@ -359,4 +363,55 @@ TEST_CASE("IA3: NaN in the input propagates to the same output entries (document
   l.forward(x, y, c);
   CHECK(std::isnan(y(1, 2)));
   CHECK((y.row(0).array() == y.row(0).array()).all());
+}
+
+TEST_CASE("MoV and IA3: row blocks over threads give the same result as one thread") {
+  MoVConfig cfg;
+  cfg.n_experts = 4;
+  cfg.heads = 2;
+  cfg.router = testing::router_case(GateMode::topk_renorm, 2);
+  cfg.panel_rows = 96;
+  ParamStore<double> s;
+  Rng rng(2);
+  MoV<double> m(LinearConfig{6, 10, true}, cfg);
+  m.register_params(s, "fc", rng);
+  IA3<double> ia(LinearConfig{6, 10, true});
+  ia.register_params(s, "ia", rng);
+  testing::randomize_params(s, 3);
+  const auto x = testing::random_matrix(300, 6, 4);
+  const auto dy = testing::random_matrix(300, 10, 5);
+  auto run = [&](int threads, Matrix<double>& y, Matrix<double>& dx, Matrix<double>& yi, Matrix<double>& dxi,
+                 std::vector<double>& grads) {
+#ifdef _OPENMP
+    const int saved = omp_get_max_threads();
+    omp_set_num_threads(threads);
+#else
+    (void)threads;
+#endif
+    MoV<double>::Cache c;
+    IA3<double>::Cache ci;
+    s.zero_grad();
+    m.forward(x, y, c);
+    m.backward(x, c, dy, dx);
+    ia.forward(x, yi, ci);
+    ia.backward(x, ci, dy, dxi);
+    grads = s.grads();
+#ifdef _OPENMP
+    omp_set_num_threads(saved);
+#endif
+  };
+  Matrix<double> y1(300, 10), y3(300, 10), dx1(300, 6), dx3(300, 6), yi1(300, 10), yi3(300, 10), dxi1(300, 6),
+      dxi3(300, 6);
+  std::vector<double> g1, g3;
+  run(1, y1, dx1, yi1, dxi1, g1);
+  run(3, y3, dx3, yi3, dxi3, g3);
+  CHECK(testing::max_abs_diff(y1, y3) < 1e-12);
+  CHECK(testing::max_abs_diff(dx1, dx3) < 1e-12);
+  CHECK(testing::max_abs_diff(yi1, yi3) < 1e-12);
+  CHECK(testing::max_abs_diff(dxi1, dxi3) < 1e-12);
+  for (std::size_t i = 0; i < g1.size(); ++i) CHECK(g1[i] == Approx(g3[i]).margin(1e-10));
+  const Matrix<double> a = linear_out(x, m.base());
+  const Matrix<double> g =
+      testing::naive_router(per_head(a, 2), m.router().weight(), GateMode::topk_renorm, 2);
+  CHECK(testing::max_abs_diff(y3, naive_mov_mixed(a, g, m.scaling_vectors(), 2, 4)) < 1e-11);
 }

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "pemoe/core/error.hpp"
 #include "pemoe/core/gemm.hpp"
@@ -13,6 +14,7 @@
 #include "pemoe/core/param_store.hpp"
 #include "pemoe/core/rng.hpp"
 #include "pemoe/core/tensor.hpp"
+#include "pemoe/detail/parallel_rows.hpp"
 #include "pemoe/moe/router.hpp"
 #include "pemoe/nn/linear.hpp"
 
@@ -25,7 +27,7 @@ struct MoVConfig {
   RouterConfig router;  ///< defaults are for-ai's: soft, N(0, 0.02), no bias (d_in and E are filled in)
   RouterInput router_input = RouterInput::activation;  ///< activation (reference), layer_input or external
   bool base_trainable = false;                         ///< also train the wrapped linear
-  Index panel_rows = 128;                              ///< rows per panel of the fused GEMM + router + scale
+  Index panel_rows = 512;  ///< rows per panel of the fused GEMM + router + scale (64-128 re-pack W too often)
 
   /// for-ai MoV preset: E vectors (ones), soft router on the activation, N(0, 0.02), no bias.
   static MoVConfig for_ai(Index n_experts = 30, Index heads = 1) {
@@ -150,14 +152,11 @@ class MoV {
   }
   Index d_in() const { return m_base ? m_base->config().d_in : m_d; }
 
-  // Mp (m, d) = merged vectors of the panel whose gates are G2 (m, hg·E).
-  void mix(const T* gates, Index m, Index hg, MatrixRef<T> Mp) const {
-    const Index e = m_config.n_experts, hh = m_config.heads, dh = m_d / hh;
-    ConstMatrixMap<T> G2(gates, m, hg * e);
-    const auto L = scaling_vectors();
-    for (Index h = 0; h < hh; ++h)
-      gemm<T>(Op::N, Op::N, T(1), G2.middleCols((hg == 1 ? 0 : h) * e, e), L.middleRows(h * e, e), T(0),
-              Mp.middleCols(h * dh, dh));
+  // m (d_head) = Σ_e g_e · L[h, e, :], skipping zero gates (E axpys on a row that stays in L1).
+  static void merge_row(const T* g, const T* Lh, Index e, Index dh, RowVector<T>& m) {
+    m.setZero();
+    for (Index i = 0; i < e; ++i)
+      if (g[i] != T(0)) m += g[i] * ConstMatrixMap<T>(Lh + i * dh, 1, dh);
   }
 
   void run_forward(ConstMatrixRef<T> x, ConstMatrixRef<T> u, MatrixRef<T> y, Cache& c) {
@@ -179,16 +178,15 @@ class MoV {
     if (m_base) c.h.resize(n, m_d);
     if (!own_h) c.h.resize(0, 0);
     m_router.begin_forward(n * hg, c.router);
-    Matrix<T> M(std::min(P, std::max<Index>(n, 1)), m_d);
+    const T* L = m_store->value(m_l);
     for (Index r0 = 0; r0 < n; r0 += P) {
       const Index m = std::min(P, n - r0);
-      if (m_base) {
+      if (m_base) {  // the panel of the base GEMM; everything below reads it while it is in cache
         auto hp = c.h.middleRows(r0, m);
         gemm<T>(Op::N, Op::T, T(1), x.middleRows(r0, m), m_base->weight(), T(0), hp);
         if (m_base->config().bias) hp.rowwise() += m_base->bias().row(0);
       }
       const T* hptr = own_h ? c.h.data() + r0 * m_d : x.data() + r0 * m_d;
-      ConstMatrixMap<T> hp(hptr, m, m_d);
       auto gp = c.gates.middleRows(r0 * hg, m * hg);
       if (in == RouterInput::activation)
         m_router.forward_rows(ConstMatrixMap<T>(hptr, m * hh, dh), r0 * hh, gp, c.router);
@@ -196,9 +194,15 @@ class MoV {
         m_router.forward_rows(x.middleRows(r0, m), r0, gp, c.router);
       else
         m_router.forward_rows(u.middleRows(r0 * hg, m * hg), r0 * hg, gp, c.router);
-      auto Mp = M.topRows(m);
-      mix(gp.data(), m, hg, Mp);
-      y.middleRows(r0, m) = hp.cwiseProduct(Mp);
+      detail::parallel_rows(m, detail::row_blocks(m), [&](int, Index i0, Index i1) {
+        RowVector<T> mrow(dh);
+        for (Index i = i0; i < i1; ++i)
+          for (Index h = 0; h < hh; ++h) {  // y = h ⊙ (g·L_h), one token-head at a time
+            merge_row(&c.gates((r0 + i) * hg + (hg == 1 ? 0 : h), 0), L + h * e * dh, e, dh, mrow);
+            y.row(r0 + i).segment(h * dh, dh) =
+                ConstMatrixMap<T>(hptr + i * m_d + h * dh, 1, dh).cwiseProduct(mrow);
+          }
+      });
     }
     m_router.finish_forward(c.router);
   }
@@ -216,31 +220,35 @@ class MoV {
     const bool tl = m_store->trainable(m_l);
     const bool tw = m_base && m_store->trainable(m_base->weight_id());
     const bool tb = m_base && m_base->config().bias && m_store->trainable(m_base->bias_id());
-    const auto L = scaling_vectors();
+    const T* L = m_store->value(m_l);
+    const int blocks = detail::row_blocks(std::min(P, n));
+    std::vector<Matrix<T>> dL(tl ? static_cast<std::size_t>(blocks) : 0);  // per-block partial dL/dL_vectors
+    for (auto& d : dL) d.setZero(hh * e, dh);
     const Index cap = std::min(P, std::max<Index>(n, 1));
-    Matrix<T> A(cap, m_d), M(cap, m_d), dH(cap, m_d), dG(cap, hg * e);
+    Matrix<T> dH(cap, m_d), dG(cap, hg * e);
     for (Index r0 = 0; r0 < n; r0 += P) {
       const Index m = std::min(P, n - r0);
       const T* hptr = own_h ? c.h.data() + r0 * m_d : x.data() + r0 * m_d;
-      ConstMatrixMap<T> hp(hptr, m, m_d);
-      const auto dyp = dy.middleRows(r0, m);
-      auto Ap = A.topRows(m);
-      Ap = dyp.cwiseProduct(hp);  // dL/dm
-      ConstMatrixMap<T> G2(&c.gates(r0 * hg, 0), m, hg * e);
       auto dGp = dG.topRows(m);
       dGp.setZero();
-      for (Index h = 0; h < hh; ++h) {
-        const Index gh = (hg == 1 ? 0 : h) * e;
-        if (tl)
-          gemm<T>(Op::T, Op::N, T(1), G2.middleCols(gh, e), Ap.middleCols(h * dh, dh), T(1),
-                  m_store->grad_matrix(m_l).middleRows(h * e, e));
-        gemm<T>(Op::N, Op::T, T(1), Ap.middleCols(h * dh, dh), L.middleRows(h * e, e), T(1),
-                dGp.middleCols(gh, e));
-      }
-      auto Mp = M.topRows(m);
-      mix(G2.data(), m, hg, Mp);
       auto dHp = dH.topRows(m);
-      dHp = dyp.cwiseProduct(Mp);  // dL/dh through the scale
+      detail::parallel_rows(m, std::min(blocks, detail::row_blocks(m)), [&](int b, Index i0, Index i1) {
+        RowVector<T> mrow(dh), arow(dh);
+        for (Index i = i0; i < i1; ++i)
+          for (Index h = 0; h < hh; ++h) {  // one pass over dy and h per token-head
+            const T* g = &c.gates((r0 + i) * hg + (hg == 1 ? 0 : h), 0);
+            const T* Lh = L + h * e * dh;
+            merge_row(g, Lh, e, dh, mrow);
+            const auto dyr = dy.row(r0 + i).segment(h * dh, dh);
+            arow = dyr.cwiseProduct(ConstMatrixMap<T>(hptr + i * m_d + h * dh, 1, dh));  // dL/dm
+            dHp.row(i).segment(h * dh, dh) = dyr.cwiseProduct(mrow);  // dL/dh via the scale
+            T* dgr = &dGp(i, (hg == 1 ? 0 : h) * e);
+            for (Index k = 0; k < e; ++k) {
+              dgr[k] += arow.dot(ConstMatrixMap<T>(Lh + k * dh, 1, dh).row(0));
+              if (tl && g[k] != T(0)) dL[static_cast<std::size_t>(b)].row(h * e + k) += g[k] * arow;
+            }
+          }
+      });
       MatrixMap<T> dG_rows(dGp.data(), m * hg, e);
       if (in == RouterInput::activation) {
         MatrixMap<T> du_rows(dHp.data(), m * hh, dh);
@@ -269,6 +277,10 @@ class MoV {
         else
           m_router.backward_rows(x.middleRows(r0, m), r0, c.router, dG_rows);
       }
+    }
+    if (tl) {
+      auto gL = m_store->grad_matrix(m_l);  // (H·E, d_head); blocks reduced in a fixed order
+      for (const auto& d : dL) gL += d;
     }
   }
 

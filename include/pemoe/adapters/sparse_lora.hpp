@@ -14,6 +14,7 @@
 #include "pemoe/core/param_store.hpp"
 #include "pemoe/core/rng.hpp"
 #include "pemoe/core/tensor.hpp"
+#include "pemoe/detail/parallel_rows.hpp"
 #include "pemoe/moe/lora_experts.hpp"
 #include "pemoe/moe/router.hpp"
 #include "pemoe/nn/dropout.hpp"
@@ -48,7 +49,8 @@ class SparseLoRAExperts {
     typename Dropout<T>::Cache dropout;
     Matrix<T> x_dropped;         ///< (N, d_in), only when dropout is active
     Matrix<T> gates;             ///< (N, E), zeros outside the selected set
-    std::vector<Index> offsets;  ///< (E + 1) start of each expert's group in the sorted assignments
+    int blocks = 1;              ///< token blocks (one per thread), each grouped on its own
+    std::vector<Index> offsets;  ///< (blocks, E + 1): start of expert e's group of block b in `tokens`
     std::vector<Index> tokens;   ///< (N·k) token of each assignment, grouped by expert
     std::vector<T> weights;      ///< (N·k) gate weight of each assignment
     Matrix<T> h;                 ///< (N·k, r) x̃·A_eᵀ per assignment (before the gate)
@@ -119,7 +121,13 @@ class SparseLoRAExperts {
   const std::string& name() const { return m_name; }
   double aux_loss(const Cache& cache) const { return m_router.aux_loss(cache.router); }
   /// Tokens routed to expert e by the last forward.
-  static Index group_size(const Cache& cache, Index e) { return cache.offsets[e + 1] - cache.offsets[e]; }
+  static Index group_size(const Cache& cache, Index e) {
+    const std::size_t stride = cache.offsets.size() / static_cast<std::size_t>(cache.blocks);
+    Index n = 0;
+    for (int b = 0; b < cache.blocks; ++b)
+      n += cache.offsets[b * stride + e + 1] - cache.offsets[b * stride + e];
+    return n;
+  }
 
  private:
   static LinearConfig with_trainable(LinearConfig base, const LoraExpertsConfig& c) {
@@ -135,32 +143,40 @@ class SparseLoRAExperts {
                        "; call the matching forward/backward overload");
   }
 
-  // Count-sort of the (token, expert) assignments by expert.
-  void group(Cache& c) const {
+  // Count-sort of the (token, expert) assignments by expert, separately in each token block [t0, t1) (whose
+  // assignments occupy [t0·k, t1·k)); tokens stay in increasing order within a group.
+  void group(Cache& c, int blocks) const {
     const Index n = c.gates.rows(), e = m_config.n_experts;
     const IndexMatrix& idx = c.router.topk_idx;
     const Index k = idx.cols();
-    c.offsets.assign(static_cast<std::size_t>(e + 1), 0);
-    for (Index t = 0; t < n; ++t)
-      for (Index j = 0; j < k; ++j) ++c.offsets[static_cast<std::size_t>(idx(t, j) + 1)];
-    for (Index i = 0; i < e; ++i) c.offsets[i + 1] += c.offsets[i];
-    std::vector<Index> fill(c.offsets.begin(), c.offsets.end() - 1);
+    c.blocks = blocks;
+    c.offsets.assign(static_cast<std::size_t>(blocks * (e + 1)), 0);
     c.tokens.resize(static_cast<std::size_t>(n * k));
     c.weights.resize(static_cast<std::size_t>(n * k));
-    for (Index t = 0; t < n; ++t)
-      for (Index j = 0; j < k; ++j) {
-        const Index ex = idx(t, j), pos = fill[ex]++;
-        c.tokens[pos] = t;
-        c.weights[pos] = c.gates(t, ex);
-      }
+    for (int b = 0; b < blocks; ++b) {
+      const Index t0 = n * b / blocks, t1 = n * (b + 1) / blocks;
+      Index* off = &c.offsets[static_cast<std::size_t>(b * (e + 1))];
+      off[0] = t0 * k;
+      for (Index t = t0; t < t1; ++t)
+        for (Index j = 0; j < k; ++j) ++off[idx(t, j) + 1];
+      for (Index i = 0; i < e; ++i) off[i + 1] += off[i];
+      std::vector<Index> fill(off, off + e);
+      for (Index t = t0; t < t1; ++t)
+        for (Index j = 0; j < k; ++j) {
+          const Index ex = idx(t, j), pos = fill[ex]++;
+          c.tokens[pos] = t;
+          c.weights[pos] = c.gates(t, ex);
+        }
+    }
   }
 
   void run_forward(ConstMatrixRef<T> x, ConstMatrixRef<T> u, MatrixRef<T> y, Cache& c) {
     const Index n = x.rows(), d_in = m_base.config().d_in, d_out = m_base.config().d_out, r = m_config.r;
+    const Index ne = m_config.n_experts;
     PEMOE_CHECK_SHAPE(x.cols() == d_in, site(), ": x has ", x.cols(), " features, layer expects ", d_in);
     PEMOE_CHECK_SHAPE(u.rows() == n, site(), ": router input has ", u.rows(), " rows, x has ", n);
     m_base.forward(x, y, c.base);
-    c.gates.resize(n, m_config.n_experts);
+    c.gates.resize(n, ne);
     m_router.forward(u, c.gates, c.router);
     if (m_dropout.active()) {
       c.x_dropped.resize(n, d_in);
@@ -170,30 +186,36 @@ class SparseLoRAExperts {
     }
     const bool dropped = c.x_dropped.size() != 0;
     const ConstMatrixRef<T> xs = dropped ? ConstMatrixRef<T>(c.x_dropped) : x;  // the experts' input
-    group(c);
+    const int blocks = detail::row_blocks(n, 64);
+    group(c, blocks);
     c.h.resize(static_cast<Index>(c.tokens.size()), r);
-    Matrix<T> xg(std::min(m_chunk, n), d_in), hg(std::min(m_chunk, n), r), yg(std::min(m_chunk, n), d_out);
     const T s = scaling();
-    for (Index ex = 0; ex < m_config.n_experts; ++ex) {
-      for (Index p0 = c.offsets[ex]; p0 < c.offsets[ex + 1]; p0 += m_chunk) {
-        const Index m = std::min(m_chunk, c.offsets[ex + 1] - p0);
-        auto X = xg.topRows(m);
-        for (Index i = 0; i < m; ++i)
-          X.row(i) = xs.row(c.tokens[p0 + i]);
-        auto H = c.h.middleRows(p0, m);
-        gemm<T>(Op::N, Op::T, T(1), X, m_bank.A(ex), T(0), H);  // (m, r)
-        auto Hg = hg.topRows(m);
-        for (Index i = 0; i < m; ++i) Hg.row(i) = c.weights[p0 + i] * H.row(i);
-        auto Y = yg.topRows(m);
-        gemm<T>(Op::N, Op::T, s, Hg, m_bank.B(ex), T(0), Y);  // (m, d_out)
-        for (Index i = 0; i < m; ++i) y.row(c.tokens[p0 + i]) += Y.row(i);
+    // Each thread owns a token block: its groups, GEMMs and scatter touch only its own rows of y.
+    detail::parallel_rows(n, blocks, [&](int b, Index, Index) {
+      const Index* off = &c.offsets[static_cast<std::size_t>(b * (ne + 1))];
+      const Index cap = std::max<Index>(1, std::min(m_chunk, off[ne] - off[0]));
+      Matrix<T> xg(cap, d_in), hg(cap, r), yg(cap, d_out);
+      for (Index ex = 0; ex < ne; ++ex) {
+        for (Index p0 = off[ex]; p0 < off[ex + 1]; p0 += m_chunk) {
+          const Index m = std::min(m_chunk, off[ex + 1] - p0);
+          auto X = xg.topRows(m);
+          for (Index i = 0; i < m; ++i) X.row(i) = xs.row(c.tokens[p0 + i]);  // gather
+          auto H = c.h.middleRows(p0, m);
+          gemm<T>(Op::N, Op::T, T(1), X, m_bank.A(ex), T(0), H);  // (m, r)
+          auto Hg = hg.topRows(m);
+          for (Index i = 0; i < m; ++i) Hg.row(i) = c.weights[p0 + i] * H.row(i);
+          auto Y = yg.topRows(m);
+          gemm<T>(Op::N, Op::T, s, Hg, m_bank.B(ex), T(0), Y);                // (m, d_out)
+          for (Index i = 0; i < m; ++i) y.row(c.tokens[p0 + i]) += Y.row(i);  // scatter-add
+        }
       }
-    }
+    });
   }
 
   void run_backward(ConstMatrixRef<T> x, ConstMatrixRef<T> u, const Cache& c, ConstMatrixRef<T> dy,
                     GradOut<T> dx, GradOut<T> du) {
     const Index n = x.rows(), d_in = m_base.config().d_in, d_out = m_base.config().d_out, r = m_config.r;
+    const Index ne = m_config.n_experts;
     PEMOE_CHECK_SHAPE(c.gates.rows() == n && c.h.rows() == static_cast<Index>(c.tokens.size()), site(),
                       ": the cache holds ", c.gates.rows(), " tokens, x has ", n,
                       " (did forward run on this x?)");
@@ -201,45 +223,59 @@ class SparseLoRAExperts {
     const bool dropped = c.x_dropped.size() != 0;
     const ConstMatrixRef<T> xs = dropped ? ConstMatrixRef<T>(c.x_dropped) : x;
     const T s = scaling();
-    Matrix<T> dgates = Matrix<T>::Zero(n, m_config.n_experts);
-    const Index cap = std::min(m_chunk, std::max<Index>(n, 1));
-    Matrix<T> dyg(cap, d_out), hg(cap, r), dh(cap, r), xg(cap, d_in), dxg(cap, d_in);
+    Matrix<T> dgates = Matrix<T>::Zero(n, ne);
     const bool ta = m_bank.a_trainable(), tb = m_bank.b_trainable();
-    for (Index ex = 0; ex < m_config.n_experts; ++ex) {
-      for (Index p0 = c.offsets[ex]; p0 < c.offsets[ex + 1]; p0 += m_chunk) {
-        const Index m = std::min(m_chunk, c.offsets[ex + 1] - p0);
-        auto dY = dyg.topRows(m);
-        for (Index i = 0; i < m; ++i) dY.row(i) = dy.row(c.tokens[p0 + i]);
-        const auto H = c.h.middleRows(p0, m);
-        auto Hg = hg.topRows(m);
-        for (Index i = 0; i < m; ++i) Hg.row(i) = c.weights[p0 + i] * H.row(i);
-        if (tb) gemm<T>(Op::T, Op::N, s, dY, Hg, T(1), m_bank.dB_stack().middleRows(ex * d_out, d_out));
-        auto dH = dh.topRows(m);
-        gemm<T>(Op::N, Op::N, s, dY, m_bank.B(ex), T(0), dH);  // dL/dHg (m, r)
-        for (Index i = 0; i < m; ++i) {
-          dgates(c.tokens[p0 + i], ex) = dH.row(i).dot(H.row(i));
-          dH.row(i) *= c.weights[p0 + i];  // dL/dH
-        }
-        if (!ta && !dx) continue;
-        auto X = xg.topRows(m);
-        if (ta) {
-          for (Index i = 0; i < m; ++i)
-            X.row(i) = xs.row(c.tokens[p0 + i]);
-          gemm<T>(Op::T, Op::N, T(1), dH, X, T(1), m_bank.dA_cat().middleRows(ex * r, r));
-        }
-        if (dx) {
-          auto dX = dxg.topRows(m);
-          gemm<T>(Op::N, Op::N, T(1), dH, m_bank.A(ex), T(0), dX);
+    const int blocks = c.blocks;
+    // Per-block expert gradients (blocks > 1), reduced in block order afterwards: deterministic, no atomics.
+    std::vector<Matrix<T>> dA(blocks > 1 && ta ? blocks : 0), dB(blocks > 1 && tb ? blocks : 0);
+    for (auto& g : dA) g.setZero(ne * r, d_in);
+    for (auto& g : dB) g.setZero(ne * d_out, r);
+    detail::parallel_rows(n, blocks, [&](int b, Index, Index) {
+      const Index* off = &c.offsets[static_cast<std::size_t>(b * (ne + 1))];
+      const Index cap = std::max<Index>(1, std::min(m_chunk, off[ne] - off[0]));
+      Matrix<T> dyg(cap, d_out), hg(cap, r), dh(cap, r), xg(cap, d_in), dxg(cap, d_in);
+      for (Index ex = 0; ex < ne; ++ex) {
+        for (Index p0 = off[ex]; p0 < off[ex + 1]; p0 += m_chunk) {
+          const Index m = std::min(m_chunk, off[ex + 1] - p0);
+          auto dY = dyg.topRows(m);
+          for (Index i = 0; i < m; ++i) dY.row(i) = dy.row(c.tokens[p0 + i]);
+          const auto H = c.h.middleRows(p0, m);
+          auto Hg = hg.topRows(m);
+          for (Index i = 0; i < m; ++i) Hg.row(i) = c.weights[p0 + i] * H.row(i);
+          if (tb) {
+            T* gb = blocks > 1 ? dB[b].data() : m_bank.dB_stack().data();
+            MatrixMap<T> g(gb + ex * d_out * r, d_out, r);
+            gemm<T>(Op::T, Op::N, s, dY, Hg, T(1), g);
+          }
+          auto dH = dh.topRows(m);
+          gemm<T>(Op::N, Op::N, s, dY, m_bank.B(ex), T(0), dH);  // dL/dHg (m, r)
           for (Index i = 0; i < m; ++i) {
-            const Index t = c.tokens[p0 + i];
-            if (dropped)
-              dx->row(t) += dX.row(i).cwiseProduct(c.dropout.mask.row(t));
-            else
-              dx->row(t) += dX.row(i);
+            dgates(c.tokens[p0 + i], ex) = dH.row(i).dot(H.row(i));
+            dH.row(i) *= c.weights[p0 + i];  // dL/dH
+          }
+          if (ta) {
+            auto X = xg.topRows(m);
+            for (Index i = 0; i < m; ++i) X.row(i) = xs.row(c.tokens[p0 + i]);
+            T* ga = blocks > 1 ? dA[b].data() : m_bank.dA_cat().data();
+            MatrixMap<T> g(ga + ex * r * d_in, r, d_in);
+            gemm<T>(Op::T, Op::N, T(1), dH, X, T(1), g);
+          }
+          if (dx) {
+            auto dX = dxg.topRows(m);
+            gemm<T>(Op::N, Op::N, T(1), dH, m_bank.A(ex), T(0), dX);
+            for (Index i = 0; i < m; ++i) {
+              const Index t = c.tokens[p0 + i];
+              if (dropped)
+                dx->row(t) += dX.row(i).cwiseProduct(c.dropout.mask.row(t));
+              else
+                dx->row(t) += dX.row(i);
+            }
           }
         }
       }
-    }
+    });
+    for (const auto& g : dA) m_bank.dA_cat() += g;
+    for (const auto& g : dB) m_bank.dB_stack() += g;
     if (m_config.router_input == RouterInput::layer_input)
       m_router.backward(u, c.router, dgates, dx, /*accumulate=*/true);
     else
