@@ -183,6 +183,12 @@ TEST_CASE("safetensors: reads a file written by Python's safetensors (every dtyp
       }
     }
   }
+  // Floats read as integers truncate and saturate; NaN reads as 0.
+  CHECK(f.to_vector<int>("f16_special") == std::vector<int>{0, 0, 1, -2, 65504, 0, 0, 0,
+                                                            std::numeric_limits<int>::max(),
+                                                            std::numeric_limits<int>::min(), 0, 0});
+  CHECK(f.to_vector<std::uint8_t>("f32_matrix")[11] == 4);  // 4.5 truncates
+  CHECK(f.to_vector<std::uint8_t>("f32_matrix")[0] == 0);   // -1 saturates at 0
   // int64 values that do not fit a double exactly are read exactly as integers.
   CHECK(f.to_vector<std::int64_t>("i64_vector")[0] == -3000000000000LL);
   CHECK(f.to_matrix<float>("f32_matrix")(2, 3) == 11 * 0.5f - 1.0f);
@@ -463,4 +469,51 @@ TEST_CASE("safetensors: ParamStore save and load_into map names and check shapes
     for (std::size_t i = 0; i < s.values().size(); ++i)
       CHECK(std::abs(m.values()[i] - s.values()[i]) <= std::abs(s.values()[i]) * (1.0f / 256));
   }
+}
+
+TEST_CASE("safetensors: random corruptions of a real file give a valid file or an IoError, never a crash") {
+  const auto good = read_bytes(kData + "python_mixed.safetensors");
+  REQUIRE(good.size() > 64);
+  Rng rng(2024);
+  auto uniform = [&](std::size_t n) {
+    double u = 0;
+    rng.fill_uniform(&u, 1, 0.0, 1.0);
+    return std::min(n - 1, static_cast<std::size_t>(u * static_cast<double>(n)));
+  };
+  int parsed = 0, rejected = 0;
+  for (int trial = 0; trial < 3000; ++trial) {
+    auto b = good;
+    const std::size_t header_end = 8 + SafetensorsFile::from_bytes(good).header_size();
+    switch (trial % 4) {
+      case 0:
+        b[uniform(header_end)] = static_cast<unsigned char>(uniform(256));
+        break;  // one header byte
+      case 1:
+        b.resize(uniform(b.size()));
+        break;  // truncated
+      case 2:
+        b[uniform(8)] = static_cast<unsigned char>(uniform(256));
+        break;   // length prefix
+      case 3: {  // a digit of the header changed (shapes and offsets)
+        std::vector<std::size_t> digits;
+        for (std::size_t i = 8; i < header_end; ++i)
+          if (b[i] >= '0' && b[i] <= '9') digits.push_back(i);
+        b[digits[uniform(digits.size())]] = static_cast<unsigned char>('0' + uniform(10));
+        break;
+      }
+    }
+    try {
+      const auto f = SafetensorsFile::from_bytes(b, "fuzz");
+      for (const auto& name : f.names()) {
+        const auto v = f.to_vector<double>(name);
+        REQUIRE(static_cast<Index>(v.size()) == f.info(name).numel());
+      }
+      ++parsed;
+    } catch (const IoError& e) {
+      REQUIRE(contains(e.what(), "safetensors 'fuzz'"));
+      ++rejected;
+    }
+  }
+  CHECK(parsed > 0);
+  CHECK(rejected > 0);
 }

@@ -249,7 +249,21 @@ inline float f8e4m3_to_float(std::uint8_t b) {
 
 namespace detail {
 
-/// Reads element `i` of a little-endian buffer of dtype `d` as `T` (unaligned-safe).
+/// `x` as `T`; for an integer `T` a float is truncated and saturated (NaN gives 0) instead of being
+/// undefined behaviour out of range.
+template <class T, class F>
+T convert_float(F x) {
+  if constexpr (std::is_floating_point_v<T> || std::is_same_v<T, bool>) {
+    return static_cast<T>(x);
+  } else {
+    if (std::isnan(x)) return T(0);
+    if (x <= static_cast<F>(std::numeric_limits<T>::lowest())) return std::numeric_limits<T>::lowest();
+    if (x >= static_cast<F>(std::numeric_limits<T>::max())) return std::numeric_limits<T>::max();
+    return static_cast<T>(x);
+  }
+}
+
+/// Reads one element of dtype `d` at `p` (little-endian, unaligned-safe) as `T`.
 template <class T>
 T load_element(const unsigned char* p, Dtype d) {
   auto get = [p](auto tag) {
@@ -265,29 +279,29 @@ T load_element(const unsigned char* p, Dtype d) {
     case Dtype::I8:
       return static_cast<T>(get(std::int8_t{}));
     case Dtype::F8_E5M2:
-      return static_cast<T>(f8e5m2_to_float(p[0]));
+      return convert_float<T>(f8e5m2_to_float(p[0]));
     case Dtype::F8_E4M3:
-      return static_cast<T>(f8e4m3_to_float(p[0]));
+      return convert_float<T>(f8e4m3_to_float(p[0]));
     case Dtype::I16:
       return static_cast<T>(get(std::int16_t{}));
     case Dtype::U16:
       return static_cast<T>(get(std::uint16_t{}));
     case Dtype::F16:
-      return static_cast<T>(half_to_float(get(std::uint16_t{})));
+      return convert_float<T>(half_to_float(get(std::uint16_t{})));
     case Dtype::BF16:
-      return static_cast<T>(bf16_to_float(get(std::uint16_t{})));
+      return convert_float<T>(bf16_to_float(get(std::uint16_t{})));
     case Dtype::I32:
       return static_cast<T>(get(std::int32_t{}));
     case Dtype::U32:
       return static_cast<T>(get(std::uint32_t{}));
     case Dtype::F32:
-      return static_cast<T>(get(float{}));
+      return convert_float<T>(get(float{}));
     case Dtype::I64:
       return static_cast<T>(get(std::int64_t{}));
     case Dtype::U64:
       return static_cast<T>(get(std::uint64_t{}));
     case Dtype::F64:
-      return static_cast<T>(get(double{}));
+      return convert_float<T>(get(double{}));
   }
   return T{};
 }

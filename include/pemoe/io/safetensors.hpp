@@ -181,7 +181,7 @@ class SafetensorsFile {
                       ti.numel(), " elements ", shape_string(ti.shape), ", destination has ", count);
     const unsigned char* p = raw(name);
     const std::size_t es = dtype_size(ti.dtype);
-    if (ti.dtype == dtype_of<T>()) {
+    if (ti.dtype == dtype_of<T>() && !std::is_same_v<T, bool>) {  // bool: normalise any non-zero byte
       std::copy_n(p, ti.nbytes(), reinterpret_cast<unsigned char*>(out));
       return;
     }
