@@ -75,6 +75,8 @@ TEST_CASE("MpoShape: balanced factorisations reproduce MPOE's presets; padding a
   CHECK(propose_modes(1024, 5) == std::vector<Index>{4, 4, 4, 4, 4});
   CHECK(propose_modes(4096, 5) == std::vector<Index>{4, 4, 8, 8, 4});
   CHECK(propose_mpo_shape(3072, 768, 5) == kT5Wi);
+  CHECK(propose_mpo_shape(3072, 768, 5, true) == kT5Wi);  // factorises well: no padding
+  CHECK(propose_modes(4096, 5, true) == std::vector<Index>{4, 4, 8, 8, 4});
   // T5's vocabulary 32128 = 2^7·251 is padded to 8^5 (MPOE's EmbeddingMPO).
   CHECK(propose_modes(32128, 5, true) == std::vector<Index>{8, 8, 8, 8, 8});
   CHECK(propose_modes(32128, 5, false).size() == 5);

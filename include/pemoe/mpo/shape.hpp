@@ -189,16 +189,18 @@ inline std::vector<Index> centre_out(std::vector<Index> f) {
  * @brief The most balanced factorisation of `size` into `n_cores` factors (smallest largest factor, then
  * smallest Σ f²), ordered largest-in-the-middle.
  *
- * Without padding a prime `size` gives `[1,..,size,..,1]`. With `allow_padding` the size is first rounded up
- * to the smallest m ≥ size that factorises into n factors each ≤ ⌈size^{1/n}⌉ (MPOE pads T5's vocabulary
- * 32128 up to 8^5 = 32768 this way); read the padded size off the product of the returned modes.
+ * Without padding a prime `size` gives `[1,..,size,..,1]`. With `allow_padding`, a size whose balanced
+ * factorisation has a factor above 2·⌈size^{1/n}⌉ is rounded up to the smallest m ≥ size that factorises
+ * into n factors each ≤ ⌈size^{1/n}⌉ (MPOE pads T5's vocabulary 32128 = 2^7·251 up to 8^5 = 32768 this
+ * way; 3072 keeps [4,4,8,6,4]); read the padded size off the product of the returned modes.
  * Cost: a depth-first search over divisors, microseconds for sizes up to 10^6.
  * Examples: 3072, 5 → [4,4,8,6,4]; 768, 5 → [3,4,4,4,4]; 1024, 5 → [4,4,4,4,4].
  */
 inline std::vector<Index> propose_modes(Index size, Index n_cores, bool allow_padding = false) {
   PEMOE_CHECK_CONFIG(size >= 1 && n_cores >= 1, "propose_modes: need size >= 1 and n_cores >= 1, got size ",
                      size, " and n_cores ", n_cores);
-  if (!allow_padding) return detail::centre_out(detail::balanced_factors_bounded(size, n_cores, size));
+  auto exact = detail::balanced_factors_bounded(size, n_cores, size);
+  if (!allow_padding) return detail::centre_out(exact);
   // bound = ⌈size^{1/n}⌉ computed exactly in integers.
   Index bound =
       std::max<Index>(1, static_cast<Index>(std::floor(std::pow(double(size), 1.0 / double(n_cores)))));
@@ -209,6 +211,7 @@ inline std::vector<Index> propose_modes(Index size, Index n_cores, bool allow_pa
   };
   while (pow_n(bound) < double(size)) ++bound;
   while (bound > 1 && pow_n(bound - 1) >= double(size)) --bound;
+  if (exact.back() <= 2 * bound) return detail::centre_out(exact);  // good enough: no padding
   for (Index m = size;; ++m) {
     auto f = detail::balanced_factors_bounded(m, n_cores, bound);
     if (!f.empty()) return detail::centre_out(f);
