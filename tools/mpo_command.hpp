@@ -73,8 +73,8 @@ options:
   --gauge G            symmetric (default; the reference's canonical form), mixed (centred on the
                        middle core) or left (raw TT-SVD)
   --pad                zero-pad a side whose own factors are unbalanced (its largest mode more than
-                       twice that of the padded size, e.g. a vocabulary of 30522 = 2*3*5087) up to a
-                       size with balanced factors; expand slices the padding off again
+                       twice the n-th root of its size, e.g. a vocabulary of 30522 = 2*3*5087 -> 8^5)
+                       up to a size with balanced factors; expand slices the padding off again
   -h, --help           this text
 )";
 
@@ -108,19 +108,6 @@ inline std::string inner_bonds(const std::vector<Index>& d) {
 
 inline std::string shape_text(Index rows, Index cols) {
   return std::to_string(rows) + "x" + std::to_string(cols);
-}
-
-/// Modes for one side of size `size`: the balanced factorisation of `size` itself, or, with `pad`, of a
-/// zero-padded size when that makes the largest mode more than 2x smaller: 30522 = [1,2,5087,3,1] is padded
-/// to 32768 = [8,8,8,8,8], but 1536 = [4,4,6,4,4] and 3072 = [4,4,8,6,4] stay as they are (padding them
-/// would only add parameters).
-inline std::vector<Index> side_modes(Index size, Index n_cores, bool pad) {
-  std::vector<Index> plain = propose_modes(size, n_cores, false);
-  if (!pad) return plain;
-  std::vector<Index> padded = propose_modes(size, n_cores, true);
-  const Index max_plain = *std::max_element(plain.begin(), plain.end());
-  const Index max_padded = *std::max_element(padded.begin(), padded.end());
-  return max_plain > 2 * max_padded ? padded : plain;
 }
 
 inline MpoGauge parse_gauge(const std::string& g) {
@@ -239,7 +226,7 @@ inline int mpo_compress(int argc, char** argv, int first) {
       continue;
     }
     const TensorInfo& ti = in.info(name);
-    const MpoShape shape{side_modes(ti.shape[0], n_cores, pad), side_modes(ti.shape[1], n_cores, pad)};
+    const MpoShape shape = propose_mpo_shape(ti.shape[0], ti.shape[1], n_cores, pad);
     Row row = ti.dtype == Dtype::F64 ? compress_one<double>(in, name, shape, policy, gauge, out)
                                      : compress_one<float>(in, name, shape, policy, gauge, out);
     nlohmann::ordered_json rec;
