@@ -43,6 +43,7 @@ struct IA3Config {
 template <class T>
 class IA3 {
  public:
+  /// What forward saves for backward (reused across calls to avoid reallocations).
   struct Cache {
     typename Linear<T>::Cache base;
     Matrix<T> h;  ///< output placement: x·Wᵀ + b (N, d_out); feedforward: x ⊙ l (N, d_in); standalone: empty

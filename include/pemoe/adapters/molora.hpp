@@ -37,6 +37,7 @@ namespace pemoe {
 template <class T>
 class MoLoRA {
  public:
+  /// What forward saves for backward (reused across calls to avoid reallocations).
   struct Cache {
     typename Linear<T>::Cache base;
     typename Router<T>::Cache router;

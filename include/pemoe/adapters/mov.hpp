@@ -62,6 +62,7 @@ struct MoVConfig {
 template <class T>
 class MoV {
  public:
+  /// What forward saves for backward (reused across calls to avoid reallocations).
   struct Cache {
     typename Linear<T>::Cache base;
     typename Router<T>::Cache router;
@@ -152,11 +153,17 @@ class MoV {
   }
   Index d_in() const { return m_base ? m_base->config().d_in : m_d; }
 
-  // m (d_head) = Σ_e g_e · L[h, e, :], skipping zero gates (E axpys on a row that stays in L1).
-  static void merge_row(const T* g, const T* Lh, Index e, Index dh, RowVector<T>& m) {
-    m.setZero();
-    for (Index i = 0; i < e; ++i)
-      if (g[i] != T(0)) m += g[i] * ConstMatrixMap<T>(Lh + i * dh, 1, dh);
+  static constexpr Index kTile = 32;  // rows per tile of the merge GEMMs (the tile stays in L1/L2)
+
+  // M (t, d) = merged vectors of t rows whose gates start at `gates` ((t, hg·E) row-major): per head
+  // M[:, head] = G[:, head's E gates]·L_head, a (t, E)·(E, d_head) GEMM.
+  void mix(const T* gates, Index t, Index hg, MatrixRef<T> M) const {
+    const Index e = m_config.n_experts, hh = m_config.heads, dh = m_d / hh;
+    ConstMatrixMap<T> G2(gates, t, hg * e);
+    const T* L = m_store->value(m_l);
+    for (Index h = 0; h < hh; ++h)
+      gemm<T>(Op::N, Op::N, T(1), G2.middleCols((hg == 1 ? 0 : h) * e, e),
+              ConstMatrixMap<T>(L + h * e * dh, e, dh), T(0), M.middleCols(h * dh, dh));
   }
 
   void run_forward(ConstMatrixRef<T> x, ConstMatrixRef<T> u, MatrixRef<T> y, Cache& c) {
@@ -178,7 +185,6 @@ class MoV {
     if (m_base) c.h.resize(n, m_d);
     if (!own_h) c.h.resize(0, 0);
     m_router.begin_forward(n * hg, c.router);
-    const T* L = m_store->value(m_l);
     for (Index r0 = 0; r0 < n; r0 += P) {
       const Index m = std::min(P, n - r0);
       if (m_base) {  // the panel of the base GEMM; everything below reads it while it is in cache
@@ -188,20 +194,23 @@ class MoV {
       }
       const T* hptr = own_h ? c.h.data() + r0 * m_d : x.data() + r0 * m_d;
       auto gp = c.gates.middleRows(r0 * hg, m * hg);
-      if (in == RouterInput::activation)
-        m_router.forward_rows(ConstMatrixMap<T>(hptr, m * hh, dh), r0 * hh, gp, c.router);
-      else if (in == RouterInput::layer_input)
+      if (in == RouterInput::activation) {
+        // routed per tile below, while the tile of h is in cache
+      } else if (in == RouterInput::layer_input)
         m_router.forward_rows(x.middleRows(r0, m), r0, gp, c.router);
       else
         m_router.forward_rows(u.middleRows(r0 * hg, m * hg), r0 * hg, gp, c.router);
       detail::parallel_rows(m, detail::row_blocks(m), [&](int, Index i0, Index i1) {
-        RowVector<T> mrow(dh);
-        for (Index i = i0; i < i1; ++i)
-          for (Index h = 0; h < hh; ++h) {  // y = h ⊙ (g·L_h), one token-head at a time
-            merge_row(&c.gates((r0 + i) * hg + (hg == 1 ? 0 : h), 0), L + h * e * dh, e, dh, mrow);
-            y.row(r0 + i).segment(h * dh, dh) =
-                ConstMatrixMap<T>(hptr + i * m_d + h * dh, 1, dh).cwiseProduct(mrow);
-          }
+        Matrix<T> Mt(std::min(kTile, i1 - i0), m_d);
+        for (Index i = i0; i < i1; i += kTile) {  // y = h ⊙ (G·L), a tile of rows at a time
+          const Index t = std::min(kTile, i1 - i);
+          if (in == RouterInput::activation)
+            m_router.forward_rows(ConstMatrixMap<T>(hptr + i * m_d, t * hh, dh), (r0 + i) * hh,
+                                  c.gates.middleRows((r0 + i) * hh, t * hh), c.router);
+          auto M = Mt.topRows(t);
+          mix(&c.gates((r0 + i) * hg, 0), t, hg, M);
+          y.middleRows(r0 + i, t) = ConstMatrixMap<T>(hptr + i * m_d, t, m_d).cwiseProduct(M);
+        }
       });
     }
     m_router.finish_forward(c.router);
@@ -224,6 +233,9 @@ class MoV {
     const int blocks = detail::row_blocks(std::min(P, n));
     std::vector<Matrix<T>> dL(tl ? static_cast<std::size_t>(blocks) : 0);  // per-block partial dL/dL_vectors
     for (auto& d : dL) d.setZero(hh * e, dh);
+    std::vector<typename Router<T>::Grads> rg(
+        in == RouterInput::activation ? static_cast<std::size_t>(blocks) : 0,
+        m_router.make_grads());  // per-block router gradients
     const Index cap = std::min(P, std::max<Index>(n, 1));
     Matrix<T> dH(cap, m_d), dG(cap, hg * e);
     for (Index r0 = 0; r0 < n; r0 += P) {
@@ -233,28 +245,34 @@ class MoV {
       dGp.setZero();
       auto dHp = dH.topRows(m);
       detail::parallel_rows(m, std::min(blocks, detail::row_blocks(m)), [&](int b, Index i0, Index i1) {
-        RowVector<T> mrow(dh), arow(dh);
-        for (Index i = i0; i < i1; ++i)
-          for (Index h = 0; h < hh; ++h) {  // one pass over dy and h per token-head
-            const T* g = &c.gates((r0 + i) * hg + (hg == 1 ? 0 : h), 0);
-            const T* Lh = L + h * e * dh;
-            merge_row(g, Lh, e, dh, mrow);
-            const auto dyr = dy.row(r0 + i).segment(h * dh, dh);
-            arow = dyr.cwiseProduct(ConstMatrixMap<T>(hptr + i * m_d + h * dh, 1, dh));  // dL/dm
-            dHp.row(i).segment(h * dh, dh) = dyr.cwiseProduct(mrow);  // dL/dh via the scale
-            T* dgr = &dGp(i, (hg == 1 ? 0 : h) * e);
-            for (Index k = 0; k < e; ++k) {
-              dgr[k] += arow.dot(ConstMatrixMap<T>(Lh + k * dh, 1, dh).row(0));
-              if (tl && g[k] != T(0)) dL[static_cast<std::size_t>(b)].row(h * e + k) += g[k] * arow;
-            }
+        Matrix<T> At(std::min(kTile, std::max<Index>(i1 - i0, 1)), m_d), Mt(At.rows(), m_d);
+        for (Index i = i0; i < i1; i += kTile) {  // one pass over dy and h per tile of rows
+          const Index t = std::min(kTile, i1 - i);
+          const auto dyt = dy.middleRows(r0 + i, t);
+          auto A = At.topRows(t);
+          A = dyt.cwiseProduct(ConstMatrixMap<T>(hptr + i * m_d, t, m_d));  // dL/dm
+          ConstMatrixMap<T> G2(&c.gates((r0 + i) * hg, 0), t, hg * e);
+          for (Index h = 0; h < hh; ++h) {
+            const Index gh = (hg == 1 ? 0 : h) * e;
+            const ConstMatrixMap<T> Lh(L + h * e * dh, e, dh);
+            gemm<T>(Op::N, Op::T, T(1), A.middleCols(h * dh, dh), Lh, T(1), dGp.block(i, gh, t, e));
+            if (tl)
+              gemm<T>(Op::T, Op::N, T(1), G2.middleCols(gh, e), A.middleCols(h * dh, dh), T(1),
+                      dL[static_cast<std::size_t>(b)].middleRows(h * e, e));
           }
+          auto M = Mt.topRows(t);
+          mix(G2.data(), t, hg, M);
+          dHp.middleRows(i, t) = dyt.cwiseProduct(M);  // dL/dh via the scale
+          if (in == RouterInput::activation) {         // the router's backward on the same tile, into dh
+            MatrixMap<T> du_t(dHp.data() + i * m_d, t * hh, dh);
+            m_router.backward_rows(ConstMatrixMap<T>(hptr + i * m_d, t * hh, dh), (r0 + i) * hh, c.router,
+                                   ConstMatrixMap<T>(dGp.data() + i * hh * e, t * hh, e), MatrixRef<T>(du_t),
+                                   /*accumulate=*/true, &rg[static_cast<std::size_t>(b)]);
+          }
+        }
       });
       MatrixMap<T> dG_rows(dGp.data(), m * hg, e);
-      if (in == RouterInput::activation) {
-        MatrixMap<T> du_rows(dHp.data(), m * hh, dh);
-        m_router.backward_rows(ConstMatrixMap<T>(hptr, m * hh, dh), r0 * hh, c.router, dG_rows,
-                               MatrixRef<T>(du_rows), /*accumulate=*/true);
-      } else if (in == RouterInput::external) {
+      if (in == RouterInput::external) {
         if (du)
           m_router.backward_rows(u.middleRows(r0 * hg, m * hg), r0 * hg, c.router, dG_rows,
                                  MatrixRef<T>(du->middleRows(r0 * hg, m * hg)), false);
@@ -282,6 +300,7 @@ class MoV {
       auto gL = m_store->grad_matrix(m_l);  // (H·E, d_head); blocks reduced in a fixed order
       for (const auto& d : dL) gL += d;
     }
+    for (const auto& g : rg) m_router.add_grads(g);
   }
 
   MoVConfig m_config;

@@ -43,6 +43,7 @@ namespace pemoe {
 template <class T>
 class SparseLoRAExperts {
  public:
+  /// What forward saves for backward (reused across calls to avoid reallocations).
   struct Cache {
     typename Linear<T>::Cache base;
     typename Router<T>::Cache router;

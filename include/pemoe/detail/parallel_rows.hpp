@@ -4,6 +4,8 @@
 /// OpenMP or inside a parallel region), so per-thread partial sums reduce in a fixed order.
 #pragma once
 
+#include <exception>
+
 #include "pemoe/core/config.hpp"
 
 namespace pemoe::detail {
@@ -34,8 +36,18 @@ void parallel_rows(Index n, int blocks, F&& f) {
     return;
   }
 #ifdef _OPENMP
+  // An exception must not leave an OpenMP region: keep the first one and rethrow it after the region.
+  std::exception_ptr error;
 #pragma omp parallel for schedule(static, 1) num_threads(blocks)
-  for (int b = 0; b < blocks; ++b) f(b, n * b / blocks, n * (b + 1) / blocks);
+  for (int b = 0; b < blocks; ++b) {
+    try {
+      f(b, n * b / blocks, n * (b + 1) / blocks);
+    } catch (...) {
+#pragma omp critical(pemoe_parallel_rows_error)
+      if (!error) error = std::current_exception();
+    }
+  }
+  if (error) std::rethrow_exception(error);
 #else
   for (int b = 0; b < blocks; ++b) f(b, n * b / blocks, n * (b + 1) / blocks);
 #endif

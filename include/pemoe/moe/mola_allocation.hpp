@@ -105,8 +105,8 @@ inline std::vector<LayerExperts> mola_allocation(const std::vector<Index>& n_exp
 
 /// (d_in, d_out) of one adapted linear of a layer.
 struct LinearShape {
-  Index d_in = 0;
-  Index d_out = 0;
+  Index d_in = 0;   ///< input features
+  Index d_out = 0;  ///< output features
 };
 
 /// The 7 adapted linears of a LLaMA layer (q, k, v, o, gate, up, down) for width d and FFN width d_ff

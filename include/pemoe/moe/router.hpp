@@ -96,6 +96,7 @@ struct RouterConfig {
 template <class T>
 class Router {
  public:
+  /// What forward saves for backward (reused across calls to avoid reallocations).
   struct Cache {
     Index n = 0;                ///< tokens of this call
     bool training = false;      ///< whether noise/jitter were active
@@ -315,9 +316,32 @@ class Router {
     backward_rows(u, 0, cache, dgates, du, accumulate);
   }
 
-  /// Backward of rows [row0, row0 + n): accumulates dW_g (dW_noise, db) and writes/adds du_rows.
+  /// Per-thread destination of the router's parameter gradients (see `backward_rows`); `add_grads` reduces
+  /// it.
+  struct Grads {
+    Matrix<T> weight;        ///< (E, d_in)
+    Matrix<T> noise_weight;  ///< (E, d_in), noisy_topk only
+    Matrix<T> bias;          ///< (1, E), with a bias only
+  };
+  /// Zeroed gradient buffers shaped like this router's parameters.
+  Grads make_grads() const {
+    Grads g;
+    g.weight.setZero(m_config.n_experts, m_config.d_in);
+    if (m_config.mode == GateMode::noisy_topk) g.noise_weight.setZero(m_config.n_experts, m_config.d_in);
+    if (m_config.bias) g.bias.setZero(1, m_config.n_experts);
+    return g;
+  }
+  /// Adds buffered gradients to the store (trainable parameters only).
+  void add_grads(const Grads& g) {
+    if (m_store->trainable(m_w)) m_store->grad_matrix(m_w) += g.weight;
+    if (g.noise_weight.size() && m_store->trainable(m_wn)) m_store->grad_matrix(m_wn) += g.noise_weight;
+    if (g.bias.size() && m_store->trainable(m_b)) m_store->grad_matrix(m_b) += g.bias;
+  }
+
+  /// Backward of rows [row0, row0 + n): accumulates dW_g (dW_noise, db) into the store, or into `grads` when
+  /// given (so threads working on disjoint rows never share a destination), and writes/adds du_rows.
   void backward_rows(ConstMatrixRef<T> u_rows, Index row0, const Cache& cache, ConstMatrixRef<T> dgates_rows,
-                     GradOut<T> du_rows = std::nullopt, bool accumulate = false) {
+                     GradOut<T> du_rows = std::nullopt, bool accumulate = false, Grads* grads = nullptr) {
     const Index nr = u_rows.rows(), e = m_config.n_experts;
     check_shape(site(), "dgates", dgates_rows, nr, e);
     PEMOE_CHECK_SHAPE(row0 >= 0 && row0 + nr <= cache.n && cache.logits.rows() == cache.n, site(),
@@ -332,10 +356,18 @@ class Router {
     auto uin = [&]() -> ConstMatrixRef<T> {
       return jit ? ConstMatrixRef<T>(cache.u_jittered.middleRows(row0, nr)) : u_rows;
     };
-    if (m_store->trainable(m_w)) gemm<T>(Op::T, Op::N, T(1), dz, uin(), T(1), m_store->grad_matrix(m_w));
-    if (m_config.bias && m_store->trainable(m_b)) m_store->grad_matrix(m_b) += dz.colwise().sum();
+    if (m_store->trainable(m_w))
+      gemm<T>(Op::T, Op::N, T(1), dz, uin(), T(1),
+              grads ? MatrixRef<T>(grads->weight) : MatrixRef<T>(m_store->grad_matrix(m_w)));
+    if (m_config.bias && m_store->trainable(m_b)) {
+      if (grads)
+        grads->bias += dz.colwise().sum();
+      else
+        m_store->grad_matrix(m_b) += dz.colwise().sum();
+    }
     if (noisy && m_store->trainable(m_wn))
-      gemm<T>(Op::T, Op::N, T(1), dzn, uin(), T(1), m_store->grad_matrix(m_wn));
+      gemm<T>(Op::T, Op::N, T(1), dzn, uin(), T(1),
+              grads ? MatrixRef<T>(grads->noise_weight) : MatrixRef<T>(m_store->grad_matrix(m_wn)));
     if (!du_rows) return;
     check_shape(site(), "du", *du_rows, nr, m_config.d_in);
     if (!jit) {
