@@ -154,3 +154,34 @@ TEST_CASE("MpoLinear errors name the site and the sizes") {
   MpoLinear<float> unbound(small_config());
   CHECK_THROWS_AS(unbound.weight(), ConfigError);
 }
+
+TEST_CASE("MpoLinear outside training contracts x through small-bond cores; same output and gradients") {
+  MpoLinearConfig cfg;
+  cfg.d_in = 256;
+  cfg.d_out = 256;
+  cfg.shape = MpoShape{{8, 4, 8}, {8, 4, 8}};
+  cfg.max_bond = 2;
+  ParamStore<double> s;
+  Rng rng(4);
+  MpoLinear<double> l(cfg);
+  l.register_params(s, "fc", rng);
+  testing::randomize_params(s, 5);
+  REQUIRE(mpo_apply_cost(cfg.shape, l.bond_dims(), 256, 256, 2).best == MpoApplyPath::contraction);
+  const auto x = testing::random_matrix(2, 256, 6), dy = testing::random_matrix(2, 256, 7);
+  Matrix<double> y_eval(2, 256), y_train(2, 256), dx_eval(2, 256), dx_train(2, 256);
+  MpoLinear<double>::Cache ce, ct;
+  CHECK_FALSE(l.training());
+  l.forward(x, y_eval, ce);
+  CHECK(ce.W.size() == 0);  // contracted, W never formed
+  s.zero_grad();
+  l.backward(x, ce, dy, dx_eval);
+  const std::vector<double> g_eval = s.grads();
+  l.set_training(true);
+  l.forward(x, y_train, ct);
+  CHECK(ct.W.rows() == 256);
+  s.zero_grad();
+  l.backward(x, ct, dy, dx_train);
+  CHECK(testing::max_abs_diff(y_eval, y_train) < 1e-10);
+  CHECK(testing::max_abs_diff(dx_eval, dx_train) < 1e-10);
+  for (std::size_t i = 0; i < g_eval.size(); ++i) CHECK(g_eval[i] == Approx(s.grads()[i]).margin(1e-10));
+}

@@ -295,7 +295,7 @@ TEST_CASE("rel_cutoff discards at most the stated weight per bond; min_bond keep
 }
 
 TEST_CASE("padding round-trips: a 30×20 matrix in a padded shape") {
-  const MpoShape s{{2, 4, 4}, {3, 2, 4}};  // 32 × 24 holds 30 × 21
+  const MpoShape s{{2, 4, 4}, {3, 2, 4}};                   // 32 × 24 holds 30 × 21
   CHECK(propose_mpo_shape(97, 21, 3, true).rows() == 100);  // 97 is prime: padded to 4·5·5
   const auto W = testing::random_matrix<double>(30, 21, 4);
   const auto m = decompose<double>(W, s);
@@ -369,7 +369,9 @@ TEST_CASE("mpo_apply FLOP model: rebuild at full rank, contraction at small bond
   // the cheapest order: C absorbs its left block (0.9 GFLOP) then its right block (1.8)
   CHECK(c.rebuild_flops - c.dense_flops == Approx(2.72e9).epsilon(0.01));
   CHECK(c.contraction_flops > 100 * c.rebuild_flops);
-  CHECK(mpo_apply_cost(zeros(kT5Wi, 4), 64).best == MpoApplyPath::contraction);
+  CHECK(mpo_apply_cost(zeros(kT5Wi, 2), 64).best == MpoApplyPath::contraction);
+  CHECK(mpo_apply_cost(zeros(kT5Wi, 4), 64, 1.0).best == MpoApplyPath::contraction);  // by flops alone
+  CHECK(mpo_apply_cost(zeros(kT5Wi, 4), 64).best == MpoApplyPath::rebuild);  // slower GEMMs weighted in
 }
 
 TEST_CASE("fix_auxiliary_central: recovers C for the same matrix, fits a new one exactly at full rank") {

@@ -15,6 +15,7 @@
 #include "pemoe/core/rng.hpp"
 #include "pemoe/core/tensor.hpp"
 #include "pemoe/detail/mpo_chain.hpp"
+#include "pemoe/mpo/contract.hpp"
 #include "pemoe/mpo/decompose.hpp"
 #include "pemoe/mpo/shape.hpp"
 
@@ -44,7 +45,9 @@ struct MpoLinearConfig {
  * `ParamStore::set_trainable` by name before training).
  *
  * Forward (the reference's, rebuild then GEMM): W = reconstruct(cores) `(d_out, d_in)` (padding sliced
- * off), y = x·Wᵀ + b; cache: W. Shapes x `(N, d_in)` → y `(N, d_out)`.
+ * off), y = x·Wᵀ + b; cache: W. Outside training (`set_training(false)`, the default) x is instead
+ * contracted through the cores when `mpo_apply_cost` finds that cheaper; backward then rebuilds W for dx.
+ * Shapes x `(N, d_in)` → y `(N, d_out)`.
  * Backward: dW = dyᵀ·x `(d_out, d_in)` through `gemm`, zero-padded and interleaved to dT; then for each
  * trainable core @f$ dG_k = L_k^\top\, dT\, R_k^\top @f$ with L_k the contraction of the cores left of k
  * `(Π_{m<k} i_m j_m, d_k)` and R_k of the cores right of k `(d_{k+1}, Π_{m>k} i_m j_m)` (environments built
@@ -134,8 +137,15 @@ class MpoLinear {
     PEMOE_CHECK_SHAPE(x.cols() == m_config.d_in, site(), ": x has ", x.cols(), " features, layer expects ",
                       m_config.d_in);
     check_shape(site(), "y", y, x.rows(), m_config.d_out);
-    cache.W = weight();
-    gemm<T>(Op::N, Op::T, T(1), x, cache.W, T(0), y);
+    if (!m_training &&
+        mpo_apply_cost(m_config.shape, m_bonds, m_config.d_out, m_config.d_in, x.rows()).best ==
+            MpoApplyPath::contraction) {
+      cache.W.resize(0, 0);  // backward rebuilds W if it needs it
+      mpo_apply_by_contraction<T>(x, to_mpo(), y);
+    } else {
+      cache.W = weight();
+      gemm<T>(Op::N, Op::T, T(1), x, cache.W, T(0), y);
+    }
     if (m_config.bias) y.rowwise() += m_store->matrix(m_bias).row(0);
   }
 
@@ -144,7 +154,7 @@ class MpoLinear {
   void backward(ConstMatrixRef<T> x, const Cache& cache, ConstMatrixRef<T> dy, GradOut<T> dx = std::nullopt) {
     check_bound();
     check_shape(site(), "dy", dy, x.rows(), m_config.d_out);
-    check_shape(site(), "cache.W (did forward run?)", cache.W, m_config.d_out, m_config.d_in);
+    if (cache.W.size() != 0) check_shape(site(), "cache.W", cache.W, m_config.d_out, m_config.d_in);
     std::vector<T*> grads;
     bool any = false;
     for (ParamId id : m_cores) {
@@ -160,11 +170,17 @@ class MpoLinear {
     if (m_config.bias && m_store->trainable(m_bias)) m_store->grad_matrix(m_bias) += dy.colwise().sum();
     if (dx) {
       check_shape(site(), "dx", *dx, x.rows(), m_config.d_in);
-      gemm<T>(Op::N, Op::N, T(1), dy, cache.W, T(0), *dx);
+      if (cache.W.size() != 0)
+        gemm<T>(Op::N, Op::N, T(1), dy, cache.W, T(0), *dx);
+      else
+        gemm<T>(Op::N, Op::N, T(1), dy, weight(), T(0), *dx);
     }
   }
 
-  void set_training(bool /*on*/) {}
+  /// In training, forward rebuilds W (it is needed again for dx); outside training it contracts x through
+  /// the cores when `mpo_apply_cost` says that is cheaper (small bonds, few tokens). Default: not training.
+  void set_training(bool on) { m_training = on; }
+  bool training() const { return m_training; }
 
   /// The dense weight `(d_out, d_in)` the cores represent.
   Matrix<T> weight() const {
@@ -218,6 +234,7 @@ class MpoLinear {
   std::string m_name;
   std::vector<ParamId> m_cores;
   ParamId m_bias = 0;
+  bool m_training = false;
 };
 
 }  // namespace pemoe

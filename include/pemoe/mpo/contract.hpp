@@ -26,6 +26,9 @@ enum class MpoApplyPath {
   contraction,  ///< x contracted through the cores one by one, W never formed
 };
 
+/// Default `contraction_weight` of `mpo_apply_cost` (see `MpoApplyCost`).
+inline constexpr double kMpoContractionWeight = 8.0;
+
 /**
  * @brief The FLOP model `mpo_apply` decides by, for N tokens and an MPO with modes (i_k, j_k), bonds d_k
  * (padded sizes R = Π i_k, C = Π j_k):
@@ -38,9 +41,12 @@ enum class MpoApplyPath {
  *
  * The contraction's cost grows with the bond dimensions squared and is linear in N, the rebuild's fixed
  * part is amortised over N: contraction wins for small bonds and few tokens (e.g. 3072×768 at χ = 8 and
- * N = 64), rebuild at full rank for any N (at χ = d_full the contraction costs hundreds of dense GEMMs).
- * `contraction_weight` (default 1) multiplies F_ct before the comparison, to account for the contraction's
- * smaller GEMMs and its permutations (memory traffic N·Π i·d·Π j per core, not counted as flops).
+ * N = 64 by flops), rebuild at full rank for any N (at χ = d_full the contraction costs hundreds of dense
+ * GEMMs).
+ * `contraction_weight` multiplies F_ct before the comparison, to account for the contraction's skinny GEMMs
+ * (inner dimension d_k·j_k) and its permutations (memory traffic ≈ 4·N·Π i·d·Π j per core, not counted as
+ * flops). Its default `kMpoContractionWeight` = 8 is calibrated by bench/bench_mpo.cpp on an AVX-512 core:
+ * the contraction ran at 8–50 GFLOP/s where the rebuild + dense GEMM ran at 40–140.
  */
 struct MpoApplyCost {
   double rebuild_flops = 0;      ///< F_rb (including the dense GEMM)
@@ -49,25 +55,36 @@ struct MpoApplyCost {
   MpoApplyPath best = MpoApplyPath::rebuild;
 };
 
-/// The FLOP model of `mpo_apply` (see `MpoApplyCost`) for `n_tokens` rows of x.
-template <class T>
-MpoApplyCost mpo_apply_cost(const Mpo<T>& mpo, Index n_tokens, double contraction_weight = 1.0) {
-  const auto v = detail::views(mpo.cores);
-  const Index n = mpo.n_cores();
+/// The FLOP model of `mpo_apply` (see `MpoApplyCost`) from the shapes alone: an MPO of `shape` with bond
+/// dimensions `bonds` (d_0..d_n) representing a `(rows, cols)` matrix, applied to `n_tokens` rows of x.
+inline MpoApplyCost mpo_apply_cost(const MpoShape& shape, const std::vector<Index>& bonds, Index rows,
+                                   Index cols, Index n_tokens, double contraction_weight = 1.0) {
+  const Index n = shape.n_cores();
+  std::vector<detail::CoreView<float>> v;
+  for (Index k = 0; k < n; ++k)
+    v.push_back(
+        {nullptr, bonds[std::size_t(k)], shape.row_modes[k], shape.col_modes[k], bonds[std::size_t(k + 1)]});
   MpoApplyCost c;
-  c.dense_flops = 2.0 * double(n_tokens) * double(mpo.rows) * double(mpo.cols);
+  c.dense_flops = 2.0 * double(n_tokens) * double(rows) * double(cols);
   c.rebuild_flops = detail::chain_flops(v, 0, n - 1) + c.dense_flops;
   double ilt = 1;  // Π_{m<k} i_m
   for (Index k = 0; k < n; ++k) {
     double jgt = 1;  // Π_{m>k} j_m
-    for (Index m = k + 1; m < n; ++m) jgt *= double(mpo.shape.col_modes[m]);
+    for (Index m = k + 1; m < n; ++m) jgt *= double(shape.col_modes[m]);
     const auto& g = v[std::size_t(k)];
     c.contraction_flops += 2.0 * double(n_tokens) * ilt * jgt * double(g.d0 * g.j) * double(g.i * g.d1);
-    ilt *= double(mpo.shape.row_modes[k]);
+    ilt *= double(shape.row_modes[k]);
   }
   c.best = contraction_weight * c.contraction_flops < c.rebuild_flops ? MpoApplyPath::contraction
                                                                       : MpoApplyPath::rebuild;
   return c;
+}
+
+/// The FLOP model of `mpo_apply` (see `MpoApplyCost`) for `n_tokens` rows of x.
+template <class T>
+MpoApplyCost mpo_apply_cost(const Mpo<T>& mpo, Index n_tokens,
+                            double contraction_weight = kMpoContractionWeight) {
+  return mpo_apply_cost(mpo.shape, mpo.bond_dims(), mpo.rows, mpo.cols, n_tokens, contraction_weight);
 }
 
 namespace detail {

@@ -22,7 +22,7 @@ namespace pemoe {
  * 3072×768 at full rank 2.7 GFLOP: any order must absorb the 192×32×384 central core from both sides), every
  * product through `pemoe::gemm`. `cores[k]` must have shape `(d_k, i_k, j_k, d_{k+1})` matching `shape` (else
  * `ShapeError`).
- * @param rows, cols the size to return (≤ the shape's; the rest is padding); -1 for the full shape.
+ * `rows`, `cols`: the size to return (≤ the shape's; the rest is padding); -1 for the full shape.
  */
 template <class T>
 Matrix<T> reconstruct(const std::vector<xt::xtensor<T, 4>>& cores, const MpoShape& shape, Index rows = -1,
