@@ -317,39 +317,40 @@ TEST_CASE("IA3: ones init (identity), PEFT name, forward against loops in the th
 
 TEST_CASE("IA3 gradients pass the checker (output, feedforward, standalone; frozen and trainable base)") {
   for (int placement = 0; placement < 3; ++placement)
-    for (bool base_trainable : {false, true}) {
-      if (placement == 2 && base_trainable) continue;
-      DYNAMIC_SECTION("placement " << placement << " base_trainable " << base_trainable) {
-        ParamStore<double> s;
-        Rng rng(1);
-        IA3Config cfg;
-        cfg.feedforward = placement == 1;
-        cfg.base_trainable = base_trainable;
-        cfg.panel_rows = 3;
-        std::optional<IA3<double>> l;
-        if (placement == 2)
-          l.emplace(6);
-        else
-          l.emplace(LinearConfig{6, 4, true}, cfg);
-        l->register_params(s, "fc", rng);
-        testing::randomize_params(s, 2);
-        const Index d_out = placement == 2 ? 6 : 4;
-        IA3<double>::Cache c;
-        const auto r = testing::gradcheck(
-            s, testing::random_matrix(7, 6, 3),
-            [&](const Matrix<double>& x, Matrix<double>& y) {
-              y.resize(x.rows(), d_out);
-              l->forward(x, y, c);
-              return 0.0;
-            },
-            [&](const Matrix<double>& x, const Matrix<double>& dy, Matrix<double>& dx) {
-              l->backward(x, c, dy, dx);
-            });
-        INFO(r.report());
-        CHECK(r.ok(1e-6));
-        CHECK(r.checked == 42 + s.num_trainable());
+    for (bool base_trainable : {false, true})
+      for (Index ntok : {7, 4}) {  // frozen output placement: N > d_in scales W, N <= d_in scales dy
+        if (placement == 2 && base_trainable) continue;
+        DYNAMIC_SECTION("placement " << placement << " base_trainable " << base_trainable << " N " << ntok) {
+          ParamStore<double> s;
+          Rng rng(1);
+          IA3Config cfg;
+          cfg.feedforward = placement == 1;
+          cfg.base_trainable = base_trainable;
+          cfg.panel_rows = 3;
+          std::optional<IA3<double>> l;
+          if (placement == 2)
+            l.emplace(6);
+          else
+            l.emplace(LinearConfig{6, 4, true}, cfg);
+          l->register_params(s, "fc", rng);
+          testing::randomize_params(s, 2);
+          const Index d_out = placement == 2 ? 6 : 4;
+          IA3<double>::Cache c;
+          const auto r = testing::gradcheck(
+              s, testing::random_matrix(ntok, 6, 3),
+              [&](const Matrix<double>& x, Matrix<double>& y) {
+                y.resize(x.rows(), d_out);
+                l->forward(x, y, c);
+                return 0.0;
+              },
+              [&](const Matrix<double>& x, const Matrix<double>& dy, Matrix<double>& dx) {
+                l->backward(x, c, dy, dx);
+              });
+          INFO(r.report());
+          CHECK(r.ok(1e-6));
+          CHECK(r.checked == ntok * 6 + s.num_trainable());
+        }
       }
-    }
 }
 
 TEST_CASE("IA3: NaN in the input propagates to the same output entries (documented; no router to check)") {

@@ -464,9 +464,7 @@ class Router {
   ParamId noise_weight_id() const { return m_wn; }
   ParamId bias_id() const { return m_b; }
   const RouterConfig& config() const { return m_config; }
-  RouterConfig& mutable_config() { return m_config; }
   const std::string& name() const { return m_name; }
-  bool bound() const { return m_store != nullptr; }
 
  private:
   static constexpr Index kMaxStack = 64;
