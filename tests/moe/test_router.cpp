@@ -522,3 +522,61 @@ TEST_CASE("Router init presets: N(0, 0.02), kaiming-uniform, no bias by default"
   CHECK(b.weight().cwiseAbs().maxCoeff() <= 1.0f / 16.0f);
   CHECK(b.weight().cwiseAbs().maxCoeff() > 0.9f / 16.0f);
 }
+
+TEST_CASE(
+    "Balance groups pool the routers of a layer (MoLA): value of the concatenated logits, exact gradients") {
+  for (BalanceNorm norm : {BalanceNorm::per_assignment, BalanceNorm::per_token_slot}) {
+    AuxLossCollector col(LayerReduction::sum);
+    auto cfg = cfg_of(GateMode::topk_renorm, 4, 5, 2);
+    cfg.aux.balance_coef = 0.7;
+    cfg.aux.balance_norm = norm;
+    cfg.aux.z_coef = 0.1;
+    cfg.balance_group = "layers.0";
+    ParamStore<double> s;
+    Rng rng(3);
+    Router<double> q(cfg), v(cfg);
+    q.register_params(s, "layers.0.q.router", rng);
+    v.register_params(s, "layers.0.v.router", rng);
+    testing::randomize_params(s, 4, 0.8);
+    q.set_collector(&col);
+    v.set_collector(&col);
+    Router<double>::Cache cq, cv;
+    // the checked input stacks the two routers' inputs: rows 0-5 go to q, rows 6-12 to v
+    auto forward = [&](const Matrix<double>& x, Matrix<double>& y) {
+      col.reset();
+      y.resize(13, 5);
+      q.forward(x.topRows(6), y.topRows(6), cq);
+      v.forward(x.bottomRows(7), y.bottomRows(7), cv);
+      return col.total();
+    };
+    const auto x = testing::random_matrix(13, 4, 9);
+    Matrix<double> y;
+    forward(x, y);
+    // the pooled value is the balance loss of the concatenated probabilities and selections
+    Matrix<double> probs(13, 5);
+    probs << cq.probs, cv.probs;
+    IndexMatrix idx(13, 2);
+    idx << cq.topk_idx, cv.topk_idx;
+    const double pooled = switch_balance_loss<double>(probs, idx, norm);
+    CHECK(col.group_balance("layers.0") == Approx(pooled).epsilon(1e-12));
+    CHECK(col.balance() == Approx(pooled).epsilon(1e-12));
+    CHECK(col.total() == Approx(0.7 * pooled + 0.1 * (cq.aux.z + cv.aux.z)).epsilon(1e-12));
+    CHECK(pooled != Approx(cq.aux.balance + cv.aux.balance));  // pooling is not the sum of per-router losses
+    const auto r = testing::gradcheck(
+        s, x, forward, [&](const Matrix<double>& xx, const Matrix<double>& dy, Matrix<double>& dx) {
+          q.backward(xx.topRows(6), cq, dy.topRows(6), MatrixRef<double>(dx.topRows(6)));
+          v.backward(xx.bottomRows(7), cv, dy.bottomRows(7), MatrixRef<double>(dx.bottomRows(7)));
+        });
+    INFO(r.report());
+    CHECK(r.ok(1e-6));
+    // a router with another E cannot join the group
+    auto other = cfg;
+    other.n_experts = 4;
+    Router<double> w(other);
+    w.register_params(s, "layers.0.k.router", rng);
+    w.set_collector(&col);
+    Router<double>::Cache cw;
+    Matrix<double> gw(3, 4);
+    CHECK_THROWS_AS(w.forward(testing::random_matrix(3, 4, 1), gw, cw), ConfigError);
+  }
+}

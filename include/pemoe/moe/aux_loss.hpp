@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cmath>
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -52,7 +53,9 @@ struct AuxLossValues {
   double z = 0.0;           ///< mean_x lse(z(x))²
   double importance = 0.0;  ///< CV²(importance)
   double load = 0.0;        ///< CV²(load)
-  double weighted = 0.0;    ///< Σ coef·value (before the collector's layer reduction)
+  double weighted = 0.0;    ///< Σ coef·value (before the collector's layer reduction; without the balance
+                            ///< term when the router is in a balance group, whose pooled loss counts once)
+  bool grouped = false;     ///< the balance term belongs to a pooled balance group
 };
 
 /**
@@ -139,6 +142,11 @@ T cv_squared(const RowVector<T>& v, RowVector<T>* grad = nullptr) {
  * scale their aux-loss gradients by `layer_weight()` (1 for `sum`, 1/L for `mean` over the L records of
  * the step), so the gradients are those of `total()`. Call `reset()` at the start of every step (after
  * the previous backward).
+ *
+ * Balance groups (`RouterConfig::balance_group`) reproduce MoLA's per-layer loss: the routers of one group
+ * pool their assignment counts and probability sums (as if their logits were concatenated along the token
+ * axis), the group's loss E·Σ f_i P_i is counted once in `total()`, and each router's balance gradient is
+ * the pooled one. All routers of a group must share E, k, the normalisation and the coefficient.
  */
 class AuxLossCollector {
  public:
@@ -150,24 +158,103 @@ class AuxLossCollector {
 
   explicit AuxLossCollector(LayerReduction reduction = LayerReduction::sum) : m_reduction(reduction) {}
 
-  void reset() { m_records.clear(); }
+  /// Forgets the step's records and balance groups (call at the start of every step).
+  void reset() {
+    m_records.clear();
+    m_groups.clear();
+  }
+  /// Adds one router's values (its balance term excluded from `weighted` when it is in a balance group).
   void record(const std::string& site, const AuxLossValues& values) { m_records.push_back({site, values}); }
   LayerReduction reduction() const { return m_reduction; }
   /// Factor applied to each layer's loss and gradient: 1 (sum) or 1/L (mean over L records).
   double layer_weight() const {
     return m_reduction == LayerReduction::mean && !m_records.empty() ? 1.0 / double(m_records.size()) : 1.0;
   }
-  /// The auxiliary loss to add to the task loss: reduction of the coefficient-weighted values.
-  double total() const { return reduce(&AuxLossValues::weighted); }
-  /// Reduced unweighted values, for logging.
-  double balance() const { return reduce(&AuxLossValues::balance); }
+  /// The auxiliary loss to add to the task loss: reduction of the coefficient-weighted values, plus
+  /// coef × the pooled balance loss of every balance group.
+  double total() const {
+    double g = 0.0;
+    for (const auto& kv : m_groups) g += kv.second.coef * group_balance(kv.first);
+    return reduce(&AuxLossValues::weighted) + g * layer_weight();
+  }
+  /// Reduced unweighted values, for logging (`balance` adds each group's pooled loss once).
+  double balance() const {
+    double g = 0.0;
+    for (const auto& kv : m_groups) g += group_balance(kv.first);
+    double own = 0.0;
+    for (const auto& r : m_records)
+      if (!r.values.grouped) own += r.values.balance;
+    return (own + g) * layer_weight();
+  }
   double z() const { return reduce(&AuxLossValues::z); }
   double importance() const { return reduce(&AuxLossValues::importance); }
   double load() const { return reduce(&AuxLossValues::load); }
   /// Every record of the step, in forward order.
   const std::vector<Record>& records() const { return m_records; }
 
+  /// Pooled statistics of a balance group: the routers of one layer (MoLA concatenates the router logits of
+  /// all adapted modules of a decoder layer before its balance loss).
+  struct BalanceGroup {
+    std::vector<double> counts;     ///< (E) (token, slot) assignments per expert, all routers of the group
+    std::vector<double> prob_sums;  ///< (E) Σ_t p_{t,i}, all routers of the group
+    double tokens = 0.0;            ///< T' = Σ routers' tokens
+    Index k = 0;                    ///< slots per token
+    BalanceNorm norm = BalanceNorm::per_assignment;
+    double coef = 0.0;
+  };
+  /// Adds one router's counts and probability sums to `group` (E, k, norm and coef must agree).
+  void add_balance_stats(const std::string& group, const std::vector<double>& counts,
+                         const std::vector<double>& prob_sums, double tokens, Index k, BalanceNorm norm,
+                         double coef) {
+    auto it = m_groups.find(group);
+    if (it == m_groups.end()) {
+      m_groups.emplace(group, BalanceGroup{counts, prob_sums, tokens, k, norm, coef});
+      return;
+    }
+    BalanceGroup& g = it->second;
+    PEMOE_CHECK_CONFIG(g.counts.size() == counts.size() && g.k == k && g.norm == norm && g.coef == coef,
+                       "AuxLossCollector: balance group '", group, "' mixes routers with different E (",
+                       g.counts.size(), " vs ", counts.size(), "), k, normalisation or coefficient");
+    for (std::size_t i = 0; i < counts.size(); ++i) {
+      g.counts[i] += counts[i];
+      g.prob_sums[i] += prob_sums[i];
+    }
+    g.tokens += tokens;
+  }
+  /// Pooled balance loss of a group: E·Σ f_i P_i over all its routers' tokens (see `switch_balance_loss`).
+  double group_balance(const std::string& group) const {
+    const BalanceGroup& g = group_at(group);
+    const double e = double(g.counts.size());
+    if (g.tokens == 0) return 0.0;
+    double l = 0.0;
+    for (std::size_t i = 0; i < g.counts.size(); ++i)
+      l += g.norm == BalanceNorm::forai_constant ? e * g.prob_sums[i] / g.tokens
+                                                 : e * f_of(g, i) * g.prob_sums[i] / g.tokens;
+    return l;
+  }
+  /// dL_group/dp_{t,i} (the same for every token of every router of the group), unweighted.
+  std::vector<double> group_balance_grad(const std::string& group) const {
+    const BalanceGroup& g = group_at(group);
+    const double e = double(g.counts.size());
+    std::vector<double> d(g.counts.size(), 0.0);
+    if (g.tokens == 0) return d;
+    for (std::size_t i = 0; i < d.size(); ++i)
+      d[i] = g.norm == BalanceNorm::forai_constant ? e / g.tokens : e * f_of(g, i) / g.tokens;
+    return d;
+  }
+  /// The step's balance groups by name.
+  const std::map<std::string, BalanceGroup>& groups() const { return m_groups; }
+
  private:
+  static double f_of(const BalanceGroup& g, std::size_t i) {
+    return g.counts[i] / (g.norm == BalanceNorm::per_assignment ? g.tokens * double(g.k) : g.tokens);
+  }
+  const BalanceGroup& group_at(const std::string& group) const {
+    auto it = m_groups.find(group);
+    PEMOE_CHECK(it != m_groups.end(), "AuxLossCollector: no balance group '", group,
+                "' this step (did the routers' forward run after reset()?)");
+    return it->second;
+  }
   double reduce(double AuxLossValues::*field) const {
     double s = 0.0;
     for (const auto& r : m_records) s += r.values.*field;
@@ -176,6 +263,7 @@ class AuxLossCollector {
 
   LayerReduction m_reduction;
   std::vector<Record> m_records;
+  std::map<std::string, BalanceGroup> m_groups;
 };
 
 }  // namespace pemoe

@@ -62,7 +62,10 @@ struct RouterConfig {
   RouterInit noise_init = RouterInit::zeros;  ///< noisy_topk: `<prefix>.noise.weight` initialisation
   double noise_epsilon = 1e-2;                ///< noisy_topk: std = softplus(x W_noise) + noise_epsilon
   AuxLossConfig aux;                          ///< auxiliary loss coefficients (all off by default)
-  bool trainable = true;                      ///< declare the router weights trainable
+  /// Non-empty: with a collector, the balance loss is pooled over every router of this group (MoLA: the
+  /// 7 adapted linears of one decoder layer, e.g. "layers.3") and counted once; empty: per router.
+  std::string balance_group;
+  bool trainable = true;  ///< declare the router weights trainable
 
   /// Experts selected per token (the columns of `topk_idx`): k for the top-k modes, 1 otherwise.
   Index selected() const {
@@ -300,8 +303,18 @@ class Router {
     v.load = double(cv_squared<T>(load, &cache.load_grad));
     if (cache.load_prob.size() == 0) cache.load_grad.setZero();  // a count has no gradient
     const auto& a = m_config.aux;
-    v.weighted =
-        a.balance_coef * v.balance + a.z_coef * v.z + a.importance_coef * v.importance + a.load_coef * v.load;
+    v.grouped = grouped();
+    if (v.grouped) {
+      std::vector<double> counts(static_cast<std::size_t>(e), 0.0), sums(static_cast<std::size_t>(e));
+      for (Index t = 0; t < n; ++t)
+        for (Index j = 0; j < cache.topk_idx.cols(); ++j)
+          counts[static_cast<std::size_t>(cache.topk_idx(t, j))] += 1;
+      for (Index j = 0; j < e; ++j) sums[static_cast<std::size_t>(j)] = double(cache.probs.col(j).sum());
+      m_collector->add_balance_stats(m_config.balance_group, counts, sums, double(n), cache.topk_idx.cols(),
+                                     a.balance_norm, a.balance_coef);
+    }
+    v.weighted = (v.grouped ? 0.0 : a.balance_coef * v.balance) + a.z_coef * v.z +
+                 a.importance_coef * v.importance + a.load_coef * v.load;
     if (m_collector) m_collector->record(m_name, v);
     ++m_calls;
   }
@@ -393,6 +406,11 @@ class Router {
     const T cb = T(a.balance_coef) * lw, cz = T(a.z_coef) * lw, ci = T(a.importance_coef) * lw,
             cl = T(a.load_coef) * lw;
     const bool est = cache.load_prob.size() != 0 && cl != T(0);
+    RowVector<T> balance_grad = cache.balance_grad;  // per router, or pooled over the balance group
+    if (cb != T(0) && grouped()) {
+      const auto g = m_collector->group_balance_grad(m_config.balance_group);
+      for (Index j = 0; j < e; ++j) balance_grad(j) = T(g[static_cast<std::size_t>(j)]);
+    }
     const bool noise_on = cache.noise.size() != 0;
     RowVector<T> dg(e), dp(e), dh(e);
     for (Index i = 0; i < nr; ++i) {
@@ -442,7 +460,7 @@ class Router {
           break;
         }
       }
-      if (cb != T(0)) dp += cb * cache.balance_grad;
+      if (cb != T(0)) dp += cb * balance_grad;
       const T pdp = p.dot(dp);
       dzt.array() += p.array() * (dp.array() - pdp);
       if (cz != T(0)) dzt += (cz * T(2) * cache.lse(t) / T(cache.n)) * p;
@@ -471,6 +489,7 @@ class Router {
 
   std::string site() const { return "Router '" + m_name + "'"; }
   bool jitter_active() const { return m_training && m_config.jitter > 0.0; }
+  bool grouped() const { return m_collector != nullptr && !m_config.balance_group.empty(); }
   bool load_estimator_active() const {
     return m_config.mode == GateMode::noisy_topk && m_training && m_config.top_k < m_config.n_experts;
   }
