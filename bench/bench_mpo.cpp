@@ -7,7 +7,7 @@
 //   BM_DenseGemm/N/rows/cols           y = x·Wᵀ with the dense W through pemoe::gemm (the baseline)
 //   BM_ApplyRebuild/N/rows/cols/chi    y = x·Wᵀ, W rebuilt from the cores every call (the MPOE forward)
 //   BM_ApplyContraction/N/rows/cols/chi  x contracted through the cores, W never formed
-// GFLOPS counters use each path's own FLOP model (mpo_apply_cost); "model_*_gflop" report the model's
+// GFLOPS counters use each path's own FLOP count (mpo_apply_cost); "model_*_gflop" report the model's
 // totals per call so the paths can be compared at equal work; "auto_picks_contraction" is the FLOP model's
 // choice. Contraction cases whose largest intermediate would exceed 1.5 GB are skipped.
 #include <limits>
@@ -67,6 +67,7 @@ void report_model(benchmark::State& state, const MpoApplyCost& c) {
   state.counters["model_rebuild_gflop"] = c.rebuild_flops / 1e9;
   state.counters["model_contraction_gflop"] = c.contraction_flops / 1e9;
   state.counters["model_dense_gflop"] = c.dense_flops / 1e9;
+  state.counters["model_contraction_Mmoved"] = c.contraction_moved / 1e6;
   state.counters["auto_picks_contraction"] = c.best == MpoApplyPath::contraction ? 1 : 0;
 }
 

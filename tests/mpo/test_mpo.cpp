@@ -370,8 +370,9 @@ TEST_CASE("mpo_apply FLOP model: rebuild at full rank, contraction at small bond
   CHECK(c.rebuild_flops - c.dense_flops == Approx(2.72e9).epsilon(0.01));
   CHECK(c.contraction_flops > 100 * c.rebuild_flops);
   CHECK(mpo_apply_cost(zeros(kT5Wi, 2), 64).best == MpoApplyPath::contraction);
-  CHECK(mpo_apply_cost(zeros(kT5Wi, 4), 64, 1.0).best == MpoApplyPath::contraction);  // by flops alone
-  CHECK(mpo_apply_cost(zeros(kT5Wi, 4), 64).best == MpoApplyPath::rebuild);  // slower GEMMs weighted in
+  CHECK(mpo_apply_cost(zeros(kT5Wi, 4), 64).best == MpoApplyPath::contraction);
+  CHECK(mpo_apply_cost(zeros(kT5Wi, 8), 2048, 0.0).best == MpoApplyPath::contraction);  // by flops alone
+  CHECK(mpo_apply_cost(zeros(kT5Wi, 8), 2048).best == MpoApplyPath::rebuild);  // its memory traffic counted
 }
 
 TEST_CASE("fix_auxiliary_central: recovers C for the same matrix, fits a new one exactly at full rank") {
