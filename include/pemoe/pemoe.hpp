@@ -19,12 +19,34 @@
 #include "pemoe/nn/dropout.hpp"
 #include "pemoe/nn/linear.hpp"
 
+// moe: routers, auxiliary losses, expert banks, MoLA allocation
+#include "pemoe/moe/aux_loss.hpp"
+#include "pemoe/moe/lora_experts.hpp"
+#include "pemoe/moe/mola_allocation.hpp"
+#include "pemoe/moe/router.hpp"
+#include "pemoe/moe/topk.hpp"
+
+// mpo: matrix product operators
+#include "pemoe/mpo/contract.hpp"
+#include "pemoe/mpo/decompose.hpp"
+#include "pemoe/mpo/reconstruct.hpp"
+#include "pemoe/mpo/shape.hpp"
+
 // adapters
+#include "pemoe/adapters/ia3.hpp"
 #include "pemoe/adapters/lora.hpp"
+#include "pemoe/adapters/molora.hpp"
+#include "pemoe/adapters/mov.hpp"
+#include "pemoe/adapters/mpo_linear.hpp"
+#include "pemoe/adapters/mpoe.hpp"
+#include "pemoe/adapters/sparse_lora.hpp"
 
 // io
+#include "pemoe/io/dtype.hpp"
 #include "pemoe/io/plot.hpp"
 #include "pemoe/io/png.hpp"
+#include "pemoe/io/safetensors.hpp"
 
 // train
 #include "pemoe/train/adamw.hpp"
+#include "pemoe/train/gradient_mask.hpp"
