@@ -18,7 +18,9 @@ cmake --build build -j "$jobs"
 ctest --test-dir build -j "$jobs" --output-on-failure
 
 echo "== tests under -fsanitize=address,undefined"
-cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Release -DPEMOE_SANITIZE=ON -DPEMOE_NATIVE=OFF \
+# -O1: the sanitizers' checks do not need -O3, and the build is about twice as fast.
+cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_FLAGS_RELEASE="-O1 -DNDEBUG" \
+      -DPEMOE_SANITIZE=ON -DPEMOE_NATIVE=OFF \
       -DPEMOE_BUILD_TESTS=ON -DPEMOE_BUILD_EXAMPLES=OFF -DPEMOE_BUILD_BENCH=OFF -DPEMOE_BUILD_DOCS=OFF >/dev/null
 cmake --build build-asan -j "$jobs"
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
