@@ -34,3 +34,14 @@ inline void add_context() {
 }
 
 }  // namespace pemoe::bench
+
+/// The `main` of every pemoe benchmark: Google Benchmark's, plus the SIMD/thread context line.
+#define PEMOE_BENCHMARK_MAIN()                                        \
+  int main(int argc, char** argv) {                                   \
+    benchmark::Initialize(&argc, argv);                               \
+    if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1; \
+    pemoe::bench::add_context();                                      \
+    benchmark::RunSpecifiedBenchmarks();                              \
+    benchmark::Shutdown();                                            \
+    return 0;                                                         \
+  }

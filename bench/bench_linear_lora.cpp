@@ -103,11 +103,4 @@ BENCHMARK(BM_LinearFrozen)->Apply(shapes);
 BENCHMARK(BM_LinearTrain)->Apply(shapes);
 BENCHMARK(BM_LoRA)->Apply(shapes);
 
-int main(int argc, char** argv) {
-  pemoe::bench::add_context();
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
-}
+PEMOE_BENCHMARK_MAIN()

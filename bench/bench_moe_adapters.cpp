@@ -139,11 +139,4 @@ BENCHMARK(BM_SparseTop2)->Apply(shapes);
 BENCHMARK(BM_MoV)->Apply(shapes);
 BENCHMARK(BM_IA3)->Apply(shapes);
 
-int main(int argc, char** argv) {
-  pemoe::bench::add_context();
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
-}
+PEMOE_BENCHMARK_MAIN()

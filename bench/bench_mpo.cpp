@@ -145,11 +145,4 @@ BENCHMARK(BM_DenseGemm)
 BENCHMARK(BM_ApplyRebuild)->PEMOE_MPO_APPLY_ARGS;
 BENCHMARK(BM_ApplyContraction)->PEMOE_MPO_APPLY_ARGS;
 
-int main(int argc, char** argv) {
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  bench::add_context();
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
-}
+PEMOE_BENCHMARK_MAIN()

@@ -78,17 +78,22 @@ inline int text_width(const std::string& text, int scale = 1) {
   return int(text.size()) * 6 * scale;
 }
 
+/// The 5×7 bitmap of `ch` (rows top to bottom, bit 4 = left column); lower case is drawn upper case and
+/// unknown characters as '?'.
+inline const std::array<std::uint8_t, 7>& glyph(char ch) {
+  const auto& font = font5x7();
+  auto it = font.find((ch >= 'a' && ch <= 'z') ? char(ch - 'a' + 'A') : ch);
+  return it != font.end() ? it->second : font.at('?');
+}
+
 /// Draws `text` with its top-left corner at (x, y).
 inline void draw_text(RgbImage& img, int x, int y, const std::string& text, Rgb c = {0, 0, 0},
                       int scale = 1) {
-  const auto& font = font5x7();
   for (char ch : text) {
-    char k = (ch >= 'a' && ch <= 'z') ? char(ch - 'a' + 'A') : ch;
-    auto it = font.find(k);
-    if (it == font.end()) it = font.find('?');
+    const auto& bits = glyph(ch);
     for (int row = 0; row < 7; ++row)
       for (int col = 0; col < 5; ++col)
-        if (it->second[std::size_t(row)] & (0x10 >> col))
+        if (bits[std::size_t(row)] & (0x10 >> col))
           img.fill_rect(x + col * scale, y + row * scale, x + (col + 1) * scale, y + (row + 1) * scale, c);
     x += 6 * scale;
   }
@@ -96,14 +101,11 @@ inline void draw_text(RgbImage& img, int x, int y, const std::string& text, Rgb 
 
 /// Draws `text` rotated by 90° (reading bottom-up), its bottom-left corner at (x, y).
 inline void draw_text_vertical(RgbImage& img, int x, int y, const std::string& text, Rgb c = {0, 0, 0}) {
-  const auto& font = font5x7();
   for (char ch : text) {
-    char k = (ch >= 'a' && ch <= 'z') ? char(ch - 'a' + 'A') : ch;
-    auto it = font.find(k);
-    if (it == font.end()) it = font.find('?');
+    const auto& bits = glyph(ch);
     for (int row = 0; row < 7; ++row)
       for (int col = 0; col < 5; ++col)
-        if (it->second[std::size_t(row)] & (0x10 >> col)) img.set(x + row, y - col, c);
+        if (bits[std::size_t(row)] & (0x10 >> col)) img.set(x + row, y - col, c);
     y -= 6;
   }
 }
