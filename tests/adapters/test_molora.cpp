@@ -7,7 +7,7 @@
 #include <omp.h>
 #endif
 
-#include "adapters/moe_cases.hpp"
+#include "support/moe_cases.hpp"
 #include "pemoe/adapters/lora.hpp"
 #include "pemoe/adapters/molora.hpp"
 #include "pemoe/adapters/sparse_lora.hpp"

@@ -8,7 +8,7 @@
 #include <omp.h>
 #endif
 
-#include "adapters/moe_cases.hpp"
+#include "support/moe_cases.hpp"
 #include "pemoe/adapters/ia3.hpp"
 #include "pemoe/adapters/mov.hpp"
 #include "support/gradcheck.hpp"

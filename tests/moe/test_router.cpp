@@ -11,6 +11,7 @@
 #include "pemoe/moe/topk.hpp"
 #include "support/gradcheck.hpp"
 #include "support/helpers.hpp"
+#include "support/moe_cases.hpp"
 
 using namespace pemoe;
 
@@ -79,25 +80,6 @@ RouterConfig cfg_of(GateMode mode, Index d, Index e, Index k) {
   return c;
 }
 
-const GateMode kAllModes[] = {GateMode::soft, GateMode::topk_mask, GateMode::topk_renorm,
-                              GateMode::noisy_topk, GateMode::switch_top1};
-
-const char* mode_name(GateMode m) {
-  switch (m) {
-    case GateMode::soft:
-      return "soft";
-    case GateMode::topk_mask:
-      return "topk_mask";
-    case GateMode::topk_renorm:
-      return "topk_renorm";
-    case GateMode::noisy_topk:
-      return "noisy_topk";
-    case GateMode::switch_top1:
-      return "switch_top1";
-  }
-  return "?";
-}
-
 }  // namespace
 
 TEST_CASE("topk_row: decreasing order, exact ties go to the lowest index") {
@@ -134,10 +116,10 @@ TEST_CASE("softmax_row is max-subtracted: finite for huge logits, returns the lo
 }
 
 TEST_CASE("Router forward equals naive gates for every mode (eval, no noise)") {
-  for (GateMode mode : kAllModes) {
+  for (GateMode mode : testing::all_gate_modes()) {
     for (bool st : {false, true}) {
       if (st && mode != GateMode::switch_top1) continue;
-      INFO(mode_name(mode) << " st=" << st);
+      INFO(testing::gate_name(mode) << " st=" << st);
       auto cfg = cfg_of(mode, 6, 5, 2);
       cfg.straight_through = st;
       cfg.bias = true;
@@ -190,8 +172,8 @@ TEST_CASE("topk_renorm equals a softmax over the kept logits; topk_mask keeps th
 }
 
 TEST_CASE("Router: exact ties select the lowest index in every mode") {
-  for (GateMode mode : kAllModes) {
-    INFO(mode_name(mode));
+  for (GateMode mode : testing::all_gate_modes()) {
+    INFO(testing::gate_name(mode));
     RouterFixture f(cfg_of(mode, 3, 4, 2));
     f.router.weight().setZero();  // every logit equal: a 4-way tie
     Matrix<double> u = testing::random_matrix(3, 3, 2), g(3, 4);
@@ -216,12 +198,12 @@ TEST_CASE("Router gradients (gates + aux losses + router weights) pass the check
     const char* what;
     bool st, jitter, bias, training;
   };
-  for (GateMode mode : kAllModes) {
+  for (GateMode mode : testing::all_gate_modes()) {
     for (const Variant& v :
          {Variant{"plain", false, false, false, true}, Variant{"bias+jitter", false, true, true, true},
           Variant{"eval", false, false, false, false}}) {
       if (v.st && mode != GateMode::switch_top1) continue;
-      DYNAMIC_SECTION(mode_name(mode) << " / " << v.what) {
+      DYNAMIC_SECTION(testing::gate_name(mode) << " / " << v.what) {
         auto cfg = cfg_of(mode, 5, 4, 2);
         cfg.straight_through = v.st;
         cfg.bias = v.bias;
