@@ -7,12 +7,12 @@
 #include <omp.h>
 #endif
 
-#include "support/moe_cases.hpp"
 #include "pemoe/adapters/lora.hpp"
 #include "pemoe/adapters/molora.hpp"
 #include "pemoe/adapters/sparse_lora.hpp"
 #include "support/gradcheck.hpp"
 #include "support/helpers.hpp"
+#include "support/moe_cases.hpp"
 
 using namespace pemoe;
 

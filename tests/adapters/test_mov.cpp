@@ -8,11 +8,11 @@
 #include <omp.h>
 #endif
 
-#include "support/moe_cases.hpp"
 #include "pemoe/adapters/ia3.hpp"
 #include "pemoe/adapters/mov.hpp"
 #include "support/gradcheck.hpp"
 #include "support/helpers.hpp"
+#include "support/moe_cases.hpp"
 
 using namespace pemoe;
 
