@@ -6,6 +6,10 @@
 /// when enabled). A different backend (oneDNN, cuBLAS) plugs in here without touching any layer;
 /// no layer calls Eigen's product directly.
 ///
+/// Products with one extent of at most `detail::kSkinnyMax` (16: E experts, a LoRA rank; the other
+/// extents any) go to pemoe's own register-blocked kernels (detail/skinny_gemm.hpp), which read the large
+/// operand once instead of packing it: 1.3-3× faster than Eigen's GEMM on (t, d)·(d, 8)-like shapes.
+///
 /// Speed depends on the compiler flags of the translation unit that instantiates it: with
 /// `-march=native` on AVX-512 machines Eigen's fp32 GEMM is 4-5× faster than with the default SSE2.
 #pragma once
@@ -14,11 +18,45 @@
 
 #include "pemoe/core/error.hpp"
 #include "pemoe/core/tensor.hpp"
+#include "pemoe/detail/skinny_gemm.hpp"
 
 namespace pemoe {
 
 /// Whether a `gemm` operand is used as stored or transposed.
 enum class Op { N, T };
+
+namespace detail {
+
+/// The skinny-kernel dispatch of `gemm`: returns false (nothing done) when no extent is small.
+template <class T>
+bool skinny(Op op_a, Op op_b, T alpha, ConstMatrixRef<T> A, ConstMatrixRef<T> B, T beta, MatrixRef<T> C,
+            Index m, Index n, Index k) {
+  constexpr Index S = kSkinnyMax;
+  const AxpbyOut<T> out{C.data(), C.outerStride(), alpha, beta};
+  const T* a = A.data();
+  const T* b = B.data();
+  const Index lda = A.outerStride(), ldb = B.outerStride();
+  if (op_a == Op::N && op_b == Op::T && n <= S) {  // (m, k)·(n, k)ᵀ: dot products (router logits, x·Aᵀ)
+    skinny_abt(a, lda, b, ldb, m, n, k, out);
+  } else if (op_a == Op::N && op_b == Op::N && k <= S) {  // (m, q)·(q, n): rows mixed (MoV merge, h·A)
+    skinny_ab(a, lda, b, ldb, m, k, n, out);
+  } else if (op_a == Op::T && op_b == Op::N && m <= S) {  // (k, q)ᵀ·(k, n): outer products (dW_g, dA)
+    skinny_atb(a, lda, b, ldb, k, m, n, out);
+  } else if (op_a == Op::T && op_b == Op::N && n <= S) {  // (k, m)ᵀ·(k, q) = ((k, q)ᵀ·(k, m))ᵀ (dB)
+    skinny_atb(b, ldb, a, lda, k, n, m, TransposedAxpbyOut<T>{out});
+  } else if (op_a == Op::N && op_b == Op::N && n <= S) {  // (m, k)·(k, q): Bᵀ is small, dot products (dy·B)
+    const Matrix<T> bt = B.transpose();
+    skinny_abt(a, lda, bt.data(), k, m, n, k, out);
+  } else if (op_a == Op::N && op_b == Op::T && k <= S) {  // (m, q)·(n, q)ᵀ: Bᵀ is small, rows mixed (h·Bᵀ)
+    const Matrix<T> bt = B.transpose();
+    skinny_ab(a, lda, bt.data(), n, m, k, n, out);
+  } else {
+    return false;
+  }
+  return true;
+}
+
+}  // namespace detail
 
 /**
  * @brief `C = alpha·op(A)·op(B) + beta·C` on row-major views.
@@ -42,6 +80,7 @@ void gemm(Op op_a, Op op_b, T alpha, ConstMatrixRef<T> A, ConstMatrixRef<T> B, T
       C *= beta;
     return;
   }
+  if (detail::skinny(op_a, op_b, alpha, A, B, beta, C, m, n, ka)) return;
   auto run = [&](const auto& product) {
     if (beta == T(0)) {
       C.noalias() = alpha * product;
