@@ -274,6 +274,9 @@ TEST_CASE("MoV errors: NaN names the layer's router, wrong shapes name the layer
   MoVConfig li = MoVConfig::for_ai(3);
   li.router_input = RouterInput::layer_input;
   CHECK_THROWS_AS(MoV<float>(10, li), ConfigError);  // no layer to take the input of
+  MoVConfig neg = MoVConfig::for_ai(3);
+  neg.panel_rows = -1;
+  CHECK_THROWS_WITH(MoV<float>(10, neg), Catch::Contains("panel_rows must be 0 (whole call) or positive"));
 }
 
 // ---- IA3 ----------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@
 #include "pemoe/core/rng.hpp"
 #include "pemoe/core/tensor.hpp"
 #include "pemoe/detail/parallel_rows.hpp"
+#include "pemoe/detail/skinny_gemm.hpp"
 #include "pemoe/moe/router.hpp"
 #include "pemoe/nn/linear.hpp"
 
@@ -27,8 +28,11 @@ struct MoVConfig {
   RouterConfig router;  ///< defaults are for-ai's: soft, N(0, 0.02), no bias (d_in and E are filled in)
   RouterInput router_input = RouterInput::activation;  ///< activation (reference), layer_input or external
   bool base_trainable = false;                         ///< also train the wrapped linear
-  Index panel_rows = 512;  ///< rows per panel of the fused GEMM + router + scale (Eigen re-packs W per panel
-                           ///< GEMM: measured 5-12 % slower at 256 rows)
+  /// Rows per panel of base GEMM + router + merge; 0 (default) = the whole call in one panel, so the base
+  /// GEMM runs exactly as the dense layer's. Measured on a 2-core AVX-512 machine with a 32 MB L3: 512-row
+  /// panels were 4-7 % slower at (2048, 768 -> 3072) and (4096, 1024 -> 1024), since Eigen re-packs W for
+  /// every panel GEMM while the (N, d) output stays in L3 anyway. Set a row count to bound the working set.
+  Index panel_rows = 0;
 
   /// for-ai MoV preset: E vectors (ones), soft router on the activation, N(0, 0.02), no bias.
   static MoVConfig for_ai(Index n_experts = 30, Index heads = 1) {
@@ -55,8 +59,10 @@ struct MoVConfig {
  *   linear (`MoV(base, config)`, h = x W^T + b); the router reads h (`activation`, the reference), the
  *   linear's input x (`layer_input`) or a caller's u (`external`).
  *
- * Memory-bound (DESIGN §7): the base GEMM, the router, the merge (a (rows, E)·(E, d) GEMM) and the scale
- * run panel by panel (`panel_rows`) while the panel is in cache. Vectors init to ones, so the layer starts
+ * After the base GEMM (one call over all rows, or `panel_rows` at a time) the router, the merge and the scale
+ * run tile by tile (32 rows, one tile per thread at a time) while the tile is in cache; the skinny products
+ * ((t, d)·(d, E), (t, E)·(E, d)) go to `gemm`'s register-blocked kernels and the merge is applied as it is
+ * formed (M is never stored). Vectors init to ones, so the layer starts
  * as the identity for any router. Cost beyond the base: 2·N·d·E (merge) + 2·N·H·d_u·E (router) forward,
  * about twice that backward. Cache: h (N, d) when there is a base, the gates and the router's cache.
  */
@@ -135,7 +141,8 @@ class MoV {
     PEMOE_CHECK_CONFIG(m_d > 0 && c.n_experts > 0 && c.heads > 0 && m_d % c.heads == 0,
                        "MoV: d must be a positive multiple of heads and E positive, got d=", m_d,
                        " heads=", c.heads, " E=", c.n_experts);
-    PEMOE_CHECK_CONFIG(c.panel_rows > 0, "MoV: panel_rows must be positive");
+    PEMOE_CHECK_CONFIG(c.panel_rows >= 0, "MoV: panel_rows must be 0 (whole call) or positive, got ",
+                       c.panel_rows);
     PEMOE_CHECK_CONFIG(c.router_input != RouterInput::layer_input || base_d_in > 0,
                        "MoV: router input 'layer_input' needs a base linear (use MoV(base, config))");
     RouterConfig rc = c.router;
@@ -153,23 +160,23 @@ class MoV {
                        external ? "internal; call forward(x, y, cache)" : "external; pass u");
   }
   Index d_in() const { return m_base ? m_base->config().d_in : m_d; }
+  Index panel(Index n) const { return m_config.panel_rows > 0 ? m_config.panel_rows : std::max<Index>(n, 1); }
 
   static constexpr Index kTile = 32;  // rows per tile of the merge GEMMs (the tile stays in L1/L2)
 
-  // M (t, d) = merged vectors of t rows whose gates start at `gates` ((t, hg·E) row-major): per head
-  // M[:, head] = G[:, head's E gates]·L_head, a (t, E)·(E, d_head) GEMM.
-  void mix(const T* gates, Index t, Index hg, MatrixRef<T> M) const {
+  // out (t, d) = S ⊙ M for t rows, M = the merged vectors of rows whose gates start at `gates` ((t, hg·E)
+  // row-major): per head M[:, head] = G[:, head's E gates]·L_head, a (t, E)·(E, d_head) product scaling S on
+  // its way out (M itself is never stored).
+  void mix_scaled(const T* gates, Index t, Index hg, const T* S, Index lds, T* out, Index ldo) const {
     const Index e = m_config.n_experts, hh = m_config.heads, dh = m_d / hh;
-    ConstMatrixMap<T> G2(gates, t, hg * e);
     const T* L = m_store->value(m_l);
     for (Index h = 0; h < hh; ++h)
-      gemm<T>(Op::N, Op::N, T(1), G2.middleCols((hg == 1 ? 0 : h) * e, e),
-              ConstMatrixMap<T>(L + h * e * dh, e, dh), T(0), M.middleCols(h * dh, dh));
+      detail::skinny_ab(gates + (hg == 1 ? 0 : h) * e, hg * e, L + h * e * dh, dh, t, e, dh,
+                        detail::ScaledOut<T>{S + h * dh, lds, out + h * dh, ldo});
   }
 
   void run_forward(ConstMatrixRef<T> x, ConstMatrixRef<T> u, MatrixRef<T> y, Cache& c) {
-    const Index n = x.rows(), hh = m_config.heads, dh = m_d / hh, e = m_config.n_experts,
-                P = m_config.panel_rows;
+    const Index n = x.rows(), hh = m_config.heads, dh = m_d / hh, e = m_config.n_experts, P = panel(n);
     PEMOE_CHECK_SHAPE(x.cols() == d_in(), site(), ": x has ", x.cols(), " features, layer expects ", d_in());
     check_shape(site(), "y", y, n, m_d);
     const auto in = m_config.router_input;
@@ -202,15 +209,12 @@ class MoV {
       else
         m_router.forward_rows(u.middleRows(r0 * hg, m * hg), r0 * hg, gp, c.router);
       detail::parallel_rows(m, detail::row_blocks(m), [&](int, Index i0, Index i1) {
-        Matrix<T> Mt(std::min(kTile, i1 - i0), m_d);
         for (Index i = i0; i < i1; i += kTile) {  // y = h ⊙ (G·L), a tile of rows at a time
           const Index t = std::min(kTile, i1 - i);
           if (in == RouterInput::activation)
             m_router.forward_rows(ConstMatrixMap<T>(hptr + i * m_d, t * hh, dh), (r0 + i) * hh,
                                   c.gates.middleRows((r0 + i) * hh, t * hh), c.router);
-          auto M = Mt.topRows(t);
-          mix(&c.gates((r0 + i) * hg, 0), t, hg, M);
-          y.middleRows(r0 + i, t) = ConstMatrixMap<T>(hptr + i * m_d, t, m_d).cwiseProduct(M);
+          mix_scaled(&c.gates((r0 + i) * hg, 0), t, hg, hptr + i * m_d, m_d, &y(r0 + i, 0), y.outerStride());
         }
       });
     }
@@ -219,8 +223,7 @@ class MoV {
 
   void run_backward(ConstMatrixRef<T> x, ConstMatrixRef<T> u, const Cache& c, ConstMatrixRef<T> dy,
                     GradOut<T> dx, GradOut<T> du) {
-    const Index n = x.rows(), hh = m_config.heads, dh = m_d / hh, e = m_config.n_experts,
-                P = m_config.panel_rows;
+    const Index n = x.rows(), hh = m_config.heads, dh = m_d / hh, e = m_config.n_experts, P = panel(n);
     const Index hg = c.gate_heads;
     check_shape(site(), "dy", dy, n, m_d);
     PEMOE_CHECK_SHAPE(c.gates.rows() == n * hg, site(), ": the cache holds ", c.gates.rows() / hg,
@@ -238,7 +241,9 @@ class MoV {
         in == RouterInput::activation ? static_cast<std::size_t>(blocks) : 0,
         m_router.make_grads());  // per-block router gradients
     const Index cap = std::min(P, std::max<Index>(n, 1));
-    Matrix<T> dH(cap, m_d), dG(cap, hg * e);
+    Matrix<T>& dH = m_dh;  // (panel, d) dL/dh, kept across calls (no page faults on every backward)
+    dH.resize(cap, m_d);
+    Matrix<T> dG(cap, hg * e);
     for (Index r0 = 0; r0 < n; r0 += P) {
       const Index m = std::min(P, n - r0);
       const T* hptr = own_h ? c.h.data() + r0 * m_d : x.data() + r0 * m_d;
@@ -246,7 +251,7 @@ class MoV {
       dGp.setZero();
       auto dHp = dH.topRows(m);
       detail::parallel_rows(m, std::min(blocks, detail::row_blocks(m)), [&](int b, Index i0, Index i1) {
-        Matrix<T> At(std::min(kTile, std::max<Index>(i1 - i0, 1)), m_d), Mt(At.rows(), m_d);
+        Matrix<T> At(std::min(kTile, std::max<Index>(i1 - i0, 1)), m_d);
         for (Index i = i0; i < i1; i += kTile) {  // one pass over dy and h per tile of rows
           const Index t = std::min(kTile, i1 - i);
           const auto dyt = dy.middleRows(r0 + i, t);
@@ -261,10 +266,9 @@ class MoV {
               gemm<T>(Op::T, Op::N, T(1), G2.middleCols(gh, e), A.middleCols(h * dh, dh), T(1),
                       dL[static_cast<std::size_t>(b)].middleRows(h * e, e));
           }
-          auto M = Mt.topRows(t);
-          mix(G2.data(), t, hg, M);
-          dHp.middleRows(i, t) = dyt.cwiseProduct(M);  // dL/dh via the scale
-          if (in == RouterInput::activation) {         // the router's backward on the same tile, into dh
+          mix_scaled(G2.data(), t, hg, dyt.data(), dy.outerStride(), dHp.data() + i * m_d,
+                     m_d);                      // dy ⊙ (G·L)
+          if (in == RouterInput::activation) {  // the router's backward on the same tile, into dh
             MatrixMap<T> du_t(dHp.data() + i * m_d, t * hh, dh);
             m_router.backward_rows(ConstMatrixMap<T>(hptr + i * m_d, t * hh, dh), (r0 + i) * hh, c.router,
                                    ConstMatrixMap<T>(dGp.data() + i * hh * e, t * hh, e), MatrixRef<T>(du_t),
@@ -311,6 +315,7 @@ class MoV {
   ParamStore<T>* m_store = nullptr;
   std::string m_name;
   ParamId m_l = 0;
+  Matrix<T> m_dh;  // backward's dL/dh workspace, reused across calls
 };
 
 }  // namespace pemoe
