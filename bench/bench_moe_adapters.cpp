@@ -9,6 +9,7 @@
 //   BM_SparseTop2   top-2 of E renormalised, grouped GEMM    target ≤ 1.35× (expert FLOPs k/E of soft's)
 //   BM_MoV          E vectors on the linear's output, router on that output (reference), target ≤ 1.1×
 //   BM_IA3          one vector on the linear's output        target ≤ 1.1×
+// Run `--benchmark_filter=paired:1` for the ratios alone (each iteration paired with the dense layer).
 // FLOPs counted (multiply-add = 2; elementwise work not counted):
 //   dense       4·N·d_in·d_out
 //   LoRA rank q 2·N·q·(3·d_in + 3·d_out)      (h, y, dB, dh, dA, dx)
@@ -17,6 +18,10 @@
 //   sparse      dense + LoRA(q = k·r) + router(d_u = d_in)
 //   MoV         dense + 8·N·E·d_out (merge, dL, dgates, merge again) + router(d_u = d_out)
 //   IA3         dense
+#include <algorithm>
+#include <chrono>
+#include <vector>
+
 #include "bench_common.hpp"
 #include "pemoe/adapters/ia3.hpp"
 #include "pemoe/adapters/lora.hpp"
@@ -38,7 +43,10 @@ struct Shape5 {
   double router(double du) const { return 6.0 * double(n) * du * double(e); }
 };
 
-// Runs forward + backward of `layer` (whose Cache type is C) on fixed inputs.
+// Runs forward + backward of `layer` on fixed inputs. With a 6th argument of 1 (the `paired` registrations)
+// every iteration also runs the frozen dense layer of the same shape, in alternating order, and the counter
+// `ratio` is the median over iterations of adapter time / dense time: a slow phase of a shared machine hits
+// both sides of a pair, so the median ratio is far steadier than the ratio of two separate runs.
 template <class Layer>
 void run(benchmark::State& state, ParamStore<float>& store, Layer& layer, double flops) {
   const Shape5 s(state);
@@ -46,14 +54,48 @@ void run(benchmark::State& state, ParamStore<float>& store, Layer& layer, double
   Matrix<float> y(s.n, s.dout), dx(s.n, s.din);
   typename Layer::Cache cache;
   layer.set_training(true);
-  for (auto _ : state) {
+  auto step = [&] {
     store.zero_grad();
     layer.forward(x, y, cache);
     layer.backward(x, cache, dy, dx);
     benchmark::DoNotOptimize(dx.data());
     benchmark::ClobberMemory();
+  };
+  if (state.range(5) == 0) {
+    for (auto _ : state) step();
+    bench::set_gflops(state, flops);
+    return;
   }
-  bench::set_gflops(state, flops);
+  ParamStore<float> dense_store;
+  Rng rng(1);
+  Linear<float> dense({s.din, s.dout, false, /*trainable=*/false});
+  dense.register_params(dense_store, "fc", rng);
+  Linear<float>::Cache dense_cache;
+  auto dense_step = [&] {
+    dense.forward(x, y, dense_cache);
+    dense.backward(x, dense_cache, dy, dx);
+    benchmark::ClobberMemory();
+  };
+  auto seconds = [](auto& f) {
+    const auto t0 = std::chrono::steady_clock::now();
+    f();
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  };
+  step();
+  dense_step();
+  std::vector<double> ratios;
+  for (auto _ : state) {
+    const bool dense_first = ratios.size() % 2 == 1;
+    const double d0 = dense_first ? seconds(dense_step) : 0.0, a = seconds(step);
+    const double d = dense_first ? d0 : seconds(dense_step);
+    state.SetIterationTime(a);
+    ratios.push_back(a / d);
+  }
+  std::sort(ratios.begin(), ratios.end());
+  const auto at = [&](double q) { return ratios[static_cast<std::size_t>(q * double(ratios.size() - 1))]; };
+  state.counters["ratio"] = at(0.5);
+  state.counters["ratio_q25"] = at(0.25);
+  state.counters["ratio_q75"] = at(0.75);
 }
 
 // Non-zero B so that no product is trivially skipped by the data.
@@ -123,11 +165,20 @@ void BM_IA3(benchmark::State& state) {
 }
 
 void shapes(benchmark::internal::Benchmark* b) {
-  b->ArgNames({"N", "d_in", "d_out", "E", "r"});
-  b->Args({512, 768, 768, 8, 8});
-  b->Args({2048, 768, 3072, 8, 8});
-  b->Args({4096, 1024, 1024, 16, 4});
+  b->ArgNames({"N", "d_in", "d_out", "E", "r", "paired"});
+  b->Args({512, 768, 768, 8, 8, 0});
+  b->Args({2048, 768, 3072, 8, 8, 0});
+  b->Args({4096, 1024, 1024, 16, 4, 0});
   b->Unit(benchmark::kMillisecond)->UseRealTime();
+}
+
+// The same shapes, each iteration paired with the dense layer (see `run`), 25 pairs per shape.
+void paired(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"N", "d_in", "d_out", "E", "r", "paired"});
+  b->Args({512, 768, 768, 8, 8, 1});
+  b->Args({2048, 768, 3072, 8, 8, 1});
+  b->Args({4096, 1024, 1024, 16, 4, 1});
+  b->Iterations(25)->Unit(benchmark::kMillisecond)->UseManualTime();
 }
 
 }  // namespace
@@ -138,5 +189,10 @@ BENCHMARK(BM_MoLoRA)->Apply(shapes);
 BENCHMARK(BM_SparseTop2)->Apply(shapes);
 BENCHMARK(BM_MoV)->Apply(shapes);
 BENCHMARK(BM_IA3)->Apply(shapes);
+BENCHMARK(BM_LoRA)->Apply(paired);
+BENCHMARK(BM_MoLoRA)->Apply(paired);
+BENCHMARK(BM_SparseTop2)->Apply(paired);
+BENCHMARK(BM_MoV)->Apply(paired);
+BENCHMARK(BM_IA3)->Apply(paired);
 
 PEMOE_BENCHMARK_MAIN()
