@@ -70,6 +70,26 @@ testing::GradcheckResult check_layer(ParamStore<double>& s, Layer& l, const Matr
       });
 }
 
+// The router input u (n, d_u) is the checked input; the experts' input x (n, d_in) is fixed.
+template <class Layer>
+testing::GradcheckResult check_external_router(ParamStore<double>& s, Layer& l, Index n, Index d_in,
+                                               Index d_u, Index d_out) {
+  const auto x = testing::random_matrix(n, d_in, 12);
+  typename Layer::Cache c;
+  return testing::gradcheck(
+      s, testing::random_matrix(n, d_u, 13),
+      [&](const Matrix<double>& u, Matrix<double>& y) {
+        y.resize(n, d_out);
+        l.router().set_call_counter(0);
+        l.forward(x, u, y, c);
+        return l.aux_loss(c);
+      },
+      [&](const Matrix<double>& u, const Matrix<double>& dy, Matrix<double>& du) {
+        Matrix<double> dx(n, d_in);
+        l.backward(x, u, c, dy, dx, du);
+      });
+}
+
 }  // namespace
 
 TEST_CASE("MoLoRA: names, stacked shapes, for-ai and MoLA presets") {
@@ -227,21 +247,7 @@ TEST_CASE("MoLoRA gradients (experts, router, aux losses, dx) pass the checker f
         if (variant != 2) {
           r = check_layer(s, m, x, 5);
         } else {
-          // the router input u is the checked "x"; the experts' input is fixed
-          const auto xe = testing::random_matrix(7, 6, 12);
-          MoLoRA<double>::Cache c;
-          r = testing::gradcheck(
-              s, testing::random_matrix(7, 3, 13),
-              [&](const Matrix<double>& u, Matrix<double>& y) {
-                y.resize(7, 5);
-                m.router().set_call_counter(0);
-                m.forward(xe, u, y, c);
-                return m.aux_loss(c);
-              },
-              [&](const Matrix<double>& u, const Matrix<double>& dy, Matrix<double>& du) {
-                Matrix<double> dx(7, 6);
-                m.backward(xe, u, c, dy, dx, du);
-              });
+          r = check_external_router(s, m, 7, 6, 3, 5);
         }
         INFO(r.report());
         CHECK(r.ok(1e-6));
@@ -276,20 +282,7 @@ TEST_CASE("SparseLoRAExperts gradients pass the checker for every selecting gate
         if (variant != 2) {
           r = check_layer(s, m, testing::random_matrix(9, 6, 11), 5);
         } else {
-          const auto xe = testing::random_matrix(9, 6, 12);
-          SparseLoRAExperts<double>::Cache c;
-          r = testing::gradcheck(
-              s, testing::random_matrix(9, 3, 13),
-              [&](const Matrix<double>& u, Matrix<double>& y) {
-                y.resize(9, 5);
-                m.router().set_call_counter(0);
-                m.forward(xe, u, y, c);
-                return m.aux_loss(c);
-              },
-              [&](const Matrix<double>& u, const Matrix<double>& dy, Matrix<double>& du) {
-                Matrix<double> dx(9, 6);
-                m.backward(xe, u, c, dy, dx, du);
-              });
+          r = check_external_router(s, m, 9, 6, 3, 5);
         }
         INFO(r.report());
         CHECK(r.ok(1e-6));

@@ -3,21 +3,20 @@
 /// 2309.05444), computed as one LoRA of rank E·r with a gated hidden layer.
 #pragma once
 
-#include <optional>
-#include <string>
-
 #include "pemoe/core/error.hpp"
 #include "pemoe/core/gemm.hpp"
-#include "pemoe/core/layer.hpp"
-#include "pemoe/core/param_store.hpp"
-#include "pemoe/core/rng.hpp"
 #include "pemoe/core/tensor.hpp"
-#include "pemoe/moe/lora_experts.hpp"
-#include "pemoe/moe/router.hpp"
-#include "pemoe/nn/dropout.hpp"
-#include "pemoe/nn/linear.hpp"
+#include "pemoe/detail/routed_lora_layer.hpp"
 
 namespace pemoe {
+
+/// What `MoLoRA` forward saves for backward (reused across calls to avoid reallocations).
+template <class T>
+struct MoLoRACache : detail::RoutedLoraCache<T> {
+  Matrix<T> h;      ///< (N, E·r) = x̃·A_catᵀ
+  Matrix<T> hg;     ///< (N, E·r) = h with gates applied
+  Matrix<T> b_cat;  ///< (d_out, E·r)
+};
 
 /**
  * @brief Soft MoLoRA: @f$ y = x W_0^\top + b + s \sum_{e} g_e(u)\, (\tilde x A_e^\top) B_e^\top @f$, with
@@ -35,93 +34,23 @@ namespace pemoe {
  * = 1 it is exactly LoRA (the gate is 1).
  */
 template <class T>
-class MoLoRA {
+class MoLoRA : public detail::RoutedLoraLayer<MoLoRA<T>, T, MoLoRACache<T>> {
+  using Base = detail::RoutedLoraLayer<MoLoRA<T>, T, MoLoRACache<T>>;
+  friend Base;
+
  public:
-  /// What forward saves for backward (reused across calls to avoid reallocations).
-  struct Cache {
-    typename Linear<T>::Cache base;
-    typename Router<T>::Cache router;
-    typename Dropout<T>::Cache dropout;
-    Matrix<T> x_dropped;  ///< (N, d_in), only when dropout is active
-    Matrix<T> gates;      ///< (N, E)
-    Matrix<T> h;          ///< (N, E·r) = x̃·A_catᵀ
-    Matrix<T> hg;         ///< (N, E·r) = h with gates applied
-    Matrix<T> b_cat;      ///< (d_out, E·r)
-  };
+  using Base::scaling;
+  using typename Base::Cache;
 
-  MoLoRA(const LinearConfig& base, const LoraExpertsConfig& config)
-      : m_base(with_trainable(base, config)), m_config(config), m_bank(base.d_in, base.d_out, config) {
-    PEMOE_CHECK_CONFIG(config.router_input != RouterInput::activation,
-                       "MoLoRA: router input 'activation' is circular (the output depends on the gates); use "
-                       "layer_input or external");
-    m_config.router.n_experts = config.n_experts;
-    if (config.router_input == RouterInput::layer_input) m_config.router.d_in = base.d_in;
-    m_router = Router<T>(m_config.router);
-    m_dropout = Dropout<T>(config.dropout);
-  }
-
-  void register_params(ParamStore<T>& store, const std::string& prefix, Rng& rng) {
-    m_base.register_params(store, prefix, rng);
-    m_store = &store;
-    m_name = prefix;
-    m_bank.register_params(store, prefix, rng);
-    m_router.register_params(store, prefix + ".router", rng);
-    m_dropout.seed(rng.split(prefix + ".lora_dropout"));
-  }
-
-  /// Router input = x.   x: (N, d_in) -> y: (N, d_out)
-  void forward(ConstMatrixRef<T> x, MatrixRef<T> y, Cache& cache) {
-    require_input(RouterInput::layer_input);
-    run_forward(x, x, y, cache);
-  }
-  /// Router input = u (N, d_u).
-  void forward(ConstMatrixRef<T> x, ConstMatrixRef<T> u, MatrixRef<T> y, Cache& cache) {
-    require_input(RouterInput::external);
-    run_forward(x, u, y, cache);
-  }
-
-  /// x: (N, d_in), dy: (N, d_out) -> dx: (N, d_in) (including the router's path).
-  void backward(ConstMatrixRef<T> x, const Cache& cache, ConstMatrixRef<T> dy, GradOut<T> dx = std::nullopt) {
-    require_input(RouterInput::layer_input);
-    run_backward(x, x, cache, dy, dx, std::nullopt);
-  }
-  /// External router input: also writes du (N, d_u) when given.
-  void backward(ConstMatrixRef<T> x, ConstMatrixRef<T> u, const Cache& cache, ConstMatrixRef<T> dy,
-                GradOut<T> dx = std::nullopt, GradOut<T> du = std::nullopt) {
-    require_input(RouterInput::external);
-    run_backward(x, u, cache, dy, dx, du);
-  }
-
-  void set_training(bool on) {
-    m_dropout.set_training(on);
-    m_router.set_training(on);
-  }
-
-  T scaling() const { return T(m_config.scaling()); }
-  Linear<T>& base() { return m_base; }
-  const Linear<T>& base() const { return m_base; }
-  Router<T>& router() { return m_router; }
-  const Router<T>& router() const { return m_router; }
-  LoraExpertBank<T>& experts() { return m_bank; }
-  const LoraExpertBank<T>& experts() const { return m_bank; }
-  Dropout<T>& dropout() { return m_dropout; }
-  const LoraExpertsConfig& config() const { return m_config; }
-  const std::string& name() const { return m_name; }
-  /// Aux loss of the last forward (coefficient-weighted, layer-reduced), for the caller's total loss.
-  double aux_loss(const Cache& cache) const { return m_router.aux_loss(cache.router); }
+  MoLoRA(const LinearConfig& base, const LoraExpertsConfig& config) : Base("MoLoRA", base, config) {}
 
  private:
-  static LinearConfig with_trainable(LinearConfig base, const LoraExpertsConfig& c) {
-    base.trainable = c.base_trainable;
-    return base;
-  }
-  std::string site() const { return "MoLoRA '" + m_name + "'"; }
-  void require_input(RouterInput in) const {
-    PEMOE_CHECK_CONFIG(m_store != nullptr, "MoLoRA: call register_params() before forward/backward");
-    PEMOE_CHECK_CONFIG(m_config.router_input == in, site(), ": the router input is configured as ",
-                       m_config.router_input == RouterInput::external ? "external (pass u)" : "layer_input",
-                       "; call the matching forward/backward overload");
-  }
+  using Base::m_bank;
+  using Base::m_base;
+  using Base::m_config;
+  using Base::m_dropout;
+  using Base::m_router;
+  using Base::site;
 
   void run_forward(ConstMatrixRef<T> x, ConstMatrixRef<T> u, MatrixRef<T> y, Cache& c) {
     const Index n = x.rows(), d_in = m_base.config().d_in, er = m_config.n_experts * m_config.r;
@@ -187,14 +116,6 @@ class MoLoRA {
     else
       m_router.backward(u, c.router, dgates, du, /*accumulate=*/false);
   }
-
-  Linear<T> m_base;
-  LoraExpertsConfig m_config;
-  LoraExpertBank<T> m_bank;
-  Router<T> m_router;
-  Dropout<T> m_dropout;
-  ParamStore<T>* m_store = nullptr;
-  std::string m_name;
 };
 
 }  // namespace pemoe

@@ -4,23 +4,25 @@
 #pragma once
 
 #include <algorithm>
-#include <optional>
-#include <string>
 #include <vector>
 
 #include "pemoe/core/error.hpp"
 #include "pemoe/core/gemm.hpp"
-#include "pemoe/core/layer.hpp"
-#include "pemoe/core/param_store.hpp"
-#include "pemoe/core/rng.hpp"
 #include "pemoe/core/tensor.hpp"
 #include "pemoe/detail/parallel_rows.hpp"
-#include "pemoe/moe/lora_experts.hpp"
-#include "pemoe/moe/router.hpp"
-#include "pemoe/nn/dropout.hpp"
-#include "pemoe/nn/linear.hpp"
+#include "pemoe/detail/routed_lora_layer.hpp"
 
 namespace pemoe {
+
+/// What `SparseLoRAExperts` forward saves for backward (reused across calls to avoid reallocations).
+template <class T>
+struct SparseLoRAExpertsCache : detail::RoutedLoraCache<T> {
+  int blocks = 1;              ///< token blocks (one per thread), each grouped on its own
+  std::vector<Index> offsets;  ///< (blocks, E + 1): start of expert e's group of block b in `tokens`
+  std::vector<Index> tokens;   ///< (N·k) token of each assignment, grouped by expert
+  std::vector<T> weights;      ///< (N·k) gate weight of each assignment
+  Matrix<T> h;                 ///< (N·k, r) x̃·A_eᵀ per assignment (before the gate)
+};
 
 /**
  * @brief Sparse top-k LoRA experts: @f$ y = x W_0^\top + b + s \sum_{e \in S(u)} g_e(u)\,
@@ -41,86 +43,23 @@ namespace pemoe {
  * topk_renorm it equals the soft MoLoRA.
  */
 template <class T>
-class SparseLoRAExperts {
- public:
-  /// What forward saves for backward (reused across calls to avoid reallocations).
-  struct Cache {
-    typename Linear<T>::Cache base;
-    typename Router<T>::Cache router;
-    typename Dropout<T>::Cache dropout;
-    Matrix<T> x_dropped;         ///< (N, d_in), only when dropout is active
-    Matrix<T> gates;             ///< (N, E), zeros outside the selected set
-    int blocks = 1;              ///< token blocks (one per thread), each grouped on its own
-    std::vector<Index> offsets;  ///< (blocks, E + 1): start of expert e's group of block b in `tokens`
-    std::vector<Index> tokens;   ///< (N·k) token of each assignment, grouped by expert
-    std::vector<T> weights;      ///< (N·k) gate weight of each assignment
-    Matrix<T> h;                 ///< (N·k, r) x̃·A_eᵀ per assignment (before the gate)
-  };
+class SparseLoRAExperts : public detail::RoutedLoraLayer<SparseLoRAExperts<T>, T, SparseLoRAExpertsCache<T>> {
+  using Base = detail::RoutedLoraLayer<SparseLoRAExperts<T>, T, SparseLoRAExpertsCache<T>>;
+  friend Base;
 
+ public:
+  using Base::scaling;
+  using typename Base::Cache;
+
+  /// `chunk_rows`: rows of an expert's group per GEMM pair (the gathered rows and partial outputs stay in
+  /// cache).
   SparseLoRAExperts(const LinearConfig& base, const LoraExpertsConfig& config, Index chunk_rows = 256)
-      : m_base(with_trainable(base, config)),
-        m_config(config),
-        m_bank(base.d_in, base.d_out, config),
-        m_chunk(chunk_rows) {
-    PEMOE_CHECK_CONFIG(
-        config.router_input != RouterInput::activation,
-        "SparseLoRAExperts: router input 'activation' is circular; use layer_input or external");
+      : Base("SparseLoRAExperts", base, config), m_chunk(chunk_rows) {
     PEMOE_CHECK_CONFIG(config.router.mode != GateMode::soft,
                        "SparseLoRAExperts: gate mode 'soft' selects no experts; use MoLoRA for soft merging");
     PEMOE_CHECK_CONFIG(chunk_rows > 0, "SparseLoRAExperts: chunk_rows must be positive");
-    m_config.router.n_experts = config.n_experts;
-    if (config.router_input == RouterInput::layer_input) m_config.router.d_in = base.d_in;
-    m_router = Router<T>(m_config.router);
-    m_dropout = Dropout<T>(config.dropout);
   }
 
-  void register_params(ParamStore<T>& store, const std::string& prefix, Rng& rng) {
-    m_base.register_params(store, prefix, rng);
-    m_store = &store;
-    m_name = prefix;
-    m_bank.register_params(store, prefix, rng);
-    m_router.register_params(store, prefix + ".router", rng);
-    m_dropout.seed(rng.split(prefix + ".lora_dropout"));
-  }
-
-  /// Router input = x.   x: (N, d_in) -> y: (N, d_out)
-  void forward(ConstMatrixRef<T> x, MatrixRef<T> y, Cache& cache) {
-    require_input(RouterInput::layer_input);
-    run_forward(x, x, y, cache);
-  }
-  /// Router input = u (N, d_u).
-  void forward(ConstMatrixRef<T> x, ConstMatrixRef<T> u, MatrixRef<T> y, Cache& cache) {
-    require_input(RouterInput::external);
-    run_forward(x, u, y, cache);
-  }
-  /// x: (N, d_in), dy: (N, d_out) -> dx: (N, d_in) (including the router's path).
-  void backward(ConstMatrixRef<T> x, const Cache& cache, ConstMatrixRef<T> dy, GradOut<T> dx = std::nullopt) {
-    require_input(RouterInput::layer_input);
-    run_backward(x, x, cache, dy, dx, std::nullopt);
-  }
-  /// External router input: also writes du (N, d_u) when given.
-  void backward(ConstMatrixRef<T> x, ConstMatrixRef<T> u, const Cache& cache, ConstMatrixRef<T> dy,
-                GradOut<T> dx = std::nullopt, GradOut<T> du = std::nullopt) {
-    require_input(RouterInput::external);
-    run_backward(x, u, cache, dy, dx, du);
-  }
-
-  void set_training(bool on) {
-    m_dropout.set_training(on);
-    m_router.set_training(on);
-  }
-
-  T scaling() const { return T(m_config.scaling()); }
-  Linear<T>& base() { return m_base; }
-  const Linear<T>& base() const { return m_base; }
-  Router<T>& router() { return m_router; }
-  const Router<T>& router() const { return m_router; }
-  LoraExpertBank<T>& experts() { return m_bank; }
-  const LoraExpertBank<T>& experts() const { return m_bank; }
-  Dropout<T>& dropout() { return m_dropout; }
-  const LoraExpertsConfig& config() const { return m_config; }
-  const std::string& name() const { return m_name; }
-  double aux_loss(const Cache& cache) const { return m_router.aux_loss(cache.router); }
   /// Tokens routed to expert e by the last forward.
   static Index group_size(const Cache& cache, Index e) {
     const std::size_t stride = cache.offsets.size() / static_cast<std::size_t>(cache.blocks);
@@ -131,18 +70,12 @@ class SparseLoRAExperts {
   }
 
  private:
-  static LinearConfig with_trainable(LinearConfig base, const LoraExpertsConfig& c) {
-    base.trainable = c.base_trainable;
-    return base;
-  }
-  std::string site() const { return "SparseLoRAExperts '" + m_name + "'"; }
-  void require_input(RouterInput in) const {
-    PEMOE_CHECK_CONFIG(m_store != nullptr,
-                       "SparseLoRAExperts: call register_params() before forward/backward");
-    PEMOE_CHECK_CONFIG(m_config.router_input == in, site(), ": the router input is configured as ",
-                       m_config.router_input == RouterInput::external ? "external (pass u)" : "layer_input",
-                       "; call the matching forward/backward overload");
-  }
+  using Base::m_bank;
+  using Base::m_base;
+  using Base::m_config;
+  using Base::m_dropout;
+  using Base::m_router;
+  using Base::site;
 
   // Count-sort of the (token, expert) assignments by expert, separately in each token block [t0, t1) (whose
   // assignments occupy [t0·k, t1·k)); tokens stay in increasing order within a group.
@@ -283,14 +216,7 @@ class SparseLoRAExperts {
       m_router.backward(u, c.router, dgates, du, /*accumulate=*/false);
   }
 
-  Linear<T> m_base;
-  LoraExpertsConfig m_config;
-  LoraExpertBank<T> m_bank;
   Index m_chunk;
-  Router<T> m_router;
-  Dropout<T> m_dropout;
-  ParamStore<T>* m_store = nullptr;
-  std::string m_name;
 };
 
 }  // namespace pemoe

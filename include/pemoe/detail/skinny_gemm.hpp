@@ -96,6 +96,13 @@ inline T lane_sum(const typename Simd<T>::Packet& v) {
   return s;
 }
 
+/// Sets an R × C block of packet accumulators to zero.
+template <class P, int R, int C>
+inline void zero_block(P (&acc)[R][C]) {
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) acc[r][c] = Eigen::internal::pset1<P>(0);
+}
+
 /// Threads for `units` independent pieces of `work_per_unit` multiply-adds each (1 inside a parallel region).
 inline int skinny_blocks(Index units, Index work_per_unit) {
   constexpr Index kMinWork = Index(1) << 17;  // multiply-adds per thread below which threads cost more
@@ -113,8 +120,7 @@ inline void abt_block(const T* A, Index lda, const T* B, Index ldb, Index k, Ind
   using P = typename Simd<T>::Packet;
   constexpr Index W = Simd<T>::width;
   P acc[R][C];
-  for (int r = 0; r < R; ++r)
-    for (int c = 0; c < C; ++c) acc[r][c] = ei::pset1<P>(T(0));
+  zero_block(acc);
   Index p = 0;
   for (; p + W <= k; p += W) {
     P b[C];
@@ -167,8 +173,7 @@ inline void ab_block(const T* G, Index ldg, const T* B, Index ldb, Index q, Inde
   using P = typename Simd<T>::Packet;
   constexpr Index W = Simd<T>::width;
   P acc[R][J];
-  for (int r = 0; r < R; ++r)
-    for (int c = 0; c < J; ++c) acc[r][c] = ei::pset1<P>(T(0));
+  zero_block(acc);
   for (Index p = 0; p < q; ++p) {
     P b[J];
     for (int c = 0; c < J; ++c) b[c] = ei::ploadu<P>(B + p * ldb + j0 + c * W);
