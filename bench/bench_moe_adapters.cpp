@@ -85,9 +85,14 @@ void run(benchmark::State& state, ParamStore<float>& store, Layer& layer, double
   dense_step();
   std::vector<double> ratios;
   for (auto _ : state) {
-    const bool dense_first = ratios.size() % 2 == 1;
-    const double d0 = dense_first ? seconds(dense_step) : 0.0, a = seconds(step);
-    const double d = dense_first ? d0 : seconds(dense_step);
+    double a = 0, d = 0;
+    if (ratios.size() % 2 == 1) {  // alternate which side runs first
+      d = seconds(dense_step);
+      a = seconds(step);
+    } else {
+      a = seconds(step);
+      d = seconds(dense_step);
+    }
     state.SetIterationTime(a);
     ratios.push_back(a / d);
   }

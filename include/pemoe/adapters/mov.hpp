@@ -62,9 +62,9 @@ struct MoVConfig {
  * After the base GEMM (one call over all rows, or `panel_rows` at a time) the router, the merge and the scale
  * run tile by tile (32 rows, one tile per thread at a time) while the tile is in cache; the skinny products
  * ((t, d)·(d, E), (t, E)·(E, d)) go to `gemm`'s register-blocked kernels and the merge is applied as it is
- * formed (M is never stored). Vectors init to ones, so the layer starts
- * as the identity for any router. Cost beyond the base: 2·N·d·E (merge) + 2·N·H·d_u·E (router) forward,
- * about twice that backward. Cache: h (N, d) when there is a base, the gates and the router's cache.
+ * formed (M is never stored). Vectors init to ones, so the layer starts as the identity for any router. Cost
+ * beyond the base: 2·N·d·E (merge) + 2·N·H·d_u·E (router) forward, about twice that backward. Cache: h (N, d)
+ * when there is a base, the gates and the router's cache.
  */
 template <class T>
 class MoV {
@@ -166,7 +166,8 @@ class MoV {
 
   // out (t, d) = S ⊙ M for t rows, M = the merged vectors of rows whose gates start at `gates` ((t, hg·E)
   // row-major): per head M[:, head] = G[:, head's E gates]·L_head, a (t, E)·(E, d_head) product scaling S on
-  // its way out (M itself is never stored).
+  // its way out (M itself is never stored). It calls the skinny kernel directly, not `gemm`: a product whose
+  // result is multiplied elementwise on its way out is not something `gemm` expresses.
   void mix_scaled(const T* gates, Index t, Index hg, const T* S, Index lds, T* out, Index ldo) const {
     const Index e = m_config.n_experts, hh = m_config.heads, dh = m_d / hh;
     const T* L = m_store->value(m_l);
@@ -241,9 +242,12 @@ class MoV {
         in == RouterInput::activation ? static_cast<std::size_t>(blocks) : 0,
         m_router.make_grads());  // per-block router gradients
     const Index cap = std::min(P, std::max<Index>(n, 1));
-    Matrix<T>& dH = m_dh;  // (panel, d) dL/dh, kept across calls (no page faults on every backward)
+    // Workspaces kept across calls: a fresh (N, d) buffer (25 MB at N = 2048, d = 3072) page-faults on every
+    // call.
+    Matrix<T>& dH = m_dh;      // (panel, d) dL/dh
+    Matrix<T>& dG = m_dgates;  // (panel, hg·E) dL/dgates
     dH.resize(cap, m_d);
-    Matrix<T> dG(cap, hg * e);
+    dG.resize(cap, hg * e);
     for (Index r0 = 0; r0 < n; r0 += P) {
       const Index m = std::min(P, n - r0);
       const T* hptr = own_h ? c.h.data() + r0 * m_d : x.data() + r0 * m_d;
@@ -315,7 +319,8 @@ class MoV {
   ParamStore<T>* m_store = nullptr;
   std::string m_name;
   ParamId m_l = 0;
-  Matrix<T> m_dh;  // backward's dL/dh workspace, reused across calls
+  Matrix<T> m_dh;      // backward's dL/dh workspace, reused across calls
+  Matrix<T> m_dgates;  // backward's dL/dgates workspace, reused across calls
 };
 
 }  // namespace pemoe
