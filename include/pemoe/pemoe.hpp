@@ -14,6 +14,7 @@
 #include "pemoe/core/param_store.hpp"
 #include "pemoe/core/rng.hpp"
 #include "pemoe/core/tensor.hpp"
+#include "pemoe/core/xtensor_view.hpp"
 
 // nn
 #include "pemoe/nn/dropout.hpp"
@@ -21,7 +22,7 @@
 
 // moe: routers, auxiliary losses, expert banks, MoLA allocation
 #include "pemoe/moe/aux_loss.hpp"
-#include "pemoe/moe/lora_experts.hpp"
+#include "pemoe/adapters/lora_experts.hpp"
 #include "pemoe/moe/mola_allocation.hpp"
 #include "pemoe/moe/router.hpp"
 #include "pemoe/moe/topk.hpp"

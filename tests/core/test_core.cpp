@@ -9,6 +9,7 @@
 #include "pemoe/core/param_store.hpp"
 #include "pemoe/core/rng.hpp"
 #include "pemoe/core/tensor.hpp"
+#include "pemoe/core/xtensor_view.hpp"
 #include "support/helpers.hpp"
 
 using namespace pemoe;

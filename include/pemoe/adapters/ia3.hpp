@@ -14,7 +14,7 @@
 #include "pemoe/core/param_store.hpp"
 #include "pemoe/core/rng.hpp"
 #include "pemoe/core/tensor.hpp"
-#include "pemoe/detail/parallel_rows.hpp"
+#include "pemoe/core/detail/parallel_rows.hpp"
 #include "pemoe/nn/linear.hpp"
 
 namespace pemoe {

@@ -6,7 +6,7 @@
 #include "pemoe/core/error.hpp"
 #include "pemoe/core/gemm.hpp"
 #include "pemoe/core/tensor.hpp"
-#include "pemoe/detail/routed_lora_layer.hpp"
+#include "pemoe/adapters/detail/routed_lora_layer.hpp"
 
 namespace pemoe {
 

@@ -16,7 +16,7 @@
 #include "pemoe/core/param_store.hpp"
 #include "pemoe/core/rng.hpp"
 #include "pemoe/core/tensor.hpp"
-#include "pemoe/detail/mpo_chain.hpp"
+#include "pemoe/mpo/detail/mpo_chain.hpp"
 #include "pemoe/mpo/decompose.hpp"
 #include "pemoe/mpo/shape.hpp"
 

@@ -9,8 +9,8 @@
 #include "pemoe/core/error.hpp"
 #include "pemoe/core/gemm.hpp"
 #include "pemoe/core/tensor.hpp"
-#include "pemoe/detail/parallel_rows.hpp"
-#include "pemoe/detail/routed_lora_layer.hpp"
+#include "pemoe/core/detail/parallel_rows.hpp"
+#include "pemoe/adapters/detail/routed_lora_layer.hpp"
 
 namespace pemoe {
 

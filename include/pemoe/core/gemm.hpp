@@ -21,7 +21,7 @@
 
 #include "pemoe/core/error.hpp"
 #include "pemoe/core/tensor.hpp"
-#include "pemoe/detail/skinny_gemm.hpp"
+#include "pemoe/core/detail/skinny_gemm.hpp"
 
 namespace pemoe {
 

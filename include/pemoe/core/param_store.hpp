@@ -141,8 +141,6 @@ class ParamStore {
     const Entry& e = entry(id);
     return MatrixMap<T>(grad(id), e.size / last_extent(e), last_extent(e));
   }
-  /// Values as an N-d xtensor view with the declared shape.
-  auto tensor(ParamId id) { return adapt(value(id), entry(id).shape); }
 
   /// Sets the trainable flag of every parameter whose full name matches `regex` (std::regex_search,
   /// ECMAScript) and re-lays the gradient arena. Returns how many parameters matched; a pattern that

@@ -7,9 +7,9 @@
 
 #include <Eigen/Core>
 #include <cstddef>
+#include <limits>
 #include <string>
 #include <vector>
-#include <xtensor/xadapt.hpp>
 
 #include "pemoe/core/config.hpp"
 #include "pemoe/core/error.hpp"
@@ -41,10 +41,19 @@ using MatrixRef = Eigen::Ref<Matrix<T>>;
 /// Shape of an N-d tensor (row-major, last index fastest).
 using Shape = std::vector<Index>;
 
-/// Number of elements of a shape (1 for the empty shape of a scalar).
+/// Number of elements of a shape (1 for the empty shape of a scalar). Throws `ShapeError` on a negative
+/// extent or when the product does not fit in `Index` (a zero extent anywhere gives 0, whatever the others).
 inline Index shape_size(const Shape& shape) {
   Index n = 1;
-  for (Index d : shape) n *= d;
+  bool overflow = false;
+  for (Index d : shape) {
+    PEMOE_CHECK_SHAPE(d >= 0, "shape_size: negative extent ", d);
+    if (d == 0) return 0;
+    if (n > std::numeric_limits<Index>::max() / d) overflow = true;
+    n = overflow ? n : n * d;
+  }
+  PEMOE_CHECK_SHAPE(!overflow, "shape_size: the element count of a shape with ", shape.size(),
+                    " extents overflows a 64-bit index");
   return n;
 }
 
@@ -67,13 +76,6 @@ void check_shape(const std::string& site, const char* what, const Eigen::DenseBa
   PEMOE_CHECK_SHAPE(ok, site, ": ", what, " is (", m.rows(), ", ", m.cols(), "), expected (",
                     rows < 0 ? std::string("any") : std::to_string(rows), ", ",
                     cols < 0 ? std::string("any") : std::to_string(cols), ")");
-}
-
-/// Zero-copy N-d view of `shape` over `data` (row-major), for MPO cores and other N-d parameters.
-template <class T>
-auto adapt(T* data, const Shape& shape) {
-  std::vector<std::size_t> s(shape.begin(), shape.end());
-  return xt::adapt(data, static_cast<std::size_t>(shape_size(shape)), xt::no_ownership(), s);
 }
 
 }  // namespace pemoe

@@ -7,7 +7,7 @@
 
 #include "pemoe/core/error.hpp"
 #include "pemoe/core/tensor.hpp"
-#include "pemoe/detail/mpo_chain.hpp"
+#include "pemoe/mpo/detail/mpo_chain.hpp"
 #include "pemoe/mpo/decompose.hpp"
 #include "pemoe/mpo/shape.hpp"
 

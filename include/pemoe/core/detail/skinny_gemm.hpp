@@ -19,7 +19,7 @@
 #include <vector>
 
 #include "pemoe/core/config.hpp"
-#include "pemoe/detail/parallel_rows.hpp"
+#include "pemoe/core/detail/parallel_rows.hpp"
 
 namespace pemoe::detail {
 

@@ -14,7 +14,7 @@
 #include "pemoe/core/param_store.hpp"
 #include "pemoe/core/rng.hpp"
 #include "pemoe/core/tensor.hpp"
-#include "pemoe/moe/lora_experts.hpp"
+#include "pemoe/adapters/lora_experts.hpp"
 #include "pemoe/moe/router.hpp"
 #include "pemoe/nn/dropout.hpp"
 #include "pemoe/nn/linear.hpp"
