@@ -1,4 +1,5 @@
 // nn/linear.hpp and nn/dropout.hpp: forward against naive loops, gradients against central differences.
+#include <array>
 #include <catch2/catch.hpp>
 
 #include "pemoe/nn/dropout.hpp"
@@ -7,6 +8,16 @@
 #include "support/helpers.hpp"
 
 using namespace pemoe;
+
+static_assert(is_layer_v<Linear<float>> && is_layer_v<Linear<double>>, "Linear follows the layer contract");
+static_assert(is_layer_v<Dropout<float>> && is_layer_v<Dropout<double>>, "Dropout follows the layer contract");
+static const testing::GradcheckOptions big_step = [] {
+  testing::GradcheckOptions o;
+  o.h = 1e-4;
+  return o;
+}();
+
+static_assert(!is_layer_v<int> && !is_layer_v<ParamStore<float>>, "the trait rejects non-layers");
 
 TEST_CASE("Linear forward equals the naive loop") {
   ParamStore<double> s;
@@ -31,22 +42,25 @@ TEST_CASE("Linear forward equals the naive loop") {
 }
 
 TEST_CASE("Linear gradients (trainable weight and bias, dx) pass the checker in double") {
+  // (6 -> 4) exercises the tails; (37 -> 48) over 33 rows fills whole SIMD blocks and the GEMM fallback.
+  for (auto [d_in, d_out, rows] : {std::array<Index, 3>{6, 4, 3}, std::array<Index, 3>{37, 48, 33}})
   for (bool bias : {true, false}) {
     ParamStore<double> s;
     Rng rng(1);
-    Linear<double> lin({6, 4, bias});
+    Linear<double> lin({d_in, d_out, bias});
     lin.register_params(s, "fc", rng);
     Linear<double>::Cache c;
     const auto r = testing::gradcheck(
-        s, testing::random_matrix(3, 6, 5),
+        s, testing::random_matrix(rows, d_in, 5),
         [&](const Matrix<double>& x, Matrix<double>& y) {
-          y.resize(x.rows(), 4);
+          y.resize(x.rows(), d_out);
           lin.forward(x, y, c);
           return 0.0;
         },
         [&](const Matrix<double>& x, const Matrix<double>& dy, Matrix<double>& dx) {
           lin.backward(x, c, dy, dx);
-        });
+        },
+        big_step);  // the loss sums 33·48 terms: a larger step keeps rounding below the tolerance
     INFO(r.report());
     CHECK(r.ok(1e-6));
   }
@@ -81,6 +95,44 @@ TEST_CASE("Linear shape errors name the layer and both sizes") {
     CHECK(std::string(e.what()) == "Linear 'h.0.mlp.c_fc': x has 700 features, layer expects 768");
   }
   CHECK_THROWS_AS(Linear<float>({0, 3}), ConfigError);
+  Matrix<float> x2(2, 768), dy(2, 16), dx_bad(3, 768), dy_bad(2, 15);
+  lin.forward(x2, y, c);
+  CHECK_THROWS_AS(lin.backward(x2, c, dy, dx_bad), ShapeError);
+  CHECK_THROWS_AS(lin.backward(x2, c, dy_bad), ShapeError);
+  CHECK_THROWS_AS(lin.backward(x, c, dy), ShapeError);  // x of the wrong width in backward
+}
+
+TEST_CASE("Linear refuses an output that aliases its input (backward reads x again)") {
+  ParamStore<double> s;
+  Rng rng(1);
+  Linear<double> lin({8, 8, true});
+  lin.register_params(s, "fc", rng);
+  Matrix<double> x = testing::random_matrix(4, 8, 2);
+  Linear<double>::Cache c;
+  try {
+    lin.forward(x, x, c);
+    FAIL("no throw");
+  } catch (const ShapeError& e) {
+    CHECK(std::string(e.what()).find("Linear 'fc'") == 0);
+  }
+}
+
+TEST_CASE("Dropout gradient passes the checker (mask regenerated in backward)") {
+  ParamStore<double> s;  // no parameters: only dx is checked
+  Dropout<double> d(0.3, Rng(9));
+  d.set_training(true);
+  Dropout<double>::Cache c;
+  const auto r = testing::gradcheck(
+      s, testing::random_matrix(33, 40, 5),
+      [&](const Matrix<double>& x, Matrix<double>& y) {
+        y.resize(x.rows(), x.cols());
+        d.set_call_counter(0);
+        d.forward(x, y, c);
+        return 0.0;
+      },
+      [&](const Matrix<double>& x, const Matrix<double>& dy, Matrix<double>& dx) { d.backward(x, c, dy, dx); });
+  INFO(r.report());
+  CHECK(r.ok(1e-7));
 }
 
 TEST_CASE("Dropout: inverted scaling, identity in eval, rate, replayable, gradient uses the mask") {
@@ -99,7 +151,9 @@ TEST_CASE("Dropout: inverted scaling, identity in eval, rate, replayable, gradie
   d.forward(x, y2, c);
   CHECK(y2 == y);
   Matrix<double> dy = testing::random_matrix(200, 50, 4), dx(200, 50);
-  d.backward(c, dy, dx);
+  d.backward(x, c, dy, dx);
   CHECK(testing::max_abs_diff(dx, dy.cwiseProduct(y)) < 1e-12);
+  Matrix<double> dx_bad(10, 50);
+  CHECK_THROWS_AS(d.backward(x, c, dy, dx_bad), ShapeError);
   CHECK_THROWS_AS(Dropout<double>(1.0), ConfigError);
 }

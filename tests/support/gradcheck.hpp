@@ -13,6 +13,7 @@
 #include <functional>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "pemoe/core/param_store.hpp"
 #include "pemoe/core/rng.hpp"
@@ -23,7 +24,7 @@ namespace pemoe::testing {
 struct GradcheckOptions {
   double h = 1e-6;            ///< central-difference step
   double floor = 1e-3;        ///< denominator floor of the relative error
-  Index max_entries = 400;    ///< per tensor; larger tensors are checked at an evenly spaced subset
+  Index max_entries = 400;    ///< per tensor; larger tensors are checked at a seeded random subset
   std::uint64_t seed = 1234;  ///< seed of R
   bool check_input = true;    ///< also check dx
 };
@@ -49,7 +50,11 @@ using GradcheckForward = std::function<double(const Matrix<double>& x, Matrix<do
 using GradcheckBackward =
     std::function<void(const Matrix<double>& x, const Matrix<double>& dy, Matrix<double>& dx)>;
 
-/// Checks dx and every trainable parameter of `store` against central differences.
+/// Checks dx and every trainable parameter of `store` against central differences, and the layer contract:
+/// before backward every gradient is filled with random values G0 and dx with NaN; the analytic gradient is
+/// grads − G0 (so a backward that overwrites instead of adding fails), dx must hold no NaN afterwards (so a
+/// backward that adds into dx, or leaves part of it unwritten, fails); a second backward must give
+/// G0 + 2·gradient and the same dx (entries reported as "twice:<name>[i]").
 inline GradcheckResult gradcheck(ParamStore<double>& store, Matrix<double> x, const GradcheckForward& forward,
                                  const GradcheckBackward& backward, const GradcheckOptions& opt = {}) {
   Matrix<double> y;
@@ -63,15 +68,21 @@ inline GradcheckResult gradcheck(ParamStore<double>& store, Matrix<double> x, co
     return (yy.array() * r.array()).sum() + aux;
   };
 
-  store.zero_grad();
+  std::vector<double>& grads = store.grads();
+  std::vector<double> g0(grads.size());
+  rng.split(7).fill_normal(g0.data(), static_cast<Index>(g0.size()), 0.0, 1.0);
+  grads = g0;
   forward(x, y);
-  Matrix<double> dx = Matrix<double>::Zero(x.rows(), x.cols());
+  Matrix<double> dx = Matrix<double>::Constant(x.rows(), x.cols(), std::nan(""));
   backward(x, r, dx);
-  const std::vector<double> analytic_grads = store.grads();
+  std::vector<double> analytic_grads(grads.size());
+  for (std::size_t i = 0; i < grads.size(); ++i) analytic_grads[i] = grads[i] - g0[i];
+  const Matrix<double> dx_first = dx;
 
   GradcheckResult res;
   auto compare = [&](double a, double n, const std::string& name, Index i) {
-    const double err = std::abs(a - n) / std::max({std::abs(a), std::abs(n), opt.floor});
+    double err = std::abs(a - n) / std::max({std::abs(a), std::abs(n), opt.floor});
+    if (std::isnan(err)) err = INFINITY;  // a NaN left in dx (or produced) fails
     ++res.checked;
     if (err > res.worst || res.where.empty()) {
       res.worst = err;
@@ -80,9 +91,25 @@ inline GradcheckResult gradcheck(ParamStore<double>& store, Matrix<double> x, co
       res.numeric = n;
     }
   };
+
+  // The second backward: gradients add up, dx is written again (not added).
+  backward(x, r, dx);
+  for (std::size_t i = 0; i < grads.size(); ++i)
+    compare(grads[i] - g0[i], 2.0 * analytic_grads[i], "twice:grads", static_cast<Index>(i));
+  if (opt.check_input)
+    for (Index i = 0; i < dx.size(); ++i) compare(dx.data()[i], dx_first.data()[i], "twice:x", i);
+
+  // Entries checked: all of a small tensor, a seeded random subset (without replacement) of a large one.
+  Rng pick = rng.split(11);
   auto check_entries = [&](double* v, Index size, const double* analytic, const std::string& name) {
-    const Index stride = std::max<Index>(1, (size + opt.max_entries - 1) / opt.max_entries);
-    for (Index i = 0; i < size; i += stride) {
+    std::vector<Index> idx(static_cast<std::size_t>(size));
+    for (Index i = 0; i < size; ++i) idx[static_cast<std::size_t>(i)] = i;
+    const Index count = std::min(size, opt.max_entries);
+    for (Index i = 0; i < count; ++i)  // partial Fisher-Yates
+      std::swap(idx[static_cast<std::size_t>(i)],
+                idx[static_cast<std::size_t>(i + static_cast<Index>(pick.below(std::uint64_t(size - i))))]);
+    for (Index q = 0; q < count; ++q) {
+      const Index i = idx[static_cast<std::size_t>(q)];
       const double saved = v[i];
       v[i] = saved + opt.h;
       const double lp = loss();
@@ -93,7 +120,7 @@ inline GradcheckResult gradcheck(ParamStore<double>& store, Matrix<double> x, co
     }
   };
 
-  if (opt.check_input) check_entries(x.data(), x.size(), dx.data(), "x");
+  if (opt.check_input) check_entries(x.data(), x.size(), dx_first.data(), "x");
   for (const auto& e : store.entries()) {
     if (!e.trainable) continue;
     check_entries(store.values().data() + e.offset, e.size, analytic_grads.data() + e.grad_offset, e.name);

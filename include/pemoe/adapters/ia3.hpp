@@ -44,6 +44,7 @@ struct IA3Config {
 template <class T>
 class IA3 {
  public:
+  using Scalar = T;
   /// What forward saves for backward (reused across calls to avoid reallocations).
   struct Cache {
     typename Linear<T>::Cache base;
@@ -76,6 +77,7 @@ class IA3 {
     const Index n = x.rows();
     PEMOE_CHECK_SHAPE(x.cols() == d_in(), site(), ": x has ", x.cols(), " features, layer expects ", d_in());
     check_shape(site(), "y", y, n, d_out());
+    check_no_alias(site(), x, y);
     const auto l = scale().row(0).array();
     if (!m_base) {
       cache.h.resize(0, 0);
@@ -100,8 +102,11 @@ class IA3 {
 
   /// dl += Σ_rows dy ⊙ h; dx = (dy ⊙ l)·W (output), dy·W ⊙ l (feedforward) or dy ⊙ l (standalone).
   void backward(ConstMatrixRef<T> x, const Cache& cache, ConstMatrixRef<T> dy, GradOut<T> dx = std::nullopt) {
+    PEMOE_CHECK_CONFIG(m_store != nullptr, "IA3: call register_params() before forward/backward");
     const Index n = x.rows();
+    check_shape(site(), "x", x, -1, d_in());
     check_shape(site(), "dy", dy, n, d_out());
+    if (dx) check_shape(site(), "dx", *dx, n, d_in());
     const auto l = scale().row(0).array();
     const bool tl = m_store->trainable(m_l);
     if (!m_base) {

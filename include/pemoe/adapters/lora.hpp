@@ -47,7 +47,8 @@ struct LoraConfig {
  * default, named as in the Hugging Face checkpoint so pretrained weights load unchanged),
  * `<prefix>.lora_A.weight` `(r, d_in)`, `<prefix>.lora_B.weight` `(d_out, r)`.
  *
- * Shapes: x (N, d_in) -> y (N, d_out). Cache: `h = dropout(x)·Aᵀ` (N, r) and the dropout mask.
+ * Shapes: x (N, d_in) -> y (N, d_out). Cache: `h = dropout(x)·Aᵀ` (N, r), dropout(x) (N, d_in) when dropout is
+ * active (the mask itself is regenerated in backward).
  * Cost beyond the base layer: forward 2·N·r·(d_in + d_out), backward twice that (+ N·d_in for dropout).
  *
  * `merge()` adds s·B·A into the base weight (inference; forward then skips the branch); `unmerge()`
@@ -56,6 +57,7 @@ struct LoraConfig {
 template <class T>
 class LoRA {
  public:
+  using Scalar = T;
   struct Cache {
     typename Linear<T>::Cache base;
     typename Dropout<T>::Cache dropout;
@@ -90,6 +92,8 @@ class LoRA {
     PEMOE_CHECK_CONFIG(m_store != nullptr, "LoRA: call register_params() before forward/backward");
     PEMOE_CHECK_SHAPE(x.cols() == m_base.config().d_in, site(), ": x has ", x.cols(),
                       " features, layer expects ", m_base.config().d_in);
+    check_shape(site(), "y", y, x.rows(), m_base.config().d_out);
+    check_no_alias(site(), x, y);
     m_base.forward(x, y, cache.base);
     if (m_merged) return;
     const Index n = x.rows();
@@ -110,9 +114,12 @@ class LoRA {
   void backward(ConstMatrixRef<T> x, const Cache& cache, ConstMatrixRef<T> dy, GradOut<T> dx = std::nullopt) {
     PEMOE_CHECK_CONFIG(!m_merged, "LoRA '", m_name,
                        "': backward on a merged adapter; call unmerge() before training");
-    m_base.backward(x, cache.base, dy, dx);
     const Index n = x.rows();
+    check_shape(site(), "x", x, -1, m_base.config().d_in);
+    check_shape(site(), "dy", dy, n, m_base.config().d_out);
+    if (dx) check_shape(site(), "dx", *dx, n, m_base.config().d_in);
     check_shape(site(), "cache.h (did forward run on this x?)", cache.h, n, m_config.r);
+    m_base.backward(x, cache.base, dy, dx);
     if (m_store->trainable(m_b))
       gemm<T>(Op::T, Op::N, scaling(), dy, cache.h, T(1), m_store->grad_matrix(m_b));
     const bool need_dh = m_store->trainable(m_a) || dx.has_value();
@@ -129,7 +136,8 @@ class LoRA {
       } else {
         Matrix<T> dxd(n, x.cols());
         gemm<T>(Op::N, Op::N, T(1), dh, lora_A(), T(0), dxd);
-        *dx += dxd.cwiseProduct(cache.dropout.mask);
+        m_dropout.apply_mask_rows(cache.dropout, 0, dxd);
+        *dx += dxd;
       }
     }
   }

@@ -108,13 +108,14 @@ class MoLoRA : public detail::RoutedLoraLayer<MoLoRA<T>, T, MoLoRACache<T>> {
       } else {
         Matrix<T> dxd(n, x.cols());
         gemm<T>(Op::N, Op::N, T(1), dhg, m_bank.A_cat(), T(0), dxd);
-        *dx += dxd.cwiseProduct(c.dropout.mask);
+        m_dropout.apply_mask_rows(c.dropout, 0, dxd);
+        *dx += dxd;
       }
     }
     if (m_config.router_input == RouterInput::layer_input)
-      m_router.backward(u, c.router, dgates, dx, /*accumulate=*/true);
+      m_router.backward(u, c.router, dgates, dx, InputGrad::add);
     else
-      m_router.backward(u, c.router, dgates, du, /*accumulate=*/false);
+      m_router.backward(u, c.router, dgates, du);
   }
 };
 

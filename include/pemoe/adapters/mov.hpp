@@ -69,6 +69,7 @@ struct MoVConfig {
 template <class T>
 class MoV {
  public:
+  using Scalar = T;
   /// What forward saves for backward (reused across calls to avoid reallocations).
   struct Cache {
     typename Linear<T>::Cache base;
@@ -180,7 +181,9 @@ class MoV {
     const Index n = x.rows(), hh = m_config.heads, dh = m_d / hh, e = m_config.n_experts, P = panel(n);
     PEMOE_CHECK_SHAPE(x.cols() == d_in(), site(), ": x has ", x.cols(), " features, layer expects ", d_in());
     check_shape(site(), "y", y, n, m_d);
+    check_no_alias(site(), x, y);
     const auto in = m_config.router_input;
+    if (in == RouterInput::external) check_no_alias(site(), u, y);
     Index hg = in == RouterInput::activation ? hh : 1;
     if (in == RouterInput::external) {
       PEMOE_CHECK_SHAPE(u.rows() == n * hh || u.rows() == n, site(), ": router input has ", u.rows(),
@@ -226,7 +229,13 @@ class MoV {
                     GradOut<T> dx, GradOut<T> du) {
     const Index n = x.rows(), hh = m_config.heads, dh = m_d / hh, e = m_config.n_experts, P = panel(n);
     const Index hg = c.gate_heads;
+    check_shape(site(), "x", x, -1, d_in());
     check_shape(site(), "dy", dy, n, m_d);
+    if (dx) check_shape(site(), "dx", *dx, n, d_in());
+    if (du) check_shape(site(), "du", *du, u.rows(), u.cols());
+    if (m_config.router_input == RouterInput::external)
+      PEMOE_CHECK_SHAPE(u.rows() == n * hg, site(), ": router input has ", u.rows(), " rows, forward routed ",
+                        n * hg);
     PEMOE_CHECK_SHAPE(c.gates.rows() == n * hg, site(), ": the cache holds ", c.gates.rows() / hg,
                       " tokens, x has ", n, " (did forward run on this x?)");
     const auto in = m_config.router_input;
@@ -276,7 +285,7 @@ class MoV {
             MatrixMap<T> du_t(dHp.data() + i * m_d, t * hh, dh);
             m_router.backward_rows(ConstMatrixMap<T>(hptr + i * m_d, t * hh, dh), (r0 + i) * hh, c.router,
                                    ConstMatrixMap<T>(dGp.data() + i * hh * e, t * hh, e), MatrixRef<T>(du_t),
-                                   /*accumulate=*/true, &rg[static_cast<std::size_t>(b)]);
+                                   InputGrad::add, &rg[static_cast<std::size_t>(b)]);
           }
         }
       });
@@ -284,7 +293,7 @@ class MoV {
       if (in == RouterInput::external) {
         if (du)
           m_router.backward_rows(u.middleRows(r0 * hg, m * hg), r0 * hg, c.router, dG_rows,
-                                 MatrixRef<T>(du->middleRows(r0 * hg, m * hg)), false);
+                                 MatrixRef<T>(du->middleRows(r0 * hg, m * hg)));
         else
           m_router.backward_rows(u.middleRows(r0 * hg, m * hg), r0 * hg, c.router, dG_rows);
       }
@@ -300,7 +309,7 @@ class MoV {
       if (in == RouterInput::layer_input) {
         if (dx)
           m_router.backward_rows(x.middleRows(r0, m), r0, c.router, dG_rows,
-                                 MatrixRef<T>(dx->middleRows(r0, m)), true);
+                                 MatrixRef<T>(dx->middleRows(r0, m)), InputGrad::add);
         else
           m_router.backward_rows(x.middleRows(r0, m), r0, c.router, dG_rows);
       }

@@ -60,6 +60,7 @@ struct MpoLinearConfig {
 template <class T>
 class MpoLinear {
  public:
+  using Scalar = T;
   struct Cache {
     Matrix<T> W;  ///< the rebuilt weight (d_out, d_in)
   };
@@ -132,11 +133,12 @@ class MpoLinear {
   }
 
   /// y = x·Wᵀ + b with W rebuilt from the cores.   x: (N, d_in) -> y: (N, d_out)
-  void forward(ConstMatrixRef<T> x, MatrixRef<T> y, Cache& cache) const {
+  void forward(ConstMatrixRef<T> x, MatrixRef<T> y, Cache& cache) {
     check_bound();
     PEMOE_CHECK_SHAPE(x.cols() == m_config.d_in, site(), ": x has ", x.cols(), " features, layer expects ",
                       m_config.d_in);
     check_shape(site(), "y", y, x.rows(), m_config.d_out);
+    check_no_alias(site(), x, y);
     if (!m_training &&
         mpo_apply_cost(m_config.shape, m_bonds, m_config.d_out, m_config.d_in, x.rows()).best ==
             MpoApplyPath::contraction) {
@@ -153,7 +155,9 @@ class MpoLinear {
   /// x: (N, d_in), dy: (N, d_out) -> dx: (N, d_in)
   void backward(ConstMatrixRef<T> x, const Cache& cache, ConstMatrixRef<T> dy, GradOut<T> dx = std::nullopt) {
     check_bound();
+    check_shape(site(), "x", x, -1, m_config.d_in);
     check_shape(site(), "dy", dy, x.rows(), m_config.d_out);
+    if (dx) check_shape(site(), "dx", *dx, x.rows(), m_config.d_in);
     if (cache.W.size() != 0) check_shape(site(), "cache.W", cache.W, m_config.d_out, m_config.d_in);
     std::vector<T*> grads;
     bool any = false;

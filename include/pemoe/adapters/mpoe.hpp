@@ -18,6 +18,7 @@
 #include "pemoe/core/tensor.hpp"
 #include "pemoe/mpo/detail/mpo_chain.hpp"
 #include "pemoe/mpo/decompose.hpp"
+#include "pemoe/moe/router.hpp"
 #include "pemoe/mpo/shape.hpp"
 
 namespace pemoe {
@@ -37,6 +38,8 @@ struct MpoeConfig {
   bool tensor_learn = false;   ///< MPOE `--tensor_learn`: the shared central tensors are frozen
   bool scale_by_prob = false;  ///< gate value p_max (`is_scale_prob=True`) instead of p/sg(p) = 1 (default)
   MpoGauge gauge = MpoGauge::symmetric;  ///< gauge of the decomposition at initialisation
+  AuxLossConfig aux;                     ///< router aux losses (MPOE itself uses none; all off)
+  double jitter = 0.0;                   ///< router input jitter ε (training only)
 };
 
 /**
@@ -48,8 +51,9 @@ struct MpoeConfig {
  * Routing (`SwitchFFN`, after labml.ai): p = softmax(x Rᵀ + b) with a `nn.Linear(d_model, N)` router
  * (bias included), e = argmax p (ties: lowest index), y_t = g_t · f_e(x_t) with the gate applied to the
  * expert **output**: g = p_e / sg(p_e) (value 1, the router still gets a gradient; default) or g = p_e
- * (`scale_by_prob`). No capacity limit, no dropped tokens, no balance loss (MPOE adds none). This small
- * router is local to the bank; it can be swapped for the general `moe/` router later.
+ * (`scale_by_prob`). No capacity limit, no dropped tokens, no balance loss by default (MPOE adds none). The
+ * router is a `Router` in `GateMode::switch_top1` (straight-through unless `scale_by_prob`, weight and bias
+ * initialised like `nn.Linear`), so the bank gets its aux losses, jitter, token mask and NaN check.
  *
  * Parameters: `<prefix>.router.weight` `(N, d_model)`, `<prefix>.router.bias` `(N)`,
  * `<prefix>.wi.mpo.central` and `<prefix>.wo.mpo.central` (shared; frozen with `tensor_learn`),
@@ -69,8 +73,10 @@ struct MpoeConfig {
 template <class T>
 class MpoeFfn {
  public:
+  using Scalar = T;
   struct Cache {
-    Matrix<T> probs;                    ///< (T, N) router softmax
+    typename Router<T>::Cache router;   ///< the Switch router's cache (probs, topk_idx, aux statistics)
+    Matrix<T> gates;                    ///< (T, N) gate values, non-zero at the chosen expert only
     std::vector<Index> expert;          ///< (T) chosen expert
     std::vector<Index> order;           ///< token ids sorted by expert
     std::vector<Index> offsets;         ///< (N+1) group boundaries in `order`
@@ -94,6 +100,17 @@ class MpoeFfn {
     PEMOE_CHECK_CONFIG(m_config.wo_shape.rows() >= config.d_model && m_config.wo_shape.cols() >= config.d_ff,
                        "MpoeFfn: wo shape ", m_config.wo_shape.to_string(), " cannot hold (", config.d_model,
                        ", ", config.d_ff, ")");
+    RouterConfig rc;
+    rc.d_in = config.d_model;
+    rc.n_experts = config.n_experts;
+    rc.mode = GateMode::switch_top1;
+    rc.straight_through = !config.scale_by_prob;
+    rc.bias = true;
+    rc.init = RouterInit::kaiming_uniform;
+    rc.bias_init = RouterInit::kaiming_uniform;
+    rc.aux = config.aux;
+    rc.jitter = config.jitter;
+    m_router = Router<T>(rc);
     m_mat[0].init(m_config.wi_shape, config.max_bond, config.d_ff, config.d_model);
     m_mat[1].init(m_config.wo_shape, config.max_bond, config.d_model, config.d_ff);
   }
@@ -116,11 +133,7 @@ class MpoeFfn {
     m_store = &store;
     m_name = prefix;
     const Index N = m_config.n_experts, d = m_config.d_model;
-    m_router_w = store.add(prefix + ".router.weight", {N, d});
-    m_router_b = store.add(prefix + ".router.bias", {N});
-    rng.split(prefix + ".router.weight").fill_kaiming_uniform(store.value(m_router_w), N * d, d);
-    const double bound = 1.0 / std::sqrt(double(d));
-    rng.split(prefix + ".router.bias").fill_uniform(store.value(m_router_b), N, -bound, bound);
+    m_router.register_params(store, prefix + ".router", rng);
     const char* names[2] = {"wi", "wo"};
     for (int w = 0; w < 2; ++w) {
       Mat& m = m_mat[w];
@@ -167,28 +180,19 @@ class MpoeFfn {
     return err;
   }
 
-  /// y_t = g_t·ReLU(x_t W_{i,e}ᵀ) W_{o,e}ᵀ, e = argmax softmax(x_t Rᵀ + b).   x: (T, d_model) -> y: (T,
-  /// d_model)
-  void forward(ConstMatrixRef<T> x, MatrixRef<T> y, Cache& cache) const {
+  /// y_t = g_t·ReLU(x_t W_{i,e}ᵀ) W_{o,e}ᵀ, e = argmax softmax(x_t Rᵀ + b).
+  /// x: (T, d_model) -> y: (T, d_model)
+  void forward(ConstMatrixRef<T> x, MatrixRef<T> y, Cache& cache) {
     check_bound();
     const Index Tn = x.rows(), N = m_config.n_experts, d = m_config.d_model, f = m_config.d_ff;
     PEMOE_CHECK_SHAPE(x.cols() == d, site(), ": x has ", x.cols(), " features, layer expects ", d);
     check_shape(site(), "y", y, Tn, d);
-    // router: logits (T, N) = x Rᵀ + b, softmax, argmax
-    cache.probs.resize(Tn, N);
-    gemm<T>(Op::N, Op::T, T(1), x, m_store->matrix(m_router_w), T(0), cache.probs);
-    cache.probs.rowwise() += m_store->matrix(m_router_b).row(0);
+    check_no_alias(site(), x, y);
+    // router (Switch top-1): gates (T, N), the chosen expert in topk_idx(:, 0)
+    cache.gates.resize(Tn, N);
+    m_router.forward(x, cache.gates, cache.router);
     cache.expert.assign(std::size_t(Tn), 0);
-    for (Index t = 0; t < Tn; ++t) {
-      auto row = cache.probs.row(t);
-      const T mx = row.maxCoeff();
-      row = (row.array() - mx).exp();
-      row /= row.sum();
-      Index best = 0;
-      for (Index e = 1; e < N; ++e)
-        if (row(e) > row(best)) best = e;
-      cache.expert[std::size_t(t)] = best;
-    }
+    for (Index t = 0; t < Tn; ++t) cache.expert[std::size_t(t)] = cache.router.topk_idx(t, 0);
     // counting sort of tokens by expert
     cache.offsets.assign(std::size_t(N + 1), 0);
     for (Index t = 0; t < Tn; ++t) ++cache.offsets[std::size_t(cache.expert[std::size_t(t)] + 1)];
@@ -230,14 +234,14 @@ class MpoeFfn {
   void backward(ConstMatrixRef<T> x, const Cache& cache, ConstMatrixRef<T> dy, GradOut<T> dx = std::nullopt) {
     check_bound();
     const Index Tn = x.rows(), N = m_config.n_experts, d = m_config.d_model, f = m_config.d_ff;
+    check_shape(site(), "x", x, -1, d);
     check_shape(site(), "dy", dy, Tn, d);
-    check_shape(site(), "cache.probs (did forward run on this x?)", cache.probs, Tn, N);
+    check_shape(site(), "cache.gates (did forward run on this x?)", cache.gates, Tn, N);
     if (dx) {
       check_shape(site(), "dx", *dx, Tn, d);
       dx->setZero();
     }
-    const bool router_trainable = m_store->trainable(m_router_w) || m_store->trainable(m_router_b);
-    Matrix<T> dlogits = Matrix<T>::Zero(Tn, N);
+    Matrix<T> dgates = Matrix<T>::Zero(Tn, N);  // dL/dg_{t,e} = <dy_t, f_e(x_t)> at the chosen expert
     for (Index e = 0; e < N; ++e) {
       const Index begin = cache.offsets[std::size_t(e)], ne = cache.offsets[std::size_t(e + 1)] - begin;
       if (ne == 0) continue;
@@ -246,15 +250,7 @@ class MpoeFfn {
       for (Index r = 0; r < ne; ++r) {
         const Index t = cache.order[std::size_t(begin + r)];
         doe.row(r) = gate(cache, t) * dy.row(t);
-        if (router_trainable) {
-          // dL/dg = <dy_t, f_e(x_t)>; g = p_e/sg(p_e) -> dL/dp_e = dL/dg / p_e; g = p_e -> dL/dp_e = dL/dg.
-          const T p = cache.probs(t, e);
-          T dp = dy.row(t).dot(cache.oe[u].row(r));
-          if (!m_config.scale_by_prob) dp /= p;
-          // softmax: dp_e/dl_j = p_e (δ_ej − p_j)
-          dlogits.row(t) = -dp * p * cache.probs.row(t);
-          dlogits(t, e) += dp * p;
-        }
+        dgates(t, e) = dy.row(t).dot(cache.oe[u].row(r));
       }
       // wo: dWo = doeᵀ·H (d_model, d_ff)
       backprop_weight(1, e, doe, cache.he[u]);
@@ -269,13 +265,15 @@ class MpoeFfn {
         for (Index r = 0; r < ne; ++r) dx->row(cache.order[std::size_t(begin + r)]) = dxe.row(r);
       }
     }
-    if (m_store->trainable(m_router_w))
-      gemm<T>(Op::T, Op::N, T(1), dlogits, x, T(1), m_store->grad_matrix(m_router_w));
-    if (m_store->trainable(m_router_b)) m_store->grad_matrix(m_router_b) += dlogits.colwise().sum();
-    if (dx) gemm<T>(Op::N, Op::N, T(1), dlogits, m_store->matrix(m_router_w), T(1), *dx);
+    m_router.backward(x, cache.router, dgates, dx, InputGrad::add);  // through the gate into R, b and dx
   }
 
-  void set_training(bool /*on*/) {}
+  /// Router noise/jitter act only in training.
+  void set_training(bool on) { m_router.set_training(on); }
+  /// Aux loss of the last forward (see `Router::aux_loss`).
+  double aux_loss(const Cache& cache) const { return m_router.aux_loss(cache.router); }
+  Router<T>& router() { return m_router; }
+  const Router<T>& router() const { return m_router; }
 
   /// The dense `wi` `(d_ff, d_model)` of expert e.
   Matrix<T> expert_wi(Index e) const { return rebuild(0, e); }
@@ -285,8 +283,8 @@ class MpoeFfn {
   ParamId central_id(int w) const { return m_mat[w].central; }
   /// Core k of matrix w (0: wi, 1: wo) of expert e (the central id for k = central).
   ParamId core_id(int w, Index e, Index k) const { return m_mat[w].cores[std::size_t(e)][std::size_t(k)]; }
-  ParamId router_weight_id() const { return m_router_w; }
-  ParamId router_bias_id() const { return m_router_b; }
+  ParamId router_weight_id() const { return m_router.weight_id(); }
+  ParamId router_bias_id() const { return m_router.bias_id(); }
   const MpoeConfig& config() const { return m_config; }
   const std::string& name() const { return m_name; }
 
@@ -312,7 +310,7 @@ class MpoeFfn {
     PEMOE_CHECK_CONFIG(m_store != nullptr, "MpoeFfn: call register_params() before using the layer");
   }
   T gate(const Cache& cache, Index t) const {
-    return m_config.scale_by_prob ? cache.probs(t, cache.expert[std::size_t(t)]) : T(1);
+    return cache.gates(t, cache.expert[std::size_t(t)]);
   }
   std::vector<detail::CoreView<T>> views(int w, Index e) const {
     const Mat& m = m_mat[w];
@@ -347,7 +345,7 @@ class MpoeFfn {
   Mat m_mat[2];  // 0: wi, 1: wo
   ParamStore<T>* m_store = nullptr;
   std::string m_name;
-  ParamId m_router_w = 0, m_router_b = 0;
+  Router<T> m_router;
 };
 
 }  // namespace pemoe

@@ -199,10 +199,9 @@ class SparseLoRAExperts : public detail::RoutedLoraLayer<SparseLoRAExperts<T>, T
             gemm<T>(Op::N, Op::N, T(1), dH, m_bank.A(ex), T(0), dX);
             for (Index i = 0; i < m; ++i) {
               const Index t = c.tokens[p0 + i];
-              if (dropped)
-                dx->row(t) += dX.row(i).cwiseProduct(c.dropout.mask.row(t));
-              else
-                dx->row(t) += dX.row(i);
+              auto row = dX.middleRows(i, 1);
+              if (dropped) m_dropout.apply_mask_rows(c.dropout, t, row);
+              dx->row(t) += row;
             }
           }
         }
@@ -211,9 +210,9 @@ class SparseLoRAExperts : public detail::RoutedLoraLayer<SparseLoRAExperts<T>, T
     for (const auto& g : dA) m_bank.dA_cat() += g;
     for (const auto& g : dB) m_bank.dB_stack() += g;
     if (m_config.router_input == RouterInput::layer_input)
-      m_router.backward(u, c.router, dgates, dx, /*accumulate=*/true);
+      m_router.backward(u, c.router, dgates, dx, InputGrad::add);
     else
-      m_router.backward(u, c.router, dgates, du, /*accumulate=*/false);
+      m_router.backward(u, c.router, dgates, du);
   }
 
   Index m_chunk;

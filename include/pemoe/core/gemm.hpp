@@ -65,7 +65,8 @@ bool skinny(Op op_a, Op op_b, T alpha, ConstMatrixRef<T> A, ConstMatrixRef<T> B,
  * @brief `C = alpha·op(A)·op(B) + beta·C` on row-major views.
  *
  * Shapes: op(A): (m, k), op(B): (k, n), C: (m, n). `beta == 0` overwrites C (NaN in C is not
- * propagated), as BLAS does. Throws `ShapeError` on mismatched extents.
+ * propagated), as BLAS does. C must not share memory with A or B (the product would read what it has
+ * already overwritten): throws `ShapeError` when it does, and on mismatched extents.
  * Cost: 2·m·n·k flops.
  */
 template <class T>
@@ -76,6 +77,8 @@ void gemm(Op op_a, Op op_b, T alpha, ConstMatrixRef<T> A, ConstMatrixRef<T> B, T
   const Index n = op_b == Op::N ? B.cols() : B.rows();
   PEMOE_CHECK_SHAPE(ka == kb && C.rows() == m && C.cols() == n, "gemm: op(A) is (", m, ", ", ka,
                     "), op(B) is (", kb, ", ", n, "), C is (", C.rows(), ", ", C.cols(), ")");
+  PEMOE_CHECK_SHAPE(!detail::views_overlap(C, A) && !detail::views_overlap(C, B),
+                    "gemm: the output C shares memory with an input (A or B); pass a separate output buffer");
   if (m == 0 || n == 0 || ka == 0) {
     if (beta == T(0))
       C.setZero();

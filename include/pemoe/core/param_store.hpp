@@ -1,15 +1,22 @@
 /// @file param_store.hpp
-/// @brief `ParamStore`: every parameter of a model in one contiguous arena, gradients in a second one.
+/// @brief `ParamStore`: every parameter of a model in one contiguous arena, gradients in a second one;
+/// `list_params` lists a layer's parameters without allocating them.
+///
+/// Selecting parameters by a regular expression (`set_trainable(store, regex, flag)`) lives in
+/// core/param_select.hpp, so that the many headers which only declare parameters do not pull in `<regex>`.
 #pragma once
 
 #include <algorithm>
 #include <cstddef>
-#include <regex>
+#include <limits>
 #include <string>
+#include <type_traits>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "pemoe/core/error.hpp"
+#include "pemoe/core/rng.hpp"
 #include "pemoe/core/tensor.hpp"
 
 namespace pemoe {
@@ -17,20 +24,40 @@ namespace pemoe {
 /// Handle of one parameter inside a `ParamStore` (stable for the store's lifetime).
 using ParamId = std::size_t;
 
+/// Tag selecting the declaration-only mode of `ParamStore` (see `ParamStore::declaration_only()`).
+struct DeclarationOnly {
+  explicit DeclarationOnly() = default;
+};
+
+/// One parameter as `list_params` reports it: its dotted name, shape and trainable flag.
+struct ParamInfo {
+  std::string name;
+  Shape shape;
+  bool trainable = true;
+};
+
 /**
  * @brief Named parameters in one contiguous value arena, and gradients of the trainable ones in another.
  *
  * Layers declare their parameters in `register_params` with dotted Hugging Face / PEFT names
  * (`transformer.h.0.attn.c_attn.lora_A.weight`) and keep the returned `ParamId`s; they reach their
  * memory through `value()` / `grad()` on every call, so the arena may grow while a model is built
- * without leaving any dangling pointer.
+ * without leaving any dangling pointer. Layers also keep a pointer to their store, so a store can be
+ * neither copied nor moved: create it first, where it will live, and build the model into it.
  *
  * - Iteration (`entries()`) follows declaration order, which is stable and is the order of
  *   checkpoints and optimizer state.
- * - Only trainable parameters own gradient memory; `set_trainable(regex, flag)` re-lays the
- *   gradient arena (keeping the gradients of parameters that stay trainable).
+ * - Only trainable parameters own gradient memory; `set_trainable_if(pred, flag)` (and the regex form
+ *   `set_trainable(store, regex, flag)` of core/param_select.hpp) re-lays the gradient arena, keeping the
+ *   gradients of parameters that stay trainable.
+ * - `add` gives the strong exception guarantee: when it throws (a bad name or shape, or memory), the store
+ *   is exactly as before, values and gradients in step.
  * - `zero_grad()` is one fill over the gradient arena; optimizers are flat loops over
  *   `values()`/`grads()` through `entries()` offsets.
+ * - A declaration-only store (`declaration_only()`) records names, shapes and flags but allocates no arena:
+ *   `value()` and `grad()` return a scratch buffer as large as the largest parameter, so a layer's
+ *   initialisation runs unchanged (and harmlessly); expensive initialisers skip their work when
+ *   `declaring_only()` is true. `list_params(layer, prefix)` is built on it.
  *
  * A parameter's memory is row-major with the shape it was declared with; `matrix()` views it as
  * `(prod(shape[:-1]), shape[-1])`, so a stacked expert tensor `(E, r, d_in)` is an `(E·r, d_in)` matrix.
@@ -51,16 +78,32 @@ class ParamStore {
     bool trainable = true;   ///< owns gradient memory at `grad_offset`
     Index grad_offset = -1;  ///< first element in `grads()`, or -1 when frozen
   };
+  static_assert(std::is_nothrow_move_constructible_v<Entry>, "add() relies on a no-throw move of Entry");
 
+  /// An empty store that allocates its parameters.
   ParamStore() = default;
-  // Layers keep a pointer to their store: copying one would silently split a model in two.
+  /// An empty declaration-only store (see the class comment); prefer `declaration_only()`.
+  explicit ParamStore(DeclarationOnly) : m_declaring(true) {}
+  /// An empty declaration-only store: `add` records names, shapes and flags and allocates nothing.
+  static ParamStore declaration_only() { return ParamStore(DeclarationOnly{}); }
+
+  // Layers keep a pointer to their store: a copy would silently split a model in two, a move would leave
+  // every layer pointing at an empty shell.
   ParamStore(const ParamStore&) = delete;
   ParamStore& operator=(const ParamStore&) = delete;
-  ParamStore(ParamStore&&) = default;
-  ParamStore& operator=(ParamStore&&) = default;
+  ParamStore(ParamStore&&) = delete;
+  ParamStore& operator=(ParamStore&&) = delete;
 
-  /// Declares a parameter (zero-initialised) and returns its handle. Throws `ConfigError` on a
-  /// duplicate name or a non-positive extent.
+  /// Whether this store only records declarations (no arena); initialisers may skip their work then.
+  bool declaring_only() const { return m_declaring; }
+
+  /**
+   * @brief Declares a parameter (zero-initialised) and returns its handle.
+   *
+   * Throws `ConfigError` on an empty or duplicate name or a non-positive extent, `ShapeError` when the
+   * element count overflows, and whatever the allocator throws. Strong guarantee: on any exception the
+   * store is unchanged. Cost: amortised O(size) (the arenas grow geometrically).
+   */
   ParamId add(const std::string& name, const Shape& shape, bool trainable = true) {
     PEMOE_CHECK_CONFIG(!name.empty(), "ParamStore: a parameter needs a non-empty name");
     PEMOE_CHECK_CONFIG(m_index.find(name) == m_index.end(), "ParamStore: parameter '", name,
@@ -68,20 +111,36 @@ class ParamStore {
     for (Index d : shape)
       PEMOE_CHECK_CONFIG(d > 0, "ParamStore: parameter '", name, "' has shape ", shape_string(shape),
                          "; every extent must be positive");
+    const Index size = shape_size(shape);
+    constexpr Index kMax = std::numeric_limits<Index>::max();
+    PEMOE_CHECK_SHAPE(size <= kMax - m_num_values, "ParamStore: parameter '", name, "' of shape ",
+                      shape_string(shape), " makes the store hold more than 2^63 values");
+    // Everything that can throw happens before the first change of state.
     Entry e;
     e.name = name;
     e.shape = shape;
-    e.offset = static_cast<Index>(m_values.size());
-    e.size = shape_size(shape);
+    e.offset = m_num_values;
+    e.size = size;
     e.trainable = trainable;
-    m_values.resize(m_values.size() + static_cast<std::size_t>(e.size), T(0));
-    if (trainable) {
-      e.grad_offset = static_cast<Index>(m_grads.size());
-      m_grads.resize(m_grads.size() + static_cast<std::size_t>(e.size), T(0));
+    e.grad_offset = trainable ? m_num_grads : -1;
+    reserve_geometric(m_entries, m_entries.size() + 1);
+    if (m_declaring) {
+      if (static_cast<std::size_t>(size) > m_scratch.size()) m_scratch.resize(static_cast<std::size_t>(size));
+    } else {
+      reserve_geometric(m_values, static_cast<std::size_t>(m_num_values + size));
+      if (trainable) reserve_geometric(m_grads, static_cast<std::size_t>(m_num_grads + size));
     }
-    m_entries.push_back(e);
-    m_index.emplace(name, m_entries.size() - 1);
-    return m_entries.size() - 1;
+    const ParamId id = m_entries.size();
+    m_index.emplace(name, id);  // the last step that can throw (and if it does, it inserts nothing)
+    // No-throw from here: within reserved capacity, no-throw moves, arithmetic values.
+    m_entries.push_back(std::move(e));
+    if (!m_declaring) {
+      m_values.resize(static_cast<std::size_t>(m_num_values + size), T(0));
+      if (trainable) m_grads.resize(static_cast<std::size_t>(m_num_grads + size), T(0));
+    }
+    m_num_values += size;
+    if (trainable) m_num_grads += size;
+    return id;
   }
 
   /// Handle of the parameter called `name`; throws `ConfigError` naming the closest known names.
@@ -114,16 +173,21 @@ class ParamStore {
   /// Number of declared parameters (tensors).
   std::size_t size() const { return m_entries.size(); }
 
-  /// Pointer to the parameter's values.
-  T* value(ParamId id) { return m_values.data() + entry(id).offset; }
-  const T* value(ParamId id) const { return m_values.data() + entry(id).offset; }
+  /// Pointer to the parameter's values (in a declaration-only store: to a scratch buffer of at least its
+  /// size, shared by every parameter).
+  T* value(ParamId id) {
+    const Entry& e = entry(id);
+    return m_declaring ? m_scratch.data() : m_values.data() + e.offset;
+  }
+  const T* value(ParamId id) const { return const_cast<ParamStore*>(this)->value(id); }
   /// Whether the parameter has gradient memory.
   bool trainable(ParamId id) const { return entry(id).trainable; }
-  /// Pointer to the parameter's gradient; throws for a frozen parameter.
+  /// Pointer to the parameter's gradient (the scratch buffer in a declaration-only store); throws for a
+  /// frozen parameter.
   T* grad(ParamId id) {
     const Entry& e = entry(id);
     PEMOE_CHECK(e.trainable, "ParamStore: '", e.name, "' is frozen and has no gradient");
-    return m_grads.data() + e.grad_offset;
+    return m_declaring ? m_scratch.data() : m_grads.data() + e.grad_offset;
   }
   const T* grad(ParamId id) const { return const_cast<ParamStore*>(this)->grad(id); }
 
@@ -142,27 +206,60 @@ class ParamStore {
     return MatrixMap<T>(grad(id), e.size / last_extent(e), last_extent(e));
   }
 
-  /// Sets the trainable flag of every parameter whose full name matches `regex` (std::regex_search,
-  /// ECMAScript) and re-lays the gradient arena. Returns how many parameters matched; a pattern that
-  /// matches nothing throws `ConfigError`, since it is almost always a typo.
-  std::size_t set_trainable(const std::string& regex, bool trainable) {
-    std::regex re;
-    try {
-      re = std::regex(regex);
-    } catch (const std::regex_error& err) {
-      throw ConfigError("ParamStore::set_trainable: '" + regex + "' is not a valid regex: " + err.what());
-    }
-    std::size_t matched = 0;
+  /**
+   * @brief Copies external weights into the parameter called `name` (row-major, `shape` elements).
+   *
+   * Throws `ConfigError` for an unknown name and `ShapeError` "ParamStore::set: parameter '<name>' has shape
+   * (a, b), given (c, d)" unless `shape` equals the declared shape. A declaration-only store checks the
+   * name and the shape and copies nothing.
+   */
+  void set(const std::string& name, const T* data, const Shape& shape) {
+    const Entry& e = m_entries[id(name)];
+    PEMOE_CHECK_SHAPE(shape == e.shape, "ParamStore::set: parameter '", name, "' has shape ",
+                      shape_string(e.shape), ", given ", shape_string(shape));
+    if (!m_declaring) std::copy_n(data, e.size, m_values.data() + e.offset);
+  }
+  /**
+   * @brief Copies an Eigen matrix into the parameter called `name`, which it must fit as `matrix()` views it:
+   * `(prod(shape[:-1]), shape[-1])`; a 1-D parameter `(d)` also takes a column `(d, 1)`.
+   *
+   * Throws `ShapeError` "ParamStore::set: parameter '<name>' has shape (...), viewed as a (r, c) matrix;
+   * given a (r', c') matrix".
+   */
+  template <class Derived>
+  void set(const std::string& name, const Eigen::DenseBase<Derived>& m) {
+    static_assert(std::is_same_v<typename Derived::Scalar, T>,
+                  "ParamStore::set: cast the matrix to the store's scalar type first");
+    const ParamId pid = id(name);
+    const Entry& e = m_entries[pid];
+    const Index rows = e.size / last_extent(e), cols = last_extent(e);
+    const bool column = e.shape.size() == 1 && m.rows() == cols && m.cols() == 1;
+    PEMOE_CHECK_SHAPE((m.rows() == rows && m.cols() == cols) || column, "ParamStore::set: parameter '", name,
+                      "' has shape ", shape_string(e.shape), ", viewed as a (", rows, ", ", cols,
+                      ") matrix; given a (", m.rows(), ", ", m.cols(), ") matrix");
+    if (m_declaring) return;
+    if (column)
+      matrix(pid) = m.derived().transpose();
+    else
+      matrix(pid) = m.derived();
+  }
+
+  /**
+   * @brief Sets the trainable flag of every parameter for which `pred(entry)` is true (other parameters keep
+   * theirs) and re-lays the gradient arena, keeping the gradients of parameters that stay trainable.
+   *
+   * `pred` is called once per parameter, in declaration order, with a `const Entry&`. Returns how many
+   * parameters it selected (zero is not an error here). Strong guarantee.
+   */
+  template <class Pred>
+  std::size_t set_trainable_if(Pred&& pred, bool trainable) {
     std::vector<bool> flags(m_entries.size());
+    std::size_t matched = 0;
     for (std::size_t i = 0; i < m_entries.size(); ++i) {
-      flags[i] = m_entries[i].trainable;
-      if (std::regex_search(m_entries[i].name, re)) {
-        flags[i] = trainable;
-        ++matched;
-      }
+      const bool hit = static_cast<bool>(pred(static_cast<const Entry&>(m_entries[i])));
+      flags[i] = hit ? trainable : m_entries[i].trainable;
+      matched += hit;
     }
-    PEMOE_CHECK_CONFIG(matched > 0, "ParamStore::set_trainable: pattern '", regex, "' matches none of the ",
-                       m_entries.size(), " parameters");
     relayout_grads(flags);
     return matched;
   }
@@ -172,31 +269,41 @@ class ParamStore {
   /// Zeroes every gradient (one fill).
   void zero_grad() { std::fill(m_grads.begin(), m_grads.end(), T(0)); }
 
-  /// The value arena (all parameters, declaration order).
+  /// The value arena (all parameters, declaration order; empty in a declaration-only store).
   std::vector<T>& values() { return m_values; }
   const std::vector<T>& values() const { return m_values; }
-  /// The gradient arena (trainable parameters only, declaration order).
+  /// The gradient arena (trainable parameters only, declaration order; empty in a declaration-only store).
   std::vector<T>& grads() { return m_grads; }
   const std::vector<T>& grads() const { return m_grads; }
 
-  /// Total number of scalars.
-  Index num_values() const { return static_cast<Index>(m_values.size()); }
-  /// Number of trainable scalars.
-  Index num_trainable() const { return static_cast<Index>(m_grads.size()); }
+  /// Total number of scalars declared.
+  Index num_values() const { return m_num_values; }
+  /// Number of trainable scalars declared.
+  Index num_trainable() const { return m_num_grads; }
 
  private:
   static Index last_extent(const Entry& e) { return e.shape.empty() ? 1 : e.shape.back(); }
 
+  // Capacity for `needed` elements, doubling so that n adds cost O(total) copies; no change of contents.
+  template <class V>
+  static void reserve_geometric(V& v, std::size_t needed) {
+    if (needed <= v.capacity()) return;
+    const std::size_t doubled = v.capacity() <= v.max_size() / 2 ? 2 * v.capacity() : needed;
+    v.reserve(std::max(needed, doubled));
+  }
+
+  // Strong guarantee: the only allocation happens before any member changes.
   void relayout_grads(const std::vector<bool>& flags) {
+    Index total = 0;
+    for (std::size_t i = 0; i < m_entries.size(); ++i) total += flags[i] ? m_entries[i].size : 0;
     std::vector<T> grads;
+    if (!m_declaring) grads.assign(static_cast<std::size_t>(total), T(0));
     Index offset = 0;
-    for (std::size_t i = 0; i < m_entries.size(); ++i) offset += flags[i] ? m_entries[i].size : 0;
-    grads.assign(static_cast<std::size_t>(offset), T(0));
-    offset = 0;
     for (std::size_t i = 0; i < m_entries.size(); ++i) {
       Entry& e = m_entries[i];
       if (flags[i]) {
-        if (e.trainable) std::copy_n(m_grads.begin() + e.grad_offset, e.size, grads.begin() + offset);
+        if (e.trainable && !m_declaring)
+          std::copy_n(m_grads.begin() + e.grad_offset, e.size, grads.begin() + offset);
         e.grad_offset = offset;
         offset += e.size;
       } else {
@@ -205,12 +312,37 @@ class ParamStore {
       e.trainable = flags[i];
     }
     m_grads.swap(grads);
+    m_num_grads = total;
   }
 
+  bool m_declaring = false;
   std::vector<Entry> m_entries;
   std::unordered_map<std::string, ParamId> m_index;
   std::vector<T> m_values;
   std::vector<T> m_grads;
+  std::vector<T> m_scratch;  ///< declaration-only: the buffer every value()/grad() returns
+  Index m_num_values = 0;
+  Index m_num_grads = 0;
 };
+
+/**
+ * @brief The parameters `layer` declares under `prefix`, in declaration order, without allocating them.
+ *
+ * Registers a copy of `layer` (so `layer` itself is untouched) into a declaration-only
+ * `ParamStore<Layer::Scalar>` with `Rng(0)`, and returns each parameter's name, shape and trainable flag.
+ * Cost: the layer's `register_params` minus the arena (initialisers write into one scratch buffer;
+ * those that check `declaring_only()` skip their work).
+ */
+template <class Layer>
+std::vector<ParamInfo> list_params(const Layer& layer, const std::string& prefix) {
+  auto store = ParamStore<typename Layer::Scalar>::declaration_only();
+  Layer copy = layer;
+  Rng rng(0);
+  copy.register_params(store, prefix, rng);
+  std::vector<ParamInfo> out;
+  out.reserve(store.size());
+  for (const auto& e : store.entries()) out.push_back(ParamInfo{e.name, e.shape, e.trainable});
+  return out;
+}
 
 }  // namespace pemoe

@@ -78,4 +78,23 @@ void check_shape(const std::string& site, const char* what, const Eigen::DenseBa
                     cols < 0 ? std::string("any") : std::to_string(cols), ")");
 }
 
+namespace detail {
+
+/// Whether two views share any memory (half-open address ranges of their whole extents).
+template <class A, class B>
+bool views_overlap(const Eigen::DenseBase<A>& a, const Eigen::DenseBase<B>& b) {
+  if (a.size() == 0 || b.size() == 0) return false;
+  const auto* a0 = reinterpret_cast<const char*>(a.derived().data());
+  const auto* b0 = reinterpret_cast<const char*>(b.derived().data());
+  using SA = typename A::Scalar;
+  using SB = typename B::Scalar;
+  const auto* a1 = a0 + sizeof(SA) * static_cast<std::size_t>((a.rows() - 1) * a.derived().outerStride() +
+                                                              a.cols());
+  const auto* b1 = b0 + sizeof(SB) * static_cast<std::size_t>((b.rows() - 1) * b.derived().outerStride() +
+                                                              b.cols());
+  return a0 < b1 && b0 < a1;
+}
+
+}  // namespace detail
+
 }  // namespace pemoe

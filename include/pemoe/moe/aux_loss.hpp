@@ -49,8 +49,8 @@ struct AuxLossConfig {
 
 /// Values of the auxiliary losses of one router call (unweighted), and their coefficient-weighted sum.
 struct AuxLossValues {
-  double balance = 0.0;     ///< N·Σ f_i P_i
-  double z = 0.0;           ///< mean_x lse(z(x))²
+  double balance = 0.0;     ///< E·Σ f_i P_i (see `switch_balance_loss`)
+  double z = 0.0;           ///< mean over counted tokens of lse(z(x))²
   double importance = 0.0;  ///< CV²(importance)
   double load = 0.0;        ///< CV²(load)
   double weighted = 0.0;    ///< Σ coef·value (before the collector's layer reduction; without the balance
@@ -63,29 +63,35 @@ struct AuxLossValues {
  * f from the router's selection (`topk_idx`, (T, k)) normalised by `norm` (see `BalanceNorm`).
  *
  * f is a count and has no gradient, so @f$ \partial L / \partial p_{t,i} = E f_i / T @f$ is the same for
- * every token: it is written to `dprobs_row` (1, E) when given. Minimum 1 (per_assignment) at uniform
- * routing. probs: (T, E), topk_idx: (T, k). Cost O(T·(E + k)).
+ * every counted token: it is written to `dprobs_row` (1, E) when given. Minimum 1 (per_assignment) at uniform
+ * routing. probs: (T, E), topk_idx: (T, k); `valid` (T) of 0/1, when given, restricts T, f and P to the
+ * tokens marked 1 (padding excluded; T is then their count). Cost O(T·(E + k)).
  */
 template <class T>
 T switch_balance_loss(ConstMatrixRef<T> probs, const IndexMatrix& topk_idx, BalanceNorm norm,
-                      RowVector<T>* dprobs_row = nullptr) {
-  const Index n = probs.rows(), e = probs.cols(), k = topk_idx.cols();
-  PEMOE_CHECK_SHAPE(topk_idx.rows() == n, "switch_balance_loss: topk_idx has ", topk_idx.rows(),
-                    " rows, probs has ", n);
+                      RowVector<T>* dprobs_row = nullptr, const Vector<T>* valid = nullptr) {
+  const Index rows = probs.rows(), e = probs.cols(), k = topk_idx.cols();
+  PEMOE_CHECK_SHAPE(topk_idx.rows() == rows, "switch_balance_loss: topk_idx has ", topk_idx.rows(),
+                    " rows, probs has ", rows);
+  PEMOE_CHECK_SHAPE(!valid || valid->size() == rows, "switch_balance_loss: the mask has ",
+                    valid ? valid->size() : 0, " entries, probs has ", rows, " rows");
+  const Index n = valid ? static_cast<Index>(valid->sum()) : rows;
   RowVector<T> grad(e);
   T loss = T(0);
   if (n == 0) {
     if (dprobs_row) *dprobs_row = RowVector<T>::Zero(e);
     return loss;
   }
-  const RowVector<T> P = probs.colwise().sum() / T(n);
+  const RowVector<T> P =
+      (valid ? RowVector<T>(valid->transpose() * probs) : RowVector<T>(probs.colwise().sum())) / T(n);
   if (norm == BalanceNorm::forai_constant) {
     loss = T(e) * T(e) * P.mean();
     grad.setConstant(T(e) / T(n));  // d(E²·mean_i P_i)/dp_{t,i} = E²/(E·T)
   } else {
     RowVector<T> f = RowVector<T>::Zero(e);
-    for (Index t = 0; t < n; ++t)
-      for (Index j = 0; j < k; ++j) f(topk_idx(t, j)) += T(1);
+    for (Index t = 0; t < rows; ++t)
+      if (!valid || (*valid)(t) != T(0))
+        for (Index j = 0; j < k; ++j) f(topk_idx(t, j)) += T(1);
     f /= norm == BalanceNorm::per_assignment ? T(n * k) : T(n);
     loss = T(e) * f.dot(P);
     grad = T(e) * f / T(n);
@@ -201,6 +207,7 @@ class AuxLossCollector {
     Index k = 0;                    ///< slots per token
     BalanceNorm norm = BalanceNorm::per_assignment;
     double coef = 0.0;
+    Index routers = 0;  ///< routers that added their statistics this step
   };
   /// Adds one router's counts and probability sums to `group` (E, k, norm and coef must agree).
   void add_balance_stats(const std::string& group, const std::vector<double>& counts,
@@ -208,7 +215,7 @@ class AuxLossCollector {
                          double coef) {
     auto it = m_groups.find(group);
     if (it == m_groups.end()) {
-      m_groups.emplace(group, BalanceGroup{counts, prob_sums, tokens, k, norm, coef});
+      m_groups.emplace(group, BalanceGroup{counts, prob_sums, tokens, k, norm, coef, 1});
       return;
     }
     BalanceGroup& g = it->second;
@@ -220,6 +227,7 @@ class AuxLossCollector {
       g.prob_sums[i] += prob_sums[i];
     }
     g.tokens += tokens;
+    ++g.routers;
   }
   /// Pooled balance loss of a group: E·Σ f_i P_i over all its routers' tokens (see `switch_balance_loss`).
   double group_balance(const std::string& group) const {

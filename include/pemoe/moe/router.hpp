@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "pemoe/core/error.hpp"
@@ -56,7 +57,8 @@ struct RouterConfig {
   Index top_k = 2;                       ///< k of the top-k modes (ignored by soft and switch_top1)
   RouterInit init = RouterInit::normal;  ///< gate weight initialisation
   double init_std = 0.02;                ///< std of `RouterInit::normal`
-  bool bias = false;                     ///< gate bias `<prefix>.bias` (E), zero-initialised
+  bool bias = false;                     ///< gate bias `<prefix>.bias` (E)
+  RouterInit bias_init = RouterInit::zeros;  ///< zeros, or kaiming_uniform = U(±1/√d_in) (nn.Linear's bias)
   double jitter = 0.0;            ///< ε of multiplicative input jitter u ⊙ U(1−ε, 1+ε), training only
   bool straight_through = false;  ///< switch_top1: gate value 1, gradient of p_S / p_S
   RouterInit noise_init = RouterInit::zeros;  ///< noisy_topk: `<prefix>.noise.weight` initialisation
@@ -85,7 +87,11 @@ struct RouterConfig {
  * Shapes: u (N, d_in) -> gates (N, E), dense with zeros outside the selected set; the cache holds logits,
  * probs, gates, `topk_idx` (N, k) and what the aux losses need. Backward takes dL/dgates (N, E), adds the
  * coefficient-weighted aux-loss gradients, backpropagates through the gate mode (the selection held fixed),
- * accumulates dW_g (and dW_noise, db) and writes or adds dL/du.
+ * accumulates dW_g (and dW_noise, db) and writes dL/du (or adds it, with `InputGrad::add`).
+ *
+ * Padding: `set_token_mask` marks the tokens that count; masked tokens are still routed (their gates are
+ * computed), but they take no part in the balance, z-loss, importance and load statistics nor in their
+ * gradients, so padding never shifts the balance.
  * Cost: 2·N·d_in·E flops for the logits (twice for noisy top-k), O(N·E·k) for the selection.
  *
  * Rows are independent except for the aux-loss batch statistics, so adapters may run `forward_rows` /
@@ -99,9 +105,12 @@ struct RouterConfig {
 template <class T>
 class Router {
  public:
+  using Scalar = T;
   /// What forward saves for backward (reused across calls to avoid reallocations).
   struct Cache {
-    Index n = 0;                ///< tokens of this call
+    Index n = 0;                ///< rows of this call (tokens, or tokens × heads)
+    Vector<T> valid;            ///< (N) 1 for rows that count in the aux statistics, 0 for padding; empty: all
+    Index n_valid = 0;          ///< rows that count
     bool training = false;      ///< whether noise/jitter were active
     Matrix<T> jitter;           ///< (N, d_in) jitter multipliers, empty when inactive
     Matrix<T> u_jittered;       ///< (N, d_in) u ⊙ jitter, empty when inactive
@@ -143,7 +152,13 @@ class Router {
     const Index e = m_config.n_experts, d = m_config.d_in;
     m_w = store.add(prefix + ".weight", {e, d}, m_config.trainable);
     init_weight(store.value(m_w), m_config.init, rng.split(prefix + ".weight"));
-    if (m_config.bias) m_b = store.add(prefix + ".bias", {e}, m_config.trainable);
+    if (m_config.bias) {
+      m_b = store.add(prefix + ".bias", {e}, m_config.trainable);
+      if (m_config.bias_init == RouterInit::kaiming_uniform) {
+        const double bound = 1.0 / std::sqrt(static_cast<double>(d));
+        rng.split(prefix + ".bias").fill_uniform(store.value(m_b), e, -bound, bound);
+      }
+    }
     if (m_config.mode == GateMode::noisy_topk) {
       m_wn = store.add(prefix + ".noise.weight", {e, d}, m_config.trainable);
       init_weight(store.value(m_wn), m_config.noise_init, rng.split(prefix + ".noise.weight"));
@@ -165,6 +180,18 @@ class Router {
     const Index e = m_config.n_experts, k = m_config.selected();
     cache.n = n;
     cache.training = m_training;
+    if (m_mask.empty()) {
+      cache.valid.resize(0);
+      cache.n_valid = n;
+    } else {
+      const Index nm = static_cast<Index>(m_mask.size());
+      PEMOE_CHECK_SHAPE(nm > 0 && n % nm == 0, site(), ": the token mask has ", nm,
+                        " entries but the call has ", n, " rows (expected N or N·heads rows for N tokens)");
+      const Index per = n / nm;  // rows per token (heads routed separately)
+      cache.valid.resize(n);
+      for (Index i = 0; i < n; ++i) cache.valid(i) = m_mask[static_cast<std::size_t>(i / per)] ? T(1) : T(0);
+      cache.n_valid = static_cast<Index>(cache.valid.sum());
+    }
     cache.logits.resize(n, e);
     cache.probs.resize(n, e);
     cache.gates.resize(n, e);
@@ -289,16 +316,27 @@ class Router {
     const Index n = cache.n, e = m_config.n_experts;
     AuxLossValues& v = cache.aux;
     v = AuxLossValues{};
-    v.balance = double(
-        switch_balance_loss<T>(cache.probs, cache.topk_idx, m_config.aux.balance_norm, &cache.balance_grad));
-    v.z = n ? double((cache.lse.array().square()).sum() / T(n)) : 0.0;
-    const RowVector<T> importance = cache.gates.colwise().sum();
+    const bool masked = cache.valid.size() != 0;
+    const Index nv = cache.n_valid;
+    v.balance = double(switch_balance_loss<T>(cache.probs, cache.topk_idx, m_config.aux.balance_norm,
+                                              &cache.balance_grad, masked ? &cache.valid : nullptr));
+    if (nv == 0)
+      v.z = 0.0;
+    else if (masked)
+      v.z = double(cache.lse.array().square().matrix().dot(cache.valid) / T(nv));
+    else
+      v.z = double(cache.lse.array().square().sum() / T(nv));
+    const RowVector<T> importance =
+        masked ? RowVector<T>(cache.valid.transpose() * cache.gates) : RowVector<T>(cache.gates.colwise().sum());
     v.importance = double(cv_squared<T>(importance, &cache.importance_grad));
-    RowVector<T> load(e);
+    RowVector<T> load = RowVector<T>::Zero(e);
     if (cache.load_prob.size() != 0) {
-      load = cache.load_prob.colwise().sum();
-    } else {
-      for (Index j = 0; j < e; ++j) load(j) = T((cache.gates.col(j).array() > T(0)).count());
+      load = masked ? RowVector<T>(cache.valid.transpose() * cache.load_prob)
+                    : RowVector<T>(cache.load_prob.colwise().sum());
+    } else {  // tokens whose selected set holds expert j (not gates > 0: a selected gate may underflow to 0)
+      for (Index t = 0; t < n; ++t)
+        if (!masked || cache.valid(t) != T(0))
+          for (Index j = 0; j < cache.topk_idx.cols(); ++j) load(cache.topk_idx(t, j)) += T(1);
     }
     v.load = double(cv_squared<T>(load, &cache.load_grad));
     if (cache.load_prob.size() == 0) cache.load_grad.setZero();  // a count has no gradient
@@ -307,10 +345,13 @@ class Router {
     if (v.grouped) {
       std::vector<double> counts(static_cast<std::size_t>(e), 0.0), sums(static_cast<std::size_t>(e));
       for (Index t = 0; t < n; ++t)
-        for (Index j = 0; j < cache.topk_idx.cols(); ++j)
-          counts[static_cast<std::size_t>(cache.topk_idx(t, j))] += 1;
-      for (Index j = 0; j < e; ++j) sums[static_cast<std::size_t>(j)] = double(cache.probs.col(j).sum());
-      m_collector->add_balance_stats(m_config.balance_group, counts, sums, double(n), cache.topk_idx.cols(),
+        if (!masked || cache.valid(t) != T(0))
+          for (Index j = 0; j < cache.topk_idx.cols(); ++j)
+            counts[static_cast<std::size_t>(cache.topk_idx(t, j))] += 1;
+      for (Index j = 0; j < e; ++j)
+        sums[static_cast<std::size_t>(j)] =
+            double(masked ? cache.probs.col(j).dot(cache.valid) : cache.probs.col(j).sum());
+      m_collector->add_balance_stats(m_config.balance_group, counts, sums, double(nv), cache.topk_idx.cols(),
                                      a.balance_norm, a.balance_coef);
     }
     v.weighted = (v.grouped ? 0.0 : a.balance_coef * v.balance) + a.z_coef * v.z +
@@ -319,14 +360,36 @@ class Router {
     ++m_calls;
   }
 
-  /// The coefficient-weighted aux loss of the call, times the collector's layer weight.
-  double aux_loss(const Cache& cache) const { return cache.aux.weighted * layer_weight(); }
+  /**
+   * The coefficient-weighted aux loss of the call, exactly what this router's backward differentiates.
+   * Without a collector: Σ coef·value of this call. With one: this router's share of
+   * `AuxLossCollector::total()` (its own terms times the layer weight, plus 1/R of its balance group's pooled
+   * loss for the R routers of the group), so that once every forward of the step has run, the routers'
+   * `aux_loss` values add up to `total()`.
+   */
+  double aux_loss(const Cache& cache) const {
+    double own = cache.aux.weighted;
+    if (cache.aux.grouped) {
+      const auto& g = m_collector->groups().at(m_config.balance_group);
+      own += g.coef * m_collector->group_balance(m_config.balance_group) / double(g.routers);
+    }
+    return own * layer_weight();
+  }
 
-  /// Backward of a whole call: dL/du (written, or added when `accumulate`).
+  /// Marks which tokens count in the aux-loss statistics (1) and which are padding (0), for the following
+  /// forward calls; a call of N tokens may have N·H rows (per-head routing), each head inheriting its
+  /// token's flag. An empty mask counts every token (the default).
+  void set_token_mask(std::vector<std::uint8_t> mask) { m_mask = std::move(mask); }
+  /// Counts every token again.
+  void clear_token_mask() { m_mask.clear(); }
+  const std::vector<std::uint8_t>& token_mask() const { return m_mask; }
+
+  /// Backward of a whole call: dL/du written (or added with `InputGrad::add`).
   /// u: (N, d_in), dgates: (N, E) -> du: (N, d_in)
   void backward(ConstMatrixRef<T> u, const Cache& cache, ConstMatrixRef<T> dgates,
-                GradOut<T> du = std::nullopt, bool accumulate = false) {
-    backward_rows(u, 0, cache, dgates, du, accumulate);
+                GradOut<T> du = std::nullopt, InputGrad mode = InputGrad::write) {
+    PEMOE_CHECK_SHAPE(u.rows() == cache.n, site(), ": backward got ", u.rows(), " rows, forward had ", cache.n);
+    backward_rows(u, 0, cache, dgates, du, mode);
   }
 
   /// Per-thread destination of the router's parameter gradients (see `backward_rows`); `add_grads` reduces
@@ -354,8 +417,11 @@ class Router {
   /// Backward of rows [row0, row0 + n): accumulates dW_g (dW_noise, db) into the store, or into `grads` when
   /// given (so threads working on disjoint rows never share a destination), and writes/adds du_rows.
   void backward_rows(ConstMatrixRef<T> u_rows, Index row0, const Cache& cache, ConstMatrixRef<T> dgates_rows,
-                     GradOut<T> du_rows = std::nullopt, bool accumulate = false, Grads* grads = nullptr) {
+                     GradOut<T> du_rows = std::nullopt, InputGrad mode = InputGrad::write,
+                     Grads* grads = nullptr) {
     const Index nr = u_rows.rows(), e = m_config.n_experts;
+    const bool accumulate = mode == InputGrad::add;
+    check_shape(site(), "u", u_rows, -1, m_config.d_in);
     check_shape(site(), "dgates", dgates_rows, nr, e);
     PEMOE_CHECK_SHAPE(row0 >= 0 && row0 + nr <= cache.n && cache.logits.rows() == cache.n, site(),
                       ": backward rows [", row0, ", ", row0 + nr, ") but the cache holds ", cache.n,
@@ -418,8 +484,9 @@ class Router {
       const auto p = cache.probs.row(t);
       const auto g = cache.gates.row(t);
       const Index* idx = &cache.topk_idx(t, 0);
+      const bool counts = cache.valid.size() == 0 || cache.valid(t) != T(0);  // padding: no aux gradient
       dg = dgates_rows.row(i);
-      if (ci != T(0)) dg += ci * cache.importance_grad;  // importance_i = Σ_x g(x)_i
+      if (ci != T(0) && counts) dg += ci * cache.importance_grad;  // importance_i = Σ_x g(x)_i
       dp.setZero();
       auto dzt = dz.row(i);
       dzt.setZero();
@@ -439,7 +506,7 @@ class Router {
         case GateMode::noisy_topk: {
           dh.setZero();
           renorm_backward(g, dg, idx, k, dh);
-          if (est) {
+          if (est && counts) {
             const T* zt = &cache.logits(t, 0);
             const T* zn = &cache.noise_logits(t, 0);
             const T* h = &cache.noisy_logits(t, 0);
@@ -460,10 +527,10 @@ class Router {
           break;
         }
       }
-      if (cb != T(0)) dp += cb * balance_grad;
+      if (cb != T(0) && counts) dp += cb * balance_grad;
       const T pdp = p.dot(dp);
       dzt.array() += p.array() * (dp.array() - pdp);
-      if (cz != T(0)) dzt += (cz * T(2) * cache.lse(t) / T(cache.n)) * p;
+      if (cz != T(0) && counts) dzt += (cz * T(2) * cache.lse(t) / T(cache.n_valid)) * p;
     }
   }
 
@@ -531,6 +598,7 @@ class Router {
   std::uint64_t m_calls = 0;
   bool m_training = false;
   AuxLossCollector* m_collector = nullptr;
+  std::vector<std::uint8_t> m_mask;
 };
 
 }  // namespace pemoe

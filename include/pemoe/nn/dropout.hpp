@@ -1,7 +1,8 @@
 /// @file dropout.hpp
-/// @brief Inverted dropout with a counter-based mask (same bits for any thread count).
+/// @brief Inverted dropout with a counter-based mask that is regenerated in backward, never stored.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 #include "pemoe/core/error.hpp"
@@ -13,23 +14,33 @@ namespace pemoe {
 
 /**
  * @brief Inverted dropout: in training @f$ y = x \odot m / (1-p) @f$, @f$ m_{ij} \sim \mathrm{Bernoulli}(1-p)
- * @f$; the identity in evaluation or when p = 0.
+ * @f$; the identity in evaluation or when p = 0 (Srivastava et al. 2014).
  *
- * The mask of forward call c, element i, is draw i of the child stream `c` of the layer's rng, so the
- * result does not depend on threads. `set_call_counter()` replays a call (gradient checks do this).
- * Shapes: x (N, d) -> y (N, d). Cache: `mask` (N, d), holding 0 or 1/(1-p); empty when inactive.
+ * The mask of forward call c, element (i, j) of an (N, d) input, is draw i·d + j of the child stream `c` of
+ * the layer's rng: a pure function of (seed, c, i, j), so it does not depend on threads and backward
+ * regenerates it instead of keeping an (N, d) mask (the cache holds the call number only).
+ * `set_call_counter()` replays a call (gradient checks do this). Shapes: x (N, d) -> y (N, d); y may alias
+ * x. Cost: one hash per element in forward and again in backward.
  */
 template <class T>
 class Dropout {
  public:
+  using Scalar = T;
+  /// Which call made the mask (the mask itself is regenerated from it).
   struct Cache {
-    Matrix<T> mask;  ///< (N, d) scale per element, empty when dropout did nothing
+    bool active = false;     ///< whether the call dropped anything
+    std::uint64_t call = 0;  ///< the call's stream number
+    Index rows = 0, cols = 0;
   };
 
   explicit Dropout(double p = 0.0, Rng rng = Rng(0)) : m_p(p), m_rng(rng) {
     PEMOE_CHECK_CONFIG(p >= 0.0 && p < 1.0, "Dropout: p must be in [0, 1), got ", p);
   }
 
+  /// Dropout has no parameters; this seeds its mask stream from `rng.split(prefix)`.
+  void register_params(ParamStore<T>& /*store*/, const std::string& prefix, Rng& rng) {
+    m_rng = rng.split(prefix);
+  }
   void set_training(bool on) { m_training = on; }
   bool training() const { return m_training; }
   /// Whether forward will drop anything.
@@ -42,27 +53,42 @@ class Dropout {
   /// y = x ⊙ mask (y may alias x).   x: (N, d) -> y: (N, d)
   void forward(ConstMatrixRef<T> x, MatrixRef<T> y, Cache& cache) {
     check_shape("Dropout", "y", y, x.rows(), x.cols());
-    if (!active()) {
-      cache.mask.resize(0, 0);
+    cache.rows = x.rows();
+    cache.cols = x.cols();
+    cache.active = active();
+    if (!cache.active) {
       if (y.data() != x.data()) y = x;
       return;
     }
-    const Rng call = m_rng.split(m_calls++);
-    const T scale = T(1.0 / (1.0 - m_p));
-    cache.mask.resize(x.rows(), x.cols());
-    T* m = cache.mask.data();
-    const Index n = x.size();
-    for (Index i = 0; i < n; ++i) m[i] = call.uniform_at(static_cast<std::uint64_t>(i)) < m_p ? T(0) : scale;
-    y = x.cwiseProduct(cache.mask);
+    cache.call = m_calls++;
+    if (y.data() != x.data()) y = x;
+    apply_mask_rows(cache, 0, y);
   }
 
-  /// dx = dy ⊙ mask.
-  void backward(const Cache& cache, ConstMatrixRef<T> dy, MatrixRef<T> dx) const {
-    if (cache.mask.size() == 0) {
-      if (dx.data() != dy.data()) dx = dy;
-    } else {
-      dx = dy.cwiseProduct(cache.mask);
-    }
+  /// dx = dy ⊙ mask (dx may alias dy; x is not read).   dy: (N, d) -> dx: (N, d)
+  void backward(ConstMatrixRef<T> /*x*/, const Cache& cache, ConstMatrixRef<T> dy,
+                GradOut<T> dx = std::nullopt) const {
+    check_shape("Dropout", "dy", dy, cache.rows, cache.cols);
+    if (!dx) return;
+    check_shape("Dropout", "dx", *dx, cache.rows, cache.cols);
+    if (dx->data() != dy.data()) *dx = dy;
+    if (cache.active) apply_mask_rows(cache, 0, *dx);
+  }
+
+  /// Multiplies rows [row0, row0 + rows.rows()) of a call's (N, d) tensor in place by that call's mask.
+  void apply_mask_rows(const Cache& cache, Index row0, MatrixRef<T> rows) const {
+    if (!cache.active) return;
+    PEMOE_CHECK_SHAPE(rows.cols() == cache.cols && row0 >= 0 && row0 + rows.rows() <= cache.rows,
+                      "Dropout: rows [", row0, ", ", row0 + rows.rows(), ") x ", rows.cols(),
+                      " are outside the call's (", cache.rows, ", ", cache.cols, ")");
+    const Rng call = m_rng.split(cache.call);
+    const T scale = T(1.0 / (1.0 - m_p));
+    const Index d = cache.cols;
+    for (Index i = 0; i < rows.rows(); ++i)
+      for (Index j = 0; j < d; ++j) {
+        const auto c = static_cast<std::uint64_t>((row0 + i) * d + j);
+        rows(i, j) = call.uniform_at(c) < m_p ? T(0) : rows(i, j) * scale;
+      }
   }
 
  private:

@@ -33,6 +33,7 @@ struct LinearConfig {
 template <class T>
 class Linear {
  public:
+  using Scalar = T;
   /// Linear needs nothing saved: backward uses x and dy only.
   struct Cache {};
 
@@ -57,11 +58,12 @@ class Linear {
   }
 
   /// y = x·Wᵀ + b.   x: (N, d_in) -> y: (N, d_out)
-  void forward(ConstMatrixRef<T> x, MatrixRef<T> y, Cache& /*cache*/) const {
+  void forward(ConstMatrixRef<T> x, MatrixRef<T> y, Cache& /*cache*/) {
     check_bound();
     PEMOE_CHECK_SHAPE(x.cols() == m_config.d_in, site(), ": x has ", x.cols(), " features, layer expects ",
                       m_config.d_in);
     check_shape(site(), "y", y, x.rows(), m_config.d_out);
+    check_no_alias(site(), x, y);
     gemm<T>(Op::N, Op::T, T(1), x, weight(), T(0), y);
     if (m_config.bias) y.rowwise() += bias().row(0);
   }
@@ -71,6 +73,7 @@ class Linear {
   void backward(ConstMatrixRef<T> x, const Cache& /*cache*/, ConstMatrixRef<T> dy,
                 GradOut<T> dx = std::nullopt) {
     check_bound();
+    check_shape(site(), "x", x, -1, m_config.d_in);
     check_shape(site(), "dy", dy, x.rows(), m_config.d_out);
     if (m_store->trainable(m_weight))
       gemm<T>(Op::T, Op::N, T(1), dy, x, T(1), m_store->grad_matrix(m_weight));

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "pemoe/core/error.hpp"
+#include "pemoe/core/param_select.hpp"
 #include "pemoe/core/param_store.hpp"
 #include "pemoe/core/rng.hpp"
 
@@ -19,9 +20,10 @@ struct GradientMaskConfig {
   /// Probability that a step masks the central tensors. **0.5 is a guess**: the paper's value was not
   /// retrieved (spec §2.6); `p_b = 1` is MPOE's `--tensor_learn` (central always frozen), `p_b = 0` no mask.
   double p_b = 0.5;
-  /// On a masked step also leave the central tensors' optimizer moments untouched (as PyTorch's Adam does
-  /// for a parameter whose `.grad` is None). When false, the moments still absorb the step's gradient and
-  /// only the value update is skipped.
+  /// On a masked step treat the central tensors as PyTorch's AdamW treats a parameter whose `.grad` is None:
+  /// no moment update, no step-count increment, no weight decay (their bias correction later uses their own
+  /// count). When false, the moments still absorb the step's gradient (and the count advances with them);
+  /// only the value update, weight decay included, is skipped.
   bool mask_moments = true;
   /// Regex (std::regex_search) naming the shared central tensors; the default matches the central tensors
   /// of `MpoeFfn` (`<prefix>.wi.mpo.central`, `<prefix>.wo.mpo.central`).
@@ -47,11 +49,7 @@ class GradientMask {
       : m_config(config), m_rng(rng) {
     PEMOE_CHECK_CONFIG(config.p_b >= 0.0 && config.p_b <= 1.0, "GradientMask: p_b must be in [0, 1], got ",
                        config.p_b);
-    try {
-      m_regex = std::regex(config.pattern);
-    } catch (const std::regex_error& err) {
-      throw ConfigError("GradientMask: '" + config.pattern + "' is not a valid regex: " + err.what());
-    }
+    m_regex = compile_param_regex(config.pattern, "GradientMask");
   }
 
   /// Draws u for the next step; returns true when the central tensors are masked (u < p_b).
@@ -96,12 +94,9 @@ class GradientMask {
   template <class T>
   void refresh(const ParamStore<T>& store) {
     if (m_match.size() == store.size()) return;
-    m_match.assign(store.size(), false);
+    m_match = match_params(store, m_regex);
     bool any = false;
-    for (std::size_t i = 0; i < store.size(); ++i) {
-      m_match[i] = std::regex_search(store.entries()[i].name, m_regex);
-      any = any || m_match[i];
-    }
+    for (bool m : m_match) any = any || m;
     PEMOE_CHECK_CONFIG(any, "GradientMask: pattern '", m_config.pattern, "' matches none of the ",
                        store.size(), " parameters");
   }

@@ -41,6 +41,7 @@ struct RoutedLoraCache {
 template <class Derived, class T, class CacheT>
 class RoutedLoraLayer {
  public:
+  using Scalar = T;
   /// What forward saves for backward (reused across calls to avoid reallocations).
   using Cache = CacheT;
 
@@ -57,22 +58,26 @@ class RoutedLoraLayer {
   /// Router input = x.   x: (N, d_in) -> y: (N, d_out)
   void forward(ConstMatrixRef<T> x, MatrixRef<T> y, Cache& cache) {
     require_input(RouterInput::layer_input);
+    check_forward(x, x, y);
     derived().run_forward(x, x, y, cache);
   }
   /// Router input = u (N, d_u).
   void forward(ConstMatrixRef<T> x, ConstMatrixRef<T> u, MatrixRef<T> y, Cache& cache) {
     require_input(RouterInput::external);
+    check_forward(x, u, y);
     derived().run_forward(x, u, y, cache);
   }
   /// x: (N, d_in), dy: (N, d_out) -> dx: (N, d_in) (including the router's path).
   void backward(ConstMatrixRef<T> x, const Cache& cache, ConstMatrixRef<T> dy, GradOut<T> dx = std::nullopt) {
     require_input(RouterInput::layer_input);
+    check_backward(x, x, dy, dx, std::nullopt);
     derived().run_backward(x, x, cache, dy, dx, std::nullopt);
   }
   /// External router input: also writes du (N, d_u) when given.
   void backward(ConstMatrixRef<T> x, ConstMatrixRef<T> u, const Cache& cache, ConstMatrixRef<T> dy,
                 GradOut<T> dx = std::nullopt, GradOut<T> du = std::nullopt) {
     require_input(RouterInput::external);
+    check_backward(x, u, dy, dx, du);
     derived().run_backward(x, u, cache, dy, dx, du);
   }
 
@@ -128,6 +133,24 @@ class RoutedLoraLayer {
   static LinearConfig with_trainable(LinearConfig base, const LoraExpertsConfig& c) {
     base.trainable = c.base_trainable;
     return base;
+  }
+  // The shapes of every buffer forward reads or writes; y may alias neither x nor u (backward reads them).
+  void check_forward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& u, const MatrixRef<T>& y) const {
+    const Index n = x.rows();
+    check_shape(site(), "x", x, -1, m_base.config().d_in);
+    check_shape(site(), "router input u", u, n, m_router.config().d_in);
+    check_shape(site(), "y", y, n, m_base.config().d_out);
+    check_no_alias(site(), x, y);
+    check_no_alias(site(), u, y);
+  }
+  void check_backward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& u, const ConstMatrixRef<T>& dy,
+                      const GradOut<T>& dx, const GradOut<T>& du) const {
+    const Index n = x.rows();
+    check_shape(site(), "x", x, -1, m_base.config().d_in);
+    check_shape(site(), "router input u", u, n, m_router.config().d_in);
+    check_shape(site(), "dy", dy, n, m_base.config().d_out);
+    if (dx) check_shape(site(), "dx", *dx, n, m_base.config().d_in);
+    if (du) check_shape(site(), "du", *du, n, m_router.config().d_in);
   }
   void require_input(RouterInput in) const {
     PEMOE_CHECK_CONFIG(m_store != nullptr, m_kind, ": call register_params() before forward/backward");
