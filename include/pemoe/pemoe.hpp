@@ -44,8 +44,6 @@
 
 // io
 #include "pemoe/io/dtype.hpp"
-#include "pemoe/io/plot.hpp"
-#include "pemoe/io/png.hpp"
 #include "pemoe/io/safetensors.hpp"
 
 // train

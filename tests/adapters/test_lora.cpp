@@ -104,7 +104,7 @@ TEST_CASE("LoRA gradients pass the checker in double (frozen base, trainable bas
           });
       INFO(r.report());
       CHECK(r.ok(1e-6));
-      CHECK(r.checked == 28 + s.num_trainable());
+      CHECK(r.checked == 2 * (28 + s.num_trainable()));  // central differences + the twice-backward check
     }
   }
 }

@@ -351,7 +351,7 @@ TEST_CASE("IA3 gradients pass the checker (output, feedforward, standalone; froz
               });
           INFO(r.report());
           CHECK(r.ok(1e-6));
-          CHECK(r.checked == ntok * 6 + s.num_trainable());
+          CHECK(r.checked == 2 * (ntok * 6 + s.num_trainable()));  // central differences + the twice-backward check
         }
       }
 }

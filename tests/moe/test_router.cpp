@@ -228,7 +228,7 @@ TEST_CASE("Router gradients (gates + aux losses + router weights) pass the check
             });
         INFO(r.report());
         CHECK(r.ok(1e-6));
-        CHECK(r.checked == 30 + f.store.num_trainable());
+        CHECK(r.checked == 2 * (30 + f.store.num_trainable()));  // central differences + the twice-backward check
         if (mode == GateMode::noisy_topk && v.training) CHECK(c.load_prob.size() == 24);
       }
     }

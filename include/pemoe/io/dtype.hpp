@@ -3,9 +3,11 @@
 /// including IEEE half (F16), bfloat16 (BF16) and the two 8-bit float formats.
 ///
 /// Every conversion here is exact where the target can hold the value and rounds to nearest-even
-/// otherwise (float → F16 / BF16), the same as PyTorch's `.half()` / `.bfloat16()`.
+/// otherwise (float → F16 / BF16), the same as PyTorch's `.half()` / `.bfloat16()`. F16 and BF16 go
+/// through `Eigen::half` and `Eigen::bfloat16` (no hand-written rounding).
 #pragma once
 
+#include <Eigen/Core>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -168,68 +170,26 @@ constexpr Dtype dtype_of() {
   }
 }
 
-namespace detail {
-
-inline std::uint32_t float_bits(float f) {
-  std::uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
-}
-inline float bits_float(std::uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-
-}  // namespace detail
-
-/// IEEE half bits → float (exact; subnormals, inf and NaN preserved).
+/// IEEE half bits → float (exact; subnormals, inf and NaN preserved). Uses `Eigen::half`.
 inline float half_to_float(std::uint16_t h) {
-  // F. Giesen's branch-light conversion: move exponent and mantissa into place, then fix the two
-  // special exponents (0: zero/subnormal, renormalised by a float subtraction; 31: inf/NaN).
-  const std::uint32_t shifted_exp = 0x7c00u << 13;
-  std::uint32_t o = (static_cast<std::uint32_t>(h) & 0x7fffu) << 13;
-  const std::uint32_t exp = shifted_exp & o;
-  o += (127u - 15u) << 23;
-  if (exp == shifted_exp) {
-    o += (128u - 16u) << 23;
-  } else if (exp == 0) {
-    o += 1u << 23;
-    o = detail::float_bits(detail::bits_float(o) - detail::bits_float(113u << 23));
-  }
-  o |= (static_cast<std::uint32_t>(h) & 0x8000u) << 16;
-  return detail::bits_float(o);
+  return static_cast<float>(Eigen::numext::bit_cast<Eigen::half>(h));
 }
 
-/// float → IEEE half bits, rounding to nearest-even; overflow gives ±inf, NaN stays a (quiet) NaN.
+/// float → IEEE half bits, rounding to nearest-even; overflow gives ±inf, NaN stays a (quiet) NaN with its
+/// sign. Uses `Eigen::half` (F16C instructions where the build enables them, else Eigen's portable code).
 inline std::uint16_t float_to_half(float f) {
-  std::uint32_t u = detail::float_bits(f);
-  const std::uint32_t sign = u & 0x80000000u;
-  u ^= sign;
-  std::uint32_t o;
-  if (u >= (127u + 16u) << 23) {  // |f| >= 65536, inf or NaN
-    o = u > (255u << 23) ? 0x7e00u : 0x7c00u;
-  } else if (u < (113u << 23)) {  // result is a half subnormal or zero: let float addition round
-    const std::uint32_t magic = ((127u - 15u) + (23u - 10u) + 1u) << 23;
-    o = detail::float_bits(detail::bits_float(u) + detail::bits_float(magic)) - magic;
-  } else {
-    const std::uint32_t mant_odd = (u >> 13) & 1u;
-    u += (static_cast<std::uint32_t>(15 - 127) << 23) + 0xfffu + mant_odd;
-    o = u >> 13;  // a carry out of the mantissa rounds up to the next exponent (or to inf)
-  }
-  return static_cast<std::uint16_t>(o | (sign >> 16));
+  return Eigen::numext::bit_cast<std::uint16_t>(Eigen::half(f));
 }
 
-/// bfloat16 bits → float (exact).
+/// bfloat16 bits → float (exact). Uses `Eigen::bfloat16`.
 inline float bf16_to_float(std::uint16_t b) {
-  return detail::bits_float(static_cast<std::uint32_t>(b) << 16);
+  return static_cast<float>(Eigen::numext::bit_cast<Eigen::bfloat16>(b));
 }
 
-/// float → bfloat16 bits, rounding to nearest-even; NaN stays a (quiet) NaN.
+/// float → bfloat16 bits, rounding to nearest-even (overflow gives ±inf); NaN becomes the quiet NaN
+/// 0x7fc0 / 0xffc0 (its sign kept). Uses `Eigen::bfloat16`.
 inline std::uint16_t float_to_bf16(float f) {
-  const std::uint32_t u = detail::float_bits(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((u >> 16) | 0x40u);
-  return static_cast<std::uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+  return Eigen::numext::bit_cast<std::uint16_t>(Eigen::bfloat16(f));
 }
 
 /// F8_E5M2 bits → float (exact: it is the upper byte of a half).

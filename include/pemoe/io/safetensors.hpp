@@ -24,8 +24,10 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <functional>
+#include <iterator>
 #include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -69,16 +71,31 @@ inline std::string name_list(const std::vector<std::string>& names, std::size_t 
   return s.empty() ? "(none)" : s;
 }
 
-/// Reads a whole file; throws `IoError` naming it when it cannot be opened or read.
+/// Reads a whole file; throws `IoError` naming it when it cannot be opened or read, or is a directory.
+/// A regular file is read with one allocation of its size; anything else (a pipe) is read as a stream.
 inline std::vector<unsigned char> read_file_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary | std::ios::ate);
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::file_status st = fs::status(path, ec);
+  if (!ec && fs::is_directory(st)) throw IoError("cannot read '" + path + "': it is a directory, not a file");
+  std::ifstream in(path, std::ios::binary);
   if (!in) throw IoError("cannot open '" + path + "' for reading: " + std::strerror(errno));
-  const std::streamoff size = in.tellg();
-  PEMOE_CHECK_AS(IoError, size >= 0, "cannot determine the size of '", path, "' (is it a regular file?)");
-  std::vector<unsigned char> bytes(static_cast<std::size_t>(size));
-  in.seekg(0);
-  if (size > 0) in.read(reinterpret_cast<char*>(bytes.data()), size);
-  PEMOE_CHECK_AS(IoError, in.good() || (size == 0), "could not read all ", size, " bytes of '", path, "'");
+  std::vector<unsigned char> bytes;
+  if (!ec && fs::is_regular_file(st)) {
+    const std::uintmax_t size = fs::file_size(path, ec);
+    PEMOE_CHECK_AS(IoError, !ec, "cannot determine the size of '", path, "': ", ec.message());
+    PEMOE_CHECK_AS(IoError,
+                   size <= bytes.max_size() &&
+                       size <= static_cast<std::uintmax_t>(std::numeric_limits<std::streamsize>::max()),
+                   "'", path, "' is ", size, " bytes, more than this machine can hold in memory");
+    bytes.resize(static_cast<std::size_t>(size));
+    if (size > 0) in.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(size));
+    PEMOE_CHECK_AS(IoError, size == 0 || (in.good() && in.gcount() == static_cast<std::streamsize>(size)),
+                   "could not read all ", size, " bytes of '", path, "' (was it changed while being read?)");
+  } else {
+    bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    PEMOE_CHECK_AS(IoError, !in.bad(), "could not read '", path, "'");
+  }
   return bytes;
 }
 
@@ -337,22 +354,31 @@ class SafetensorsFile {
     const auto& sh = field("shape");
     if (!sh.is_array()) fail(t + " has a shape that is not an array");
     const std::size_t buffer = m_bytes.size() - data_start();
+    // Every extent, and the product of the non-zero ones times the element size, must fit a signed 64-bit
+    // index: then no element count, stride or byte count computed from the shape can overflow, even for an
+    // empty tensor whose other extents are huge.
+    constexpr std::uint64_t index_max = static_cast<std::uint64_t>(std::numeric_limits<Index>::max());
+    std::uint64_t nonzero = dtype_size(ti.dtype);  // bytes of the non-zero extents' product
+    bool any_zero = false;
     for (const auto& d : sh) {
-      if (!d.is_number_unsigned())
+      if (!d.is_number_unsigned())  // a negative, fractional or too large (> 2^64) number, or not a number
         fail(t + " has shape " + sh.dump() + "; extents must be non-negative integers");
-      ti.shape.push_back(static_cast<Index>(d.get<std::uint64_t>()));
+      const std::uint64_t v = d.get<std::uint64_t>();
+      if (v > index_max)
+        fail(t + " has shape " + sh.dump() + " with an extent of " + std::to_string(v) +
+             ", above the largest supported extent 2^63 - 1; the header is corrupt");
+      if (v == 0) {
+        any_zero = true;
+      } else if (nonzero > index_max / v) {
+        fail(t + " has shape " + sh.dump() + ": the product of its non-zero extents times the " +
+             std::to_string(dtype_size(ti.dtype)) + "-byte size of " + dtype_name(ti.dtype) +
+             " exceeds 2^63 - 1 bytes; the header is corrupt");
+      } else {
+        nonzero *= v;
+      }
+      ti.shape.push_back(static_cast<Index>(v));
     }
-    // numel * element size, or "too big" when it would overflow (it cannot match any real offsets then).
-    const bool any_zero = std::any_of(ti.shape.begin(), ti.shape.end(), [](Index d) { return d == 0; });
-    std::size_t expected = any_zero ? 0 : dtype_size(ti.dtype);
-    bool huge = false;
-    for (Index d : ti.shape) {
-      if (any_zero) break;
-      const auto v = static_cast<std::size_t>(d);
-      if (expected > std::numeric_limits<std::size_t>::max() / v) huge = true;  // would overflow
-      if (huge) break;
-      expected *= v;
-    }
+    const std::uint64_t expected = any_zero ? 0 : nonzero;
     const auto& off = field("data_offsets");
     if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() || !off[1].is_number_unsigned())
       fail(t + " has data_offsets " + off.dump() + "; expected two non-negative integers [begin, end]");
@@ -365,11 +391,11 @@ class SafetensorsFile {
            "-byte data buffer; the file is truncated (re-download or re-export it)");
     ti.begin = static_cast<std::size_t>(b);
     ti.end = static_cast<std::size_t>(e);
-    if (huge || expected != ti.nbytes())
+    if (expected != e - b)
       fail(t + " has shape " + shape_string(ti.shape) + " of " + dtype_name(ti.dtype) + " = " +
-           (huge ? std::string("more than 2^64") : std::to_string(expected)) +
-           " bytes, but its data_offsets [" + std::to_string(b) + ", " + std::to_string(e) + "] span " +
-           std::to_string(ti.nbytes()) + " bytes; the header is inconsistent (re-export the file)");
+           std::to_string(expected) + " bytes, but its data_offsets [" + std::to_string(b) + ", " +
+           std::to_string(e) + "] span " + std::to_string(ti.nbytes()) +
+           " bytes; the header is inconsistent (re-export the file)");
     return ti;
   }
 
@@ -410,7 +436,7 @@ class SafetensorsWriter {
     const Index n = shape_size(shape);
     PEMOE_CHECK_CONFIG(n == 0 || data != nullptr, "SafetensorsWriter: tensor '", name, "' has ", n,
                        " elements but a null data pointer");
-    e.bytes.resize(static_cast<std::size_t>(n) * dtype_size(dtype));
+    e.bytes.resize(e.nbytes);
     if (dtype == dtype_of<T>()) {
       if (data != nullptr) std::memcpy(e.bytes.data(), data, e.bytes.size());
       return;
@@ -431,7 +457,7 @@ class SafetensorsWriter {
   /// Adds already-encoded little-endian bytes of `dtype` (e.g. a tensor copied from another file).
   void add_raw(const std::string& name, Dtype dtype, const Shape& shape, const void* bytes,
                std::size_t nbytes) {
-    const std::size_t expected = static_cast<std::size_t>(shape_size(shape)) * dtype_size(dtype);
+    const std::size_t expected = checked_nbytes(name, dtype, shape);
     PEMOE_CHECK_SHAPE(nbytes == expected, "SafetensorsWriter: tensor '", name, "' of shape ",
                       shape_string(shape), " and dtype ", dtype_name(dtype), " needs ", expected,
                       " bytes, got ", nbytes);
@@ -502,19 +528,42 @@ class SafetensorsWriter {
     std::string name;
     Dtype dtype;
     Shape shape;
+    std::size_t nbytes;  // numel · dtype size
     std::vector<unsigned char> bytes;
   };
+
+  /// numel · dtype size; `ShapeError` naming the tensor when an extent is negative or when the product of
+  /// the non-zero extents times the dtype size exceeds 2^63 - 1 (the limit `SafetensorsFile` reads).
+  static std::size_t checked_nbytes(const std::string& name, Dtype dtype, const Shape& shape) {
+    constexpr Index index_max = std::numeric_limits<Index>::max();
+    auto nonzero = static_cast<Index>(dtype_size(dtype));
+    bool any_zero = false;
+    for (Index d : shape) {
+      PEMOE_CHECK_SHAPE(d >= 0, "SafetensorsWriter: tensor '", name, "' has shape ", shape_string(shape),
+                        "; extents must be non-negative");
+      PEMOE_CHECK_SHAPE(d == 0 || nonzero <= index_max / d, "SafetensorsWriter: tensor '", name,
+                        "' of shape ", shape_string(shape), " and dtype ", dtype_name(dtype),
+                        " would take more than 2^63 - 1 bytes");
+      if (d == 0)
+        any_zero = true;
+      else
+        nonzero *= d;
+    }
+    if constexpr (sizeof(std::size_t) < sizeof(Index))  // 32-bit machines
+      PEMOE_CHECK_SHAPE(nonzero <= static_cast<Index>(std::numeric_limits<std::size_t>::max()),
+                        "SafetensorsWriter: tensor '", name, "' of shape ", shape_string(shape),
+                        " does not fit this machine's address space");
+    return any_zero ? 0 : static_cast<std::size_t>(nonzero);
+  }
 
   Entry& new_entry(const std::string& name, Dtype dtype, const Shape& shape) {
     PEMOE_CHECK_CONFIG(!name.empty(), "SafetensorsWriter: a tensor needs a non-empty name");
     PEMOE_CHECK_CONFIG(name != "__metadata__",
                        "SafetensorsWriter: '__metadata__' is reserved; use set_metadata");
     PEMOE_CHECK_CONFIG(m_index.count(name) == 0, "SafetensorsWriter: tensor '", name, "' is added twice");
-    for (Index d : shape)
-      PEMOE_CHECK_SHAPE(d >= 0, "SafetensorsWriter: tensor '", name, "' has shape ", shape_string(shape),
-                        "; extents must be non-negative");
+    const std::size_t nbytes = checked_nbytes(name, dtype, shape);
     m_index.emplace(name, m_entries.size());
-    m_entries.push_back(Entry{name, dtype, shape, {}});
+    m_entries.push_back(Entry{name, dtype, shape, nbytes, {}});
     return m_entries.back();
   }
 

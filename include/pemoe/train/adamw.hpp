@@ -1,8 +1,11 @@
 /// @file adamw.hpp
-/// @brief AdamW over a `ParamStore`'s flat gradient arena (Loshchilov & Hutter 2019, arXiv 1711.05101).
+/// @brief AdamW over a `ParamStore` with PyTorch's per-parameter state (Loshchilov & Hutter 2019,
+/// arXiv 1711.05101; `torch.optim.AdamW`).
 #pragma once
 
 #include <cmath>
+#include <cstddef>
+#include <utility>
 #include <vector>
 
 #include "pemoe/core/error.hpp"
@@ -16,76 +19,130 @@ struct AdamWConfig {
   double beta1 = 0.9;
   double beta2 = 0.999;
   double eps = 1e-8;
-  double weight_decay = 0.01;  ///< decoupled: w -= lr·wd·w
+  double weight_decay = 0.01;  ///< decoupled: w ← w·(1 − lr·wd) before the Adam step
 };
 
 /**
- * @brief AdamW: for every trainable scalar w with gradient g,
- * @f$ m \leftarrow \beta_1 m + (1-\beta_1) g,\; v \leftarrow \beta_2 v + (1-\beta_2) g^2,\;
- * w \leftarrow w - \eta\,(\hat m / (\sqrt{\hat v} + \epsilon) + \lambda w) @f$
- * with bias corrections @f$ \hat m = m/(1-\beta_1^t) @f$, @f$ \hat v = v/(1-\beta_2^t) @f$.
+ * @brief AdamW with the semantics of `torch.optim.AdamW` (amsgrad off): for every updated parameter, with
+ * its own step count t (incremented first) and gradient g,
+ * @f$ w \leftarrow w\,(1 - \eta\lambda),\; m \leftarrow \beta_1 m + (1-\beta_1) g,\;
+ * v \leftarrow \beta_2 v + (1-\beta_2) g^2,\;
+ * w \leftarrow w - \frac{\eta}{1-\beta_1^t}\, \frac{m}{\sqrt{v}/\sqrt{1-\beta_2^t} + \epsilon} @f$.
  *
- * The moments live in two arenas parallel to the store's gradient arena; the update is one flat loop.
- * `skip(regex)`-style masking (e.g. MPOE's gradient mask) is done by `step(mask)` with a per-parameter flag.
- * If the store's trainable set changes, call `reset()` (moments are laid out like the gradient arena).
+ * State is per parameter (PyTorch's `state[p]`: `step`, `exp_avg`, `exp_avg_sq`), created at the parameter's
+ * first update and kept in double. A parameter that a step does not update — frozen, or skipped by the
+ * `update` mask of `step` (MPOE's `GradientMask`) — is treated as PyTorch treats a parameter whose `.grad`
+ * is None: no moment update, no step increment, no weight decay; when it is updated again, its bias
+ * correction uses its own count. Because the state is keyed by `ParamId`, changing the trainable set
+ * (`set_trainable`) needs no `reset()`: a re-enabled parameter resumes from its own state.
+ *
+ * Cost per step: one pass over the updated parameters' values, gradients and moments (4 reads, 3 writes
+ * per scalar); memory: two doubles per scalar ever updated.
  */
 template <class T>
 class AdamW {
  public:
+  /// Optimizer state of one parameter (PyTorch `state[p]`); empty until its first update.
+  struct ParamState {
+    long step = 0;                   ///< updates this parameter has received (`state['step']`)
+    std::vector<double> exp_avg;     ///< first moment m (`exp_avg`), the parameter's size once updated
+    std::vector<double> exp_avg_sq;  ///< second moment v (`exp_avg_sq`)
+  };
+
   explicit AdamW(const AdamWConfig& config = {}) : m_config(config) {
     PEMOE_CHECK_CONFIG(config.lr >= 0 && config.beta1 >= 0 && config.beta1 < 1 && config.beta2 >= 0 &&
-                           config.beta2 < 1 && config.eps > 0,
-                       "AdamW: need lr >= 0, 0 <= beta1, beta2 < 1, eps > 0");
+                           config.beta2 < 1 && config.eps > 0 && config.weight_decay >= 0,
+                       "AdamW: need lr >= 0, 0 <= beta1, beta2 < 1, eps > 0, weight_decay >= 0");
   }
 
-  /// One update of every trainable parameter; `update[i] == false` skips parameter `i` (its value
-  /// and, unless `keep_moments_of_skipped` is false, its moments). An empty mask updates all.
+  /**
+   * @brief One optimizer step over every trainable parameter of `store`.
+   *
+   * `update` (empty: all) has one flag per parameter (`store.size()`, e.g. from `GradientMask::next`);
+   * a parameter whose flag is false is skipped as described in the class comment. With
+   * `keep_moments_of_skipped == false` a skipped parameter's moments still absorb its gradient (and its step
+   * count advances with them, so the bias correction stays that of its moments); only its value update,
+   * weight decay included, is skipped.
+   * Throws `ConfigError` when `update` has the wrong length or when the store is not the one the state
+   * was built for (a parameter's size differs from its state's).
+   */
   void step(ParamStore<T>& store, const std::vector<bool>& update = {}, bool keep_moments_of_skipped = true) {
-    const auto n = static_cast<std::size_t>(store.num_trainable());
-    if (m_m.size() != n) {
-      PEMOE_CHECK_CONFIG(m_t == 0, "AdamW: the store's trainable parameters changed after ", m_t,
-                         " steps; call reset() after set_trainable()");
-      m_m.assign(n, 0.0);
-      m_v.assign(n, 0.0);
-    }
-    ++m_t;
-    const double b1 = m_config.beta1, b2 = m_config.beta2;
-    const double c1 = 1.0 - std::pow(b1, double(m_t)), c2 = 1.0 - std::pow(b2, double(m_t));
+    PEMOE_CHECK_CONFIG(update.empty() || update.size() == store.size(), "AdamW: the update mask has ",
+                       update.size(), " flags, the store ", store.size(), " parameters");
+    PEMOE_CHECK_CONFIG(store.size() >= m_state.size(), "AdamW: the store has ", store.size(),
+                       " parameters, the optimizer state ", m_state.size(), "; call reset() for a new store");
     const auto& entries = store.entries();
+    for (std::size_t p = 0; p < entries.size() && p < m_state.size(); ++p)
+      PEMOE_CHECK_CONFIG(m_state[p].exp_avg.empty() || Index(m_state[p].exp_avg.size()) == entries[p].size,
+                         "AdamW: parameter '", entries[p].name, "' has ", entries[p].size,
+                         " values, its optimizer state ", m_state[p].exp_avg.size(),
+                         "; call reset() for a new store");
+    m_state.resize(store.size());
+    ++m_calls;
+    const double b1 = m_config.beta1, b2 = m_config.beta2, lr = m_config.lr;
     for (std::size_t p = 0; p < entries.size(); ++p) {
       const auto& e = entries[p];
-      if (!e.trainable) continue;
+      if (!e.trainable) continue;  // no gradient: untouched, like `.grad is None`
       const bool skip = !update.empty() && !update[p];
       if (skip && keep_moments_of_skipped) continue;
+      ParamState& st = m_state[p];
+      if (st.exp_avg.empty()) {
+        st.exp_avg.assign(std::size_t(e.size), 0.0);
+        st.exp_avg_sq.assign(std::size_t(e.size), 0.0);
+      }
+      ++st.step;
       T* w = store.values().data() + e.offset;
       const T* g = store.grads().data() + e.grad_offset;
-      double* m = m_m.data() + e.grad_offset;
-      double* v = m_v.data() + e.grad_offset;
+      double* m = st.exp_avg.data();
+      double* v = st.exp_avg_sq.data();
+      const double t = double(st.step);
+      const double step_size = lr / (1.0 - std::pow(b1, t));
+      const double bc2_sqrt = std::sqrt(1.0 - std::pow(b2, t));
+      const double decay = 1.0 - lr * m_config.weight_decay;
       for (Index i = 0; i < e.size; ++i) {
         const double gi = static_cast<double>(g[i]);
-        m[i] = b1 * m[i] + (1.0 - b1) * gi;
+        m[i] += (1.0 - b1) * (gi - m[i]);  // exp_avg.lerp_(grad, 1 - beta1)
         v[i] = b2 * v[i] + (1.0 - b2) * gi * gi;
         if (skip) continue;
-        const double upd = (m[i] / c1) / (std::sqrt(v[i] / c2) + m_config.eps);
-        w[i] = static_cast<T>(w[i] - m_config.lr * (upd + m_config.weight_decay * w[i]));
+        const double denom = std::sqrt(v[i]) / bc2_sqrt + m_config.eps;
+        w[i] = static_cast<T>(static_cast<double>(w[i]) * decay - step_size * m[i] / denom);
       }
     }
   }
 
-  /// Forgets the moments and the step count.
-  void reset() {
-    m_m.clear();
-    m_v.clear();
-    m_t = 0;
+  /// The state of parameter `id`: step 0 and empty moments before its first update (or for an id the
+  /// optimizer has not seen yet).
+  const ParamState& state(ParamId id) const {
+    static const ParamState empty;
+    return id < m_state.size() ? m_state[id] : empty;
   }
-  long steps() const { return m_t; }
+  /// Updates parameter `id` has received (0 for one never updated or never seen).
+  long step_count(ParamId id) const { return id < m_state.size() ? m_state[id].step : 0; }
+  /// Replaces the state of parameter `id` (checkpoint loading); the moments must be empty or both of size
+  /// `size` of the parameter they belong to, which the next `step` checks.
+  void set_state(ParamId id, ParamState state) {
+    PEMOE_CHECK_CONFIG(
+        state.exp_avg.size() == state.exp_avg_sq.size() && state.step >= 0 &&
+            (state.step > 0) == !state.exp_avg.empty(),
+        "AdamW::set_state: need step >= 0 and two moments of one size, non-empty iff step > 0");
+    if (id >= m_state.size()) m_state.resize(id + 1);
+    m_state[id] = std::move(state);
+  }
+
+  /// Forgets every parameter's state and the call count.
+  void reset() {
+    m_state.clear();
+    m_calls = 0;
+  }
+  /// Number of `step()` calls since construction or `reset()`.
+  long steps() const { return m_calls; }
   void set_lr(double lr) { m_config.lr = lr; }
   const AdamWConfig& config() const { return m_config; }
 
  private:
   AdamWConfig m_config;
-  std::vector<double> m_m, m_v;
-  long m_t = 0;
+  std::vector<ParamState> m_state;  ///< indexed by ParamId
+  long m_calls = 0;
 };
 
 }  // namespace pemoe

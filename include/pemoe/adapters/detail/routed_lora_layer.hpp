@@ -137,7 +137,8 @@ class RoutedLoraLayer {
   // The shapes of every buffer forward reads or writes; y may alias neither x nor u (backward reads them).
   void check_forward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& u, const MatrixRef<T>& y) const {
     const Index n = x.rows();
-    check_shape(site(), "x", x, -1, m_base.config().d_in);
+    PEMOE_CHECK_SHAPE(x.cols() == m_base.config().d_in, site(), ": x has ", x.cols(), " features, layer expects ",
+                      m_base.config().d_in);
     check_shape(site(), "router input u", u, n, m_router.config().d_in);
     check_shape(site(), "y", y, n, m_base.config().d_out);
     check_no_alias(site(), x, y);
