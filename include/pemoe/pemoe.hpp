@@ -47,5 +47,10 @@
 #include "pemoe/io/safetensors.hpp"
 
 // train
+#include "pemoe/train/adafactor.hpp"
 #include "pemoe/train/adamw.hpp"
+#include "pemoe/train/clip.hpp"
 #include "pemoe/train/gradient_mask.hpp"
+#include "pemoe/train/param_groups.hpp"
+#include "pemoe/train/schedule.hpp"
+#include "pemoe/train/sgd.hpp"
