@@ -34,12 +34,14 @@ constexpr Index kRows = 33, kIn = 40, kOut = 48;
 template <class L, class = void>
 struct has_aux : std::false_type {};
 template <class L>
-struct has_aux<L, std::void_t<decltype(std::declval<const L&>().aux_loss(std::declval<const typename L::Cache&>()))>>
+struct has_aux<
+    L, std::void_t<decltype(std::declval<const L&>().aux_loss(std::declval<const typename L::Cache&>()))>>
     : std::true_type {};
 
 // Gradient check of any layer; the checked loss includes the layer's aux loss when it has one.
 template <class L>
-testing::GradcheckResult check(ParamStore<double>& s, L& layer, Index d_in, Index d_out, std::uint64_t seed = 3) {
+testing::GradcheckResult check(ParamStore<double>& s, L& layer, Index d_in, Index d_out,
+                               std::uint64_t seed = 3) {
   typename L::Cache c;
   testing::GradcheckOptions o;
   o.h = 1e-5;
@@ -54,11 +56,14 @@ testing::GradcheckResult check(ParamStore<double>& s, L& layer, Index d_in, Inde
         else
           return 0.0;
       },
-      [&](const Matrix<double>& x, const Matrix<double>& dy, Matrix<double>& dx) { layer.backward(x, c, dy, dx); },
+      [&](const Matrix<double>& x, const Matrix<double>& dy, Matrix<double>& dx) {
+        layer.backward(x, c, dy, dx);
+      },
       o);
 }
 
-// Registers, randomises (so zero-initialised tensors hide nothing) and checks; then the shape and alias errors.
+// Registers, randomises (so zero-initialised tensors hide nothing) and checks; then the shape and alias
+// errors.
 template <class L>
 void contract_case(const std::string& kind, L layer, Index d_in, Index d_out, double tol = 1e-6) {
   ParamStore<double> s;
@@ -71,7 +76,8 @@ void contract_case(const std::string& kind, L layer, Index d_in, Index d_out, do
   CHECK(r.checked > 2 * kRows);
 
   typename L::Cache c;
-  const Matrix<double> x = testing::random_matrix(kRows, d_in, 4), dy = testing::random_matrix(kRows, d_out, 5);
+  const Matrix<double> x = testing::random_matrix(kRows, d_in, 4),
+                       dy = testing::random_matrix(kRows, d_out, 5);
   Matrix<double> y(kRows, d_out), y_bad(kRows, d_out + 1), dx(kRows, d_in), dx_bad(kRows - 1, d_in);
   const Matrix<double> x_bad = testing::random_matrix(kRows, d_in + 1, 6);
   auto throws_naming_layer = [&](auto&& call, const char* what) {

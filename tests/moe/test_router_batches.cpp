@@ -69,7 +69,8 @@ TEST_CASE("Router token mask: padding changes neither the aux losses nor their g
     CHECK(got.aux.load == Approx(ref.aux.load).epsilon(1e-13));
     CHECK(got.aux.weighted == Approx(ref.aux.weighted).epsilon(1e-13));
     REQUIRE(got.grads.size() == ref.grads.size());
-    for (std::size_t i = 0; i < ref.grads.size(); ++i) CHECK(got.grads[i] == Approx(ref.grads[i]).margin(1e-13));
+    for (std::size_t i = 0; i < ref.grads.size(); ++i)
+      CHECK(got.grads[i] == Approx(ref.grads[i]).margin(1e-13));
     for (Index t = 0, i = 0; t < 14; ++t) {
       if (mask[std::size_t(t)])
         CHECK(testing::max_abs_diff(got.du.row(t), ref.du.row(i++)) < 1e-13);

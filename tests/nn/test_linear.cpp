@@ -10,7 +10,8 @@
 using namespace pemoe;
 
 static_assert(is_layer_v<Linear<float>> && is_layer_v<Linear<double>>, "Linear follows the layer contract");
-static_assert(is_layer_v<Dropout<float>> && is_layer_v<Dropout<double>>, "Dropout follows the layer contract");
+static_assert(is_layer_v<Dropout<float>> && is_layer_v<Dropout<double>>,
+              "Dropout follows the layer contract");
 static const testing::GradcheckOptions big_step = [] {
   testing::GradcheckOptions o;
   o.h = 1e-4;
@@ -44,26 +45,26 @@ TEST_CASE("Linear forward equals the naive loop") {
 TEST_CASE("Linear gradients (trainable weight and bias, dx) pass the checker in double") {
   // (6 -> 4) exercises the tails; (37 -> 48) over 33 rows fills whole SIMD blocks and the GEMM fallback.
   for (auto [d_in, d_out, rows] : {std::array<Index, 3>{6, 4, 3}, std::array<Index, 3>{37, 48, 33}})
-  for (bool bias : {true, false}) {
-    ParamStore<double> s;
-    Rng rng(1);
-    Linear<double> lin({d_in, d_out, bias});
-    lin.register_params(s, "fc", rng);
-    Linear<double>::Cache c;
-    const auto r = testing::gradcheck(
-        s, testing::random_matrix(rows, d_in, 5),
-        [&](const Matrix<double>& x, Matrix<double>& y) {
-          y.resize(x.rows(), d_out);
-          lin.forward(x, y, c);
-          return 0.0;
-        },
-        [&](const Matrix<double>& x, const Matrix<double>& dy, Matrix<double>& dx) {
-          lin.backward(x, c, dy, dx);
-        },
-        big_step);  // the loss sums 33·48 terms: a larger step keeps rounding below the tolerance
-    INFO(r.report());
-    CHECK(r.ok(1e-6));
-  }
+    for (bool bias : {true, false}) {
+      ParamStore<double> s;
+      Rng rng(1);
+      Linear<double> lin({d_in, d_out, bias});
+      lin.register_params(s, "fc", rng);
+      Linear<double>::Cache c;
+      const auto r = testing::gradcheck(
+          s, testing::random_matrix(rows, d_in, 5),
+          [&](const Matrix<double>& x, Matrix<double>& y) {
+            y.resize(x.rows(), d_out);
+            lin.forward(x, y, c);
+            return 0.0;
+          },
+          [&](const Matrix<double>& x, const Matrix<double>& dy, Matrix<double>& dx) {
+            lin.backward(x, c, dy, dx);
+          },
+          big_step);  // the loss sums 33·48 terms: a larger step keeps rounding below the tolerance
+      INFO(r.report());
+      CHECK(r.ok(1e-6));
+    }
 }
 
 TEST_CASE("Linear frozen: no gradient buffer, dx still correct; skipping dx works") {
@@ -130,7 +131,9 @@ TEST_CASE("Dropout gradient passes the checker (mask regenerated in backward)") 
         d.forward(x, y, c);
         return 0.0;
       },
-      [&](const Matrix<double>& x, const Matrix<double>& dy, Matrix<double>& dx) { d.backward(x, c, dy, dx); });
+      [&](const Matrix<double>& x, const Matrix<double>& dy, Matrix<double>& dx) {
+        d.backward(x, c, dy, dx);
+      });
   INFO(r.report());
   CHECK(r.ok(1e-7));
 }

@@ -47,9 +47,9 @@ struct LoraConfig {
  * default, named as in the Hugging Face checkpoint so pretrained weights load unchanged),
  * `<prefix>.lora_A.weight` `(r, d_in)`, `<prefix>.lora_B.weight` `(d_out, r)`.
  *
- * Shapes: x (N, d_in) -> y (N, d_out). Cache: `h = dropout(x)·Aᵀ` (N, r), dropout(x) (N, d_in) when dropout is
- * active (the mask itself is regenerated in backward).
- * Cost beyond the base layer: forward 2·N·r·(d_in + d_out), backward twice that (+ N·d_in for dropout).
+ * Shapes: x (N, d_in) -> y (N, d_out). Cache: `h = dropout(x)·Aᵀ` (N, r), dropout(x) (N, d_in) when dropout
+ * is active (the mask itself is regenerated in backward). Cost beyond the base layer: forward 2·N·r·(d_in +
+ * d_out), backward twice that (+ N·d_in for dropout).
  *
  * `merge()` adds s·B·A into the base weight (inference; forward then skips the branch); `unmerge()`
  * subtracts it again, restoring the weight to float rounding. Backward on a merged layer throws.

@@ -3,10 +3,10 @@
 /// 2309.05444), computed as one LoRA of rank E·r with a gated hidden layer.
 #pragma once
 
+#include "pemoe/adapters/detail/routed_lora_layer.hpp"
 #include "pemoe/core/error.hpp"
 #include "pemoe/core/gemm.hpp"
 #include "pemoe/core/tensor.hpp"
-#include "pemoe/adapters/detail/routed_lora_layer.hpp"
 
 namespace pemoe {
 

@@ -8,14 +8,14 @@
 #include <string>
 #include <vector>
 
+#include "pemoe/core/detail/parallel_rows.hpp"
+#include "pemoe/core/detail/skinny_gemm.hpp"
 #include "pemoe/core/error.hpp"
 #include "pemoe/core/gemm.hpp"
 #include "pemoe/core/layer.hpp"
 #include "pemoe/core/param_store.hpp"
 #include "pemoe/core/rng.hpp"
 #include "pemoe/core/tensor.hpp"
-#include "pemoe/core/detail/parallel_rows.hpp"
-#include "pemoe/core/detail/skinny_gemm.hpp"
 #include "pemoe/moe/router.hpp"
 #include "pemoe/nn/linear.hpp"
 

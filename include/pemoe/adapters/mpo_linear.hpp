@@ -14,9 +14,9 @@
 #include "pemoe/core/param_store.hpp"
 #include "pemoe/core/rng.hpp"
 #include "pemoe/core/tensor.hpp"
-#include "pemoe/mpo/detail/mpo_chain.hpp"
 #include "pemoe/mpo/contract.hpp"
 #include "pemoe/mpo/decompose.hpp"
+#include "pemoe/mpo/detail/mpo_chain.hpp"
 #include "pemoe/mpo/shape.hpp"
 
 namespace pemoe {

@@ -16,9 +16,9 @@
 #include "pemoe/core/param_store.hpp"
 #include "pemoe/core/rng.hpp"
 #include "pemoe/core/tensor.hpp"
-#include "pemoe/mpo/detail/mpo_chain.hpp"
-#include "pemoe/mpo/decompose.hpp"
 #include "pemoe/moe/router.hpp"
+#include "pemoe/mpo/decompose.hpp"
+#include "pemoe/mpo/detail/mpo_chain.hpp"
 #include "pemoe/mpo/shape.hpp"
 
 namespace pemoe {
@@ -309,9 +309,7 @@ class MpoeFfn {
   void check_bound() const {
     PEMOE_CHECK_CONFIG(m_store != nullptr, "MpoeFfn: call register_params() before using the layer");
   }
-  T gate(const Cache& cache, Index t) const {
-    return cache.gates(t, cache.expert[std::size_t(t)]);
-  }
+  T gate(const Cache& cache, Index t) const { return cache.gates(t, cache.expert[std::size_t(t)]); }
   std::vector<detail::CoreView<T>> views(int w, Index e) const {
     const Mat& m = m_mat[w];
     std::vector<detail::CoreView<T>> v;

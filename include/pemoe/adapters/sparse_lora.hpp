@@ -6,11 +6,11 @@
 #include <algorithm>
 #include <vector>
 
+#include "pemoe/adapters/detail/routed_lora_layer.hpp"
+#include "pemoe/core/detail/parallel_rows.hpp"
 #include "pemoe/core/error.hpp"
 #include "pemoe/core/gemm.hpp"
 #include "pemoe/core/tensor.hpp"
-#include "pemoe/core/detail/parallel_rows.hpp"
-#include "pemoe/adapters/detail/routed_lora_layer.hpp"
 
 namespace pemoe {
 

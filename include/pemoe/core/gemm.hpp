@@ -19,9 +19,9 @@
 
 #include <Eigen/Core>
 
+#include "pemoe/core/detail/skinny_gemm.hpp"
 #include "pemoe/core/error.hpp"
 #include "pemoe/core/tensor.hpp"
-#include "pemoe/core/detail/skinny_gemm.hpp"
 
 namespace pemoe {
 

@@ -85,9 +85,9 @@ struct is_layer_impl<
                                                         std::declval<ConstMatrixRef<typename L::Scalar>>())),
                    decltype(std::declval<L&>().set_training(true))>>
     : std::bool_constant<
-          std::is_void_v<decltype(std::declval<L&>().forward(std::declval<ConstMatrixRef<typename L::Scalar>>(),
-                                                             std::declval<MatrixRef<typename L::Scalar>>(),
-                                                             std::declval<typename L::Cache&>()))> &&
+          std::is_void_v<decltype(std::declval<L&>().forward(
+              std::declval<ConstMatrixRef<typename L::Scalar>>(),
+              std::declval<MatrixRef<typename L::Scalar>>(), std::declval<typename L::Cache&>()))> &&
           std::is_void_v<decltype(std::declval<L&>().backward(
               std::declval<ConstMatrixRef<typename L::Scalar>>(), std::declval<const typename L::Cache&>(),
               std::declval<ConstMatrixRef<typename L::Scalar>>(),

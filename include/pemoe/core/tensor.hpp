@@ -88,10 +88,10 @@ bool views_overlap(const Eigen::DenseBase<A>& a, const Eigen::DenseBase<B>& b) {
   const auto* b0 = reinterpret_cast<const char*>(b.derived().data());
   using SA = typename A::Scalar;
   using SB = typename B::Scalar;
-  const auto* a1 = a0 + sizeof(SA) * static_cast<std::size_t>((a.rows() - 1) * a.derived().outerStride() +
-                                                              a.cols());
-  const auto* b1 = b0 + sizeof(SB) * static_cast<std::size_t>((b.rows() - 1) * b.derived().outerStride() +
-                                                              b.cols());
+  const auto* a1 =
+      a0 + sizeof(SA) * static_cast<std::size_t>((a.rows() - 1) * a.derived().outerStride() + a.cols());
+  const auto* b1 =
+      b0 + sizeof(SB) * static_cast<std::size_t>((b.rows() - 1) * b.derived().outerStride() + b.cols());
   return a0 < b1 && b0 < a1;
 }
 

@@ -51,13 +51,13 @@ enum class RouterInput {
 
 /// Configuration of a `Router`.
 struct RouterConfig {
-  Index d_in = 0;                        ///< router input features (set by the owning adapter)
-  Index n_experts = 0;                   ///< E (set by the owning adapter)
-  GateMode mode = GateMode::soft;        ///< gate mode
-  Index top_k = 2;                       ///< k of the top-k modes (ignored by soft and switch_top1)
-  RouterInit init = RouterInit::normal;  ///< gate weight initialisation
-  double init_std = 0.02;                ///< std of `RouterInit::normal`
-  bool bias = false;                     ///< gate bias `<prefix>.bias` (E)
+  Index d_in = 0;                            ///< router input features (set by the owning adapter)
+  Index n_experts = 0;                       ///< E (set by the owning adapter)
+  GateMode mode = GateMode::soft;            ///< gate mode
+  Index top_k = 2;                           ///< k of the top-k modes (ignored by soft and switch_top1)
+  RouterInit init = RouterInit::normal;      ///< gate weight initialisation
+  double init_std = 0.02;                    ///< std of `RouterInit::normal`
+  bool bias = false;                         ///< gate bias `<prefix>.bias` (E)
   RouterInit bias_init = RouterInit::zeros;  ///< zeros, or kaiming_uniform = U(±1/√d_in) (nn.Linear's bias)
   double jitter = 0.0;            ///< ε of multiplicative input jitter u ⊙ U(1−ε, 1+ε), training only
   bool straight_through = false;  ///< switch_top1: gate value 1, gradient of p_S / p_S
@@ -108,20 +108,20 @@ class Router {
   using Scalar = T;
   /// What forward saves for backward (reused across calls to avoid reallocations).
   struct Cache {
-    Index n = 0;                ///< rows of this call (tokens, or tokens × heads)
-    Vector<T> valid;            ///< (N) 1 for rows that count in the aux statistics, 0 for padding; empty: all
-    Index n_valid = 0;          ///< rows that count
-    bool training = false;      ///< whether noise/jitter were active
-    Matrix<T> jitter;           ///< (N, d_in) jitter multipliers, empty when inactive
-    Matrix<T> u_jittered;       ///< (N, d_in) u ⊙ jitter, empty when inactive
-    Matrix<T> logits;           ///< (N, E) clean logits z
-    Matrix<T> probs;            ///< (N, E) softmax(z)
-    Matrix<T> gates;            ///< (N, E) gate weights g
-    IndexMatrix topk_idx;       ///< (N, k) selected experts, decreasing gate order, ties to the lower index
-    Vector<T> lse;              ///< (N) log-sum-exp of z
-    Matrix<T> noise_logits;     ///< (N, E) x W_noiseᵀ (noisy_topk)
-    Matrix<T> noise;            ///< (N, E) ε ~ N(0, 1) (noisy_topk in training)
-    Matrix<T> noisy_logits;     ///< (N, E) H (noisy_topk)
+    Index n = 0;             ///< rows of this call (tokens, or tokens × heads)
+    Vector<T> valid;         ///< (N) 1 for rows that count in the aux statistics, 0 for padding; empty: all
+    Index n_valid = 0;       ///< rows that count
+    bool training = false;   ///< whether noise/jitter were active
+    Matrix<T> jitter;        ///< (N, d_in) jitter multipliers, empty when inactive
+    Matrix<T> u_jittered;    ///< (N, d_in) u ⊙ jitter, empty when inactive
+    Matrix<T> logits;        ///< (N, E) clean logits z
+    Matrix<T> probs;         ///< (N, E) softmax(z)
+    Matrix<T> gates;         ///< (N, E) gate weights g
+    IndexMatrix topk_idx;    ///< (N, k) selected experts, decreasing gate order, ties to the lower index
+    Vector<T> lse;           ///< (N) log-sum-exp of z
+    Matrix<T> noise_logits;  ///< (N, E) x W_noiseᵀ (noisy_topk)
+    Matrix<T> noise;         ///< (N, E) ε ~ N(0, 1) (noisy_topk in training)
+    Matrix<T> noisy_logits;  ///< (N, E) H (noisy_topk)
     IndexMatrix threshold_idx;  ///< (N, 2): experts holding the k-th and (k+1)-th largest H (load estimator)
     Matrix<T> load_prob;        ///< (N, E) P(x, i) of the load estimator (noisy_topk, training, k < E)
     RowVector<T> balance_grad;  ///< (E) dL_balance/dp_{t,i} (unweighted, same for every token)
@@ -326,8 +326,8 @@ class Router {
       v.z = double(cache.lse.array().square().matrix().dot(cache.valid) / T(nv));
     else
       v.z = double(cache.lse.array().square().sum() / T(nv));
-    const RowVector<T> importance =
-        masked ? RowVector<T>(cache.valid.transpose() * cache.gates) : RowVector<T>(cache.gates.colwise().sum());
+    const RowVector<T> importance = masked ? RowVector<T>(cache.valid.transpose() * cache.gates)
+                                           : RowVector<T>(cache.gates.colwise().sum());
     v.importance = double(cv_squared<T>(importance, &cache.importance_grad));
     RowVector<T> load = RowVector<T>::Zero(e);
     if (cache.load_prob.size() != 0) {
@@ -388,7 +388,8 @@ class Router {
   /// u: (N, d_in), dgates: (N, E) -> du: (N, d_in)
   void backward(ConstMatrixRef<T> u, const Cache& cache, ConstMatrixRef<T> dgates,
                 GradOut<T> du = std::nullopt, InputGrad mode = InputGrad::write) {
-    PEMOE_CHECK_SHAPE(u.rows() == cache.n, site(), ": backward got ", u.rows(), " rows, forward had ", cache.n);
+    PEMOE_CHECK_SHAPE(u.rows() == cache.n, site(), ": backward got ", u.rows(), " rows, forward had ",
+                      cache.n);
     backward_rows(u, 0, cache, dgates, du, mode);
   }
 

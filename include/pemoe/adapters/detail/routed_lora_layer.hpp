@@ -9,12 +9,12 @@
 #include <optional>
 #include <string>
 
+#include "pemoe/adapters/lora_experts.hpp"
 #include "pemoe/core/error.hpp"
 #include "pemoe/core/layer.hpp"
 #include "pemoe/core/param_store.hpp"
 #include "pemoe/core/rng.hpp"
 #include "pemoe/core/tensor.hpp"
-#include "pemoe/adapters/lora_experts.hpp"
 #include "pemoe/moe/router.hpp"
 #include "pemoe/nn/dropout.hpp"
 #include "pemoe/nn/linear.hpp"
@@ -137,8 +137,8 @@ class RoutedLoraLayer {
   // The shapes of every buffer forward reads or writes; y may alias neither x nor u (backward reads them).
   void check_forward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& u, const MatrixRef<T>& y) const {
     const Index n = x.rows();
-    PEMOE_CHECK_SHAPE(x.cols() == m_base.config().d_in, site(), ": x has ", x.cols(), " features, layer expects ",
-                      m_base.config().d_in);
+    PEMOE_CHECK_SHAPE(x.cols() == m_base.config().d_in, site(), ": x has ", x.cols(),
+                      " features, layer expects ", m_base.config().d_in);
     check_shape(site(), "router input u", u, n, m_router.config().d_in);
     check_shape(site(), "y", y, n, m_base.config().d_out);
     check_no_alias(site(), x, y);
