@@ -12,6 +12,8 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "plot/plot.hpp"  // pemoe_plot (tools/plot): CSV + PNG
+
 using namespace pemoe;
 
 int main(int argc, char** argv) {
@@ -53,7 +55,7 @@ int main(int argc, char** argv) {
   LoRA<float>::Cache cache;
   layer.set_training(true);
   double first_loss = 0, loss = 0;
-  PlotSeries loss_curve{"train loss", {}, {}};
+  plot::PlotSeries loss_curve{"train loss", {}, {}};
   const auto t0 = std::chrono::steady_clock::now();
   for (int step = 1; step <= steps; ++step) {
     rng.fill_normal(x.data(), x.size(), 0.0, 1.0);
@@ -81,13 +83,13 @@ int main(int argc, char** argv) {
   // ---- 5. how close is s·B·A to Δ? ----------------------------------------------------------------
   const double rel_err = double((layer.delta_weight() - delta).norm() / delta.norm());
   std::printf("loss %.3e -> %.3e; ||s·B·A - Δ||/||Δ|| = %.2e\n", first_loss, loss, rel_err);
-  LinePlotOptions plot;
-  plot.title = "LoRA demo: training loss";
-  plot.x_label = "step";
-  plot.y_label = "mean squared error";
-  plot.log_y = true;
-  plot_lines("lora_demo_loss.png", {loss_curve}, plot);
-  std::printf("loss curve written to lora_demo_loss.png\n");
+  plot::LinePlotOptions loss_plot;
+  loss_plot.title = "LoRA demo: training loss";
+  loss_plot.x_label = "step";
+  loss_plot.y_label = "mean squared error";
+  loss_plot.log_y = true;
+  const plot::PlotFiles files = plot::plot_lines("lora_demo_loss", {loss_curve}, loss_plot);
+  std::printf("loss curve written to %s and %s\n", files.csv.c_str(), files.png.c_str());
   layer.merge();  // fold the adapter into the weight for inference
   std::printf("merged: ||W - (W0 + Δ)||/||Δ|| = %.2e\n",
               double((Matrix<float>(layer.base().weight()) - w_target).norm() / delta.norm()));

@@ -9,7 +9,9 @@ jobs=$(nproc)
 bash scripts/install_deps.sh
 
 echo "== clang-format"
-git ls-files '*.hpp' '*.cpp' '*.cu' '*.cuh' | xargs clang-format --dry-run -Werror
+# The tracked sources in a git checkout, every source under include/ tools/ tests/ bench/ examples/ in a
+# tarball (git is not needed).
+bash scripts/cpp_sources.sh | xargs -0 -r clang-format --dry-run -Werror
 
 echo "== build (Release, -Werror) and test"
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DPEMOE_WERROR=ON -DPEMOE_BUILD_TESTS=ON \

@@ -2,6 +2,8 @@
 // (E = 1 == LoRA, sparse k = E == soft), gradients for every gate mode, corner cases, errors.
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <functional>
+#include <string>
 #include <vector>
 #ifdef _OPENMP
 #include <omp.h>
@@ -10,6 +12,7 @@
 #include "pemoe/adapters/lora.hpp"
 #include "pemoe/adapters/molora.hpp"
 #include "pemoe/adapters/sparse_lora.hpp"
+#include "support/distribution.hpp"
 #include "support/gradcheck.hpp"
 #include "support/helpers.hpp"
 #include "support/moe_cases.hpp"
@@ -105,7 +108,18 @@ TEST_CASE("MoLoRA: names, stacked shapes, for-ai and MoLA presets") {
   CHECK(s.num_trainable() == 10 * 4 * (64 + 48) + 10 * 64);
   CHECK(m.scaling() == 4.0f);
   CHECK(m.experts().B_stack().isZero());
-  CHECK(std::sqrt(m.experts().A_cat().array().square().mean()) == Approx(0.02).margin(0.003));
+  // initialisation, by Kolmogorov-Smirnov against the exact CDF (alpha = 1e-3): A ~ N(0, 0.02²), router too
+  auto ks = [&s](const std::string& name, const std::function<double(double)>& cdf) {
+    const auto& e = s.entry(s.id(name));
+    return testing::ks_statistic(testing::sample_of(s.values().data() + e.offset, e.size), cdf) /
+           testing::ks_critical(std::size_t(e.size));  // < 1: accepted
+  };
+  CHECK(ks("h.0.attn.q.lora_A.weight", testing::normal_cdf(0, 0.02)) < 1);
+  CHECK(ks("h.0.attn.q.lora_A.weight", testing::normal_cdf(0, 0.025)) >
+        1);  // a 25 % wider normal is told apart
+  CHECK(ks("h.0.attn.q.lora_A.weight", testing::uniform_cdf(-0.02 * std::sqrt(3.0), 0.02 * std::sqrt(3.0))) >
+        1);
+  CHECK(ks("h.0.attn.q.router.weight", testing::normal_cdf(0, 0.02)) < 1);
   CHECK(m.router().config().mode == GateMode::soft);
   const auto mola = LoraExpertsConfig::mola();
   CHECK(mola.r == 8);
@@ -116,9 +130,11 @@ TEST_CASE("MoLoRA: names, stacked shapes, for-ai and MoLA presets") {
   CHECK(mola.router.top_k == 2);
   SparseLoRAExperts<float> sp({64, 48, true}, mola);
   sp.register_params(s, "h.0.attn.k", rng);
-  CHECK(sp.experts().A_cat().cwiseAbs().maxCoeff() <= 1.0f / 8.0f);  // kaiming-uniform(√5): 1/√64
-  CHECK(sp.router().weight().cwiseAbs().maxCoeff() <= 1.0f / 8.0f);
-  CHECK(sp.router().weight().cwiseAbs().maxCoeff() > 0.9f / 8.0f);
+  // kaiming-uniform(√5): U(±1/√64), for A and the router
+  CHECK(ks("h.0.attn.k.lora_A.weight", testing::uniform_cdf(-1.0 / 8, 1.0 / 8)) < 1);
+  CHECK(ks("h.0.attn.k.lora_A.weight", testing::uniform_cdf(-1.15 / 8, 1.15 / 8)) > 1);
+  CHECK(ks("h.0.attn.k.lora_A.weight", testing::normal_cdf(0, 1.0 / 8 / std::sqrt(3.0))) > 1);
+  CHECK(ks("h.0.attn.k.router.weight", testing::uniform_cdf(-1.0 / 8, 1.0 / 8)) < 1);
 }
 
 TEST_CASE("MoLoRA forward equals per-expert outputs mixed by the router, for every gate mode") {
@@ -330,8 +346,9 @@ TEST_CASE("SparseLoRAExperts corner cases: an expert with no token, E = 1, r = 1
     m.forward(x, y, c);
     CHECK(c.gates.isOnes());
     CHECK(testing::max_abs_diff(
-              y, naive_mixture(s, "fc", x, testing::raw_router_gates(s, "fc.router", x, 1, GateMode::topk_renorm, 1),
-                               4, 1, 2.0)) < 1e-12);
+              y, naive_mixture(s, "fc", x,
+                               testing::raw_router_gates(s, "fc.router", x, 1, GateMode::topk_renorm, 1), 4,
+                               1, 2.0)) < 1e-12);
     const auto r = check_layer(s, m, x, 4);
     INFO(r.report());
     CHECK(r.ok(1e-6));

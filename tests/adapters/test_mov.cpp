@@ -3,6 +3,7 @@
 // errors.
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <string>
 #include <vector>
 #ifdef _OPENMP
 #include <omp.h>
@@ -10,24 +11,29 @@
 
 #include "pemoe/adapters/ia3.hpp"
 #include "pemoe/adapters/mov.hpp"
+#include "support/distribution.hpp"
 #include "support/gradcheck.hpp"
 #include "support/helpers.hpp"
 #include "support/moe_cases.hpp"
+#include "support/raw_reference.hpp"
 
 using namespace pemoe;
 
 namespace {
 
-// Output-mixed MoV: y[n, h, :] = Σ_e g[n(,h), e] · (a[n, h, :] ⊙ L[h, e, :]), every scaled copy formed.
-Matrix<double> naive_mov_mixed(const Matrix<double>& a, const Matrix<double>& gates, const Matrix<double>& L,
-                               Index heads, Index E) {
+// Output-mixed MoV: y[n, h, :] = Σ_e g[n(,h), e] · (a[n, h, :] ⊙ L[h, e, :]), every scaled copy formed. The
+// vectors are read by raw index from store.values(): `<p>.mov_scaling` is (E, d) at one head, (H, E, d/H)
+// otherwise (the same flat layout: L[(h·E + e)·d_head + j]).
+Matrix<double> naive_mov_mixed(const ParamStore<double>& s, const std::string& p, const Matrix<double>& a,
+                               const Matrix<double>& gates, Index heads, Index E) {
   const Index n = a.rows(), d = a.cols(), dh = d / heads, hg = gates.rows() / n;
+  const double* L = testing::raw_param(s, p + ".mov_scaling", heads == 1 ? Shape{E, d} : Shape{heads, E, dh});
   Matrix<double> y = Matrix<double>::Zero(n, d);
   for (Index t = 0; t < n; ++t)
     for (Index h = 0; h < heads; ++h)
       for (Index e = 0; e < E; ++e) {
         const double g = gates(t * hg + (hg == 1 ? 0 : h), e);
-        for (Index j = 0; j < dh; ++j) y(t, h * dh + j) += g * a(t, h * dh + j) * L(h * E + e, j);
+        for (Index j = 0; j < dh; ++j) y(t, h * dh + j) += g * a(t, h * dh + j) * L[(h * E + e) * dh + j];
       }
   return y;
 }
@@ -54,7 +60,14 @@ TEST_CASE("MoV: names and shapes at FFN and attention sites, for-ai init") {
   CHECK(s.entry(ffn.scaling_id()).shape == Shape{30, 40});
   CHECK(s.entry(ffn.router().weight_id()).shape == Shape{30, 40});  // router reads the activation
   CHECK(ffn.scaling_vectors().isOnes());
-  CHECK(std::sqrt(ffn.router().weight().array().square().mean()) == Approx(0.02).margin(0.002));
+  {  // router init N(0, 0.02²), by Kolmogorov-Smirnov against the exact CDF (alpha = 1e-3)
+    const auto& e = s.entry(s.id("block.0.layer.1.DenseReluDense.wo.router.weight"));
+    const auto w = testing::sample_of(s.values().data() + e.offset, e.size);
+    const double crit = testing::ks_critical(w.size());
+    CHECK(testing::ks_statistic(w, testing::normal_cdf(0, 0.02)) < crit);
+    CHECK(testing::ks_statistic(w, testing::normal_cdf(0, 0.026)) >
+          crit);  // told apart from a 30 % wider one
+  }
   MoV<float> att(24, MoVConfig::for_ai(5, 4));  // K at an attention site: (N, 4 heads, 6)
   att.register_params(s, "attn.k", rng);
   CHECK(s.entry(att.scaling_id()).shape == Shape{4, 5, 6});
@@ -87,13 +100,13 @@ TEST_CASE("MoV merged == output-mixed, for every gate mode, FFN and attention si
           m.forward(x, u, y, c);
         else
           m.forward(x, y, c);
-        const Matrix<double> a = linear_out(x, m.base());
+        const Matrix<double> a = testing::raw_linear(s, "fc", x, 12);
         const Matrix<double> ru = in == RouterInput::activation    ? per_head(a, heads)
                                   : in == RouterInput::layer_input ? x
                                                                    : u;
-        const Matrix<double> g = testing::naive_router(ru, m.router().weight(), mode, 2);
+        const Matrix<double> g = testing::raw_router_gates(s, "fc.router", ru, 4, mode, 2);
         CHECK(testing::max_abs_diff(c.gates, g) < 1e-13);
-        CHECK(testing::max_abs_diff(y, naive_mov_mixed(a, g, m.scaling_vectors(), heads, 4)) < 1e-12);
+        CHECK(testing::max_abs_diff(y, naive_mov_mixed(s, "fc", a, g, heads, 4)) < 1e-12);
       }
     }
   }
@@ -134,7 +147,7 @@ TEST_CASE("MoV with all vectors 1 is the identity for any router (standalone) / 
   Matrix<double> y(5, 9);
   MoV<double>::Cache c;
   m.forward(x, y, c);
-  CHECK(testing::max_abs_diff(y, linear_out(x, m.base())) < 1e-14);
+  CHECK(testing::max_abs_diff(y, testing::raw_linear(s, "fc", x, 9)) < 1e-14);
 }
 
 TEST_CASE("MoV gradients pass the checker: every gate mode × router input × FFN/attention site") {
@@ -208,7 +221,7 @@ TEST_CASE("MoV gradients pass the checker: every gate mode × router input × FF
   }
 }
 
-TEST_CASE("MoV: panel size does not change results; a batch of one token; E = 1") {
+TEST_CASE("MoV: panel size does not change results; a batch of one token (E = 1 and 3)") {
   MoVConfig cfg;
   cfg.n_experts = 3;
   cfg.router = testing::router_case(GateMode::noisy_topk, 2);
@@ -237,26 +250,30 @@ TEST_CASE("MoV: panel size does not change results; a batch of one token; E = 1"
   CHECK(testing::max_abs_diff(y1, y2) < 1e-13);
   CHECK(testing::max_abs_diff(dx1, dx2) < 1e-13);
   for (std::size_t i = 0; i < g1.size(); ++i) CHECK(g1[i] == Approx(s2.grads()[i]).margin(1e-12));
-  // one token, E = 1
-  MoVConfig one;
-  one.n_experts = 1;
-  one.router = testing::router_case(GateMode::topk_renorm, 1);
-  ParamStore<double> s3;
-  MoV<double> m3(LinearConfig{4, 5, true}, one);
-  m3.register_params(s3, "fc", rng);
-  testing::randomize_params(s3, 1);
-  const auto r = testing::gradcheck(
-      s3, testing::random_matrix(1, 4, 2),
-      [&](const Matrix<double>& xx, Matrix<double>& y) {
-        y.resize(1, 5);
-        m3.forward(xx, y, c);
-        return m3.aux_loss(c);
-      },
-      [&](const Matrix<double>& xx, const Matrix<double>& d, Matrix<double>& dx) {
-        m3.backward(xx, c, d, dx);
-      });
-  INFO(r.report());
-  CHECK(r.ok(1e-6));
+  // One token. With E = 1 the gate is the constant 1: the router's gate gradient is zero on both sides (only
+  // the z-loss moves it), so that case checks the vectors and dx, not the router; E = 3 (k = 2) checks the
+  // router with a single token too.
+  for (Index experts : {1, 3}) {
+    MoVConfig one;
+    one.n_experts = experts;
+    one.router = testing::router_case(GateMode::topk_renorm, experts == 1 ? 1 : 2);
+    ParamStore<double> s3;
+    MoV<double> m3(LinearConfig{4, 5, true}, one);
+    m3.register_params(s3, "fc", rng);
+    testing::randomize_params(s3, 1);
+    const auto r = testing::gradcheck(
+        s3, testing::random_matrix(1, 4, 2),
+        [&](const Matrix<double>& xx, Matrix<double>& y) {
+          y.resize(1, 5);
+          m3.forward(xx, y, c);
+          return m3.aux_loss(c);
+        },
+        [&](const Matrix<double>& xx, const Matrix<double>& d, Matrix<double>& dx) {
+          m3.backward(xx, c, d, dx);
+        });
+    INFO("E = " << experts << ": " << r.report());
+    CHECK(r.ok(1e-6));
+  }
 }
 
 TEST_CASE("MoV errors: NaN names the layer's router, wrong shapes name the layer") {
@@ -351,7 +368,8 @@ TEST_CASE("IA3 gradients pass the checker (output, feedforward, standalone; froz
               });
           INFO(r.report());
           CHECK(r.ok(1e-6));
-          CHECK(r.checked == 2 * (ntok * 6 + s.num_trainable()));  // central differences + the twice-backward check
+          CHECK(r.checked ==
+                2 * (ntok * 6 + s.num_trainable()));  // central differences + the twice-backward check
         }
       }
 }
@@ -414,8 +432,8 @@ TEST_CASE("MoV and IA3: row blocks over threads give the same result as one thre
   CHECK(testing::max_abs_diff(yi1, yi3) < 1e-12);
   CHECK(testing::max_abs_diff(dxi1, dxi3) < 1e-12);
   for (std::size_t i = 0; i < g1.size(); ++i) CHECK(g1[i] == Approx(g3[i]).margin(1e-10));
-  const Matrix<double> a = linear_out(x, m.base());
+  const Matrix<double> a = testing::raw_linear(s, "fc", x, 10);
   const Matrix<double> g =
-      testing::naive_router(per_head(a, 2), m.router().weight(), GateMode::topk_renorm, 2);
-  CHECK(testing::max_abs_diff(y3, naive_mov_mixed(a, g, m.scaling_vectors(), 2, 4)) < 1e-11);
+      testing::raw_router_gates(s, "fc.router", per_head(a, 2), 4, GateMode::topk_renorm, 2);
+  CHECK(testing::max_abs_diff(y3, naive_mov_mixed(s, "fc", a, g, 2, 4)) < 1e-11);
 }

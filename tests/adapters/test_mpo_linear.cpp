@@ -128,7 +128,8 @@ TEST_CASE("MpoLinear gradients pass the checker in double (all cores, frozen sub
           });
       INFO(r.report());
       CHECK(r.ok(1e-6));
-      CHECK(r.checked == 2 * (4 * din + s.num_trainable()));  // central differences + the twice-backward check
+      CHECK(r.checked ==
+            2 * (4 * din + s.num_trainable()));  // central differences + the twice-backward check
     }
   }
 }

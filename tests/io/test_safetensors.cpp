@@ -6,9 +6,11 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "pemoe/core/error.hpp"
@@ -265,6 +267,70 @@ TEST_CASE("dtype: F16 and BF16 conversions are exact and round to nearest-even")
   CHECK(dtype_of<bool>() == Dtype::BOOL);
 }
 
+TEST_CASE("dtype: F16 and BF16 bit patterns of known values") {
+  auto bits = [](float f) {
+    std::uint32_t u;
+    std::memcpy(&u, &f, 4);
+    return u;
+  };
+  auto from_bits = [](std::uint32_t u) {
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+  };
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  // float -> F16 (IEEE 754 binary16; values from the standard's tables and Python's struct 'e' format).
+  CHECK(float_to_half(1.0f) == 0x3c00);
+  CHECK(float_to_half(-2.0f) == 0xc000);
+  CHECK(float_to_half(0.5f) == 0x3800);
+  CHECK(float_to_half(1000.0f) == 0x63d0);
+  CHECK(float_to_half(0.1f) == 0x2e66);                   // 0.0999755859375
+  CHECK(float_to_half(1.0f / 3.0f) == 0x3555);            // 0.333251953125
+  CHECK(float_to_half(3.14159265f) == 0x4248);            // 3.140625
+  CHECK(float_to_half(65504.0f) == 0x7bff);               // the largest finite half
+  CHECK(float_to_half(-65520.0f) == 0xfc00);              // rounds to -inf
+  CHECK(float_to_half(std::ldexp(1.0f, -14)) == 0x0400);  // the smallest normal
+  CHECK(float_to_half(std::ldexp(1.0f, -24)) == 0x0001);  // the smallest subnormal
+  CHECK(float_to_half(1e-8f) == 0x0000);                  // below half of it: zero
+  CHECK(float_to_half(0.0f) == 0x0000);
+  CHECK(float_to_half(inf) == 0x7c00);
+  CHECK(float_to_half(-inf) == 0xfc00);
+  CHECK((float_to_half(nan) & 0x7c00) == 0x7c00);  // a NaN: all exponent bits, a non-zero mantissa
+  CHECK((float_to_half(nan) & 0x03ff) != 0);
+  CHECK((float_to_half(-nan) & 0x8000) == 0x8000);
+  // F16 -> float.
+  CHECK(half_to_float(0x3555) == 0.333251953125f);
+  CHECK(half_to_float(0xfbff) == -65504.0f);
+  CHECK(half_to_float(0x03ff) == std::ldexp(1023.0f, -24));  // the largest subnormal
+  CHECK(half_to_float(0x8000) == 0.0f);
+  CHECK(std::signbit(half_to_float(0x8000)));
+  CHECK(half_to_float(0xfc00) == -inf);
+  CHECK(std::isnan(half_to_float(0x7e00)));
+  // float -> BF16: the upper 16 bits, rounded to nearest-even on the lower 16.
+  CHECK(float_to_bf16(1.0f) == 0x3f80);
+  CHECK(float_to_bf16(-2.0f) == 0xc000);
+  CHECK(float_to_bf16(0.1f) == 0x3dcd);                    // 0x3dcccccd: lower half 0xcccd > 0x8000, up
+  CHECK(float_to_bf16(3.14159265f) == 0x4049);             // 0x40490fdb: lower half 0x0fdb < 0x8000, down
+  CHECK(float_to_bf16(1.0f / 3.0f) == 0x3eab);             // 0x3eaaaaab
+  CHECK(float_to_bf16(from_bits(0x3f808000u)) == 0x3f80);  // tie, even below
+  CHECK(float_to_bf16(from_bits(0x3f818000u)) == 0x3f82);  // tie, even above
+  CHECK(float_to_bf16(std::numeric_limits<float>::max()) == 0x7f80);  // 0x7f7fffff rounds to inf
+  CHECK(float_to_bf16(from_bits(0x00018000u)) == 0x0002);             // float subnormals round too
+  CHECK(float_to_bf16(from_bits(0x00008000u)) == 0x0000);
+  CHECK(float_to_bf16(inf) == 0x7f80);
+  CHECK(float_to_bf16(-inf) == 0xff80);
+  CHECK(float_to_bf16(nan) == 0x7fc0);
+  CHECK(float_to_bf16(-nan) == 0xffc0);
+  // BF16 -> float: exact.
+  CHECK(bf16_to_float(0x3f81) == 1.0078125f);
+  CHECK(bits(bf16_to_float(0x0001)) == 0x00010000u);
+  CHECK(bf16_to_float(0xff80) == -inf);
+  CHECK(std::isnan(bf16_to_float(0x7fc1)));
+  // The F8 formats decode through the same code.
+  CHECK(f8e5m2_to_float(0x3c) == 1.0f);
+  CHECK(f8e5m2_to_float(0x01) == std::ldexp(1.0f, -16));
+}
+
 // ---- malformed files: one case per error class, each checks the type and the key phrase ----------
 
 TEST_CASE("safetensors malformed: a file shorter than the 8-byte prefix") {
@@ -310,9 +376,91 @@ TEST_CASE("safetensors malformed: shape and dtype do not match the byte range") 
   const std::string huge = io_error(
       image(R"({"w": {"dtype": "F64", "shape": [4294967296, 4294967296, 16], "data_offsets": [0, 8]}})", 8));
   CHECK(contains(huge, "tensor 'w' has shape"));
-  CHECK(contains(huge, "more than 2^64"));
+  CHECK(contains(huge, "exceeds 2^63 - 1 bytes"));
   CHECK(contains(io_error(image(R"({"w": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}})", 4)),
                  "extents must be non-negative integers"));
+}
+
+TEST_CASE("safetensors malformed: sizes that would overflow are IoErrors naming the tensor and the file") {
+  // Each header is hand-crafted; none may allocate more than the file, wrap around or hit UB (ASan/UBSan).
+  auto err = [](const std::string& shape, const std::string& offsets, std::size_t buffer,
+                const std::string& dtype = "F32") {
+    return io_error(image(R"({"w": {"dtype": ")" + dtype + R"(", "shape": )" + shape +
+                              R"(, "data_offsets": )" + offsets + "}}",
+                          buffer),
+                    "big.safetensors");
+  };
+  auto named = [](const std::string& msg) {
+    return contains(msg, "safetensors 'big.safetensors'") && contains(msg, "tensor 'w'");
+  };
+  // An extent of 2^63 or more does not fit an index (it would read as negative).
+  for (const char* e : {"9223372036854775808", "18446744073709551615"}) {
+    const std::string msg = err(std::string("[") + e + "]", "[0, 4]", 4);
+    CHECK(named(msg));
+    CHECK(contains(msg, std::string("an extent of ") + e + ", above the largest supported extent 2^63 - 1"));
+  }
+  // 2^64 and beyond, negative and fractional extents are not non-negative integers.
+  for (const char* e :
+       {"18446744073709551616", "-1", "-9223372036854775808", "2.0", "1e3", "\"4\"", "null"}) {
+    INFO(e);
+    const std::string msg = err(std::string("[2, ") + e + "]", "[0, 8]", 8);
+    CHECK(named(msg));
+    CHECK(contains(msg, "extents must be non-negative integers"));
+  }
+  // A zero extent does not excuse huge ones: the non-zero extents' product must fit, in any order.
+  for (const char* shape :
+       {"[0, 4294967296, 4294967296]", "[4294967296, 4294967296, 0]", "[65536, 0, 65536, 65536, 65536]"}) {
+    INFO(shape);
+    const std::string msg = err(shape, "[0, 0]", 0);
+    CHECK(named(msg));
+    CHECK(contains(
+        msg, "the product of its non-zero extents times the 4-byte size of F32 exceeds 2^63 - 1 bytes"));
+  }
+  // numel fits but numel * dtype size does not: 2^60 elements of F64 are 2^63 bytes.
+  CHECK(contains(err("[1152921504606846976]", "[0, 8]", 8, "F64"), "exceeds 2^63 - 1 bytes"));
+  CHECK(contains(err("[4611686018427387904, 2]", "[0, 8]", 8, "F64"), "exceeds 2^63 - 1 bytes"));
+  // Just below the limit: a size that fits, then the offsets do not match it.
+  CHECK(contains(
+      err("[576460752303423488]", "[0, 8]", 8, "F64"),
+      "has shape (576460752303423488) of F64 = 4611686018427387904 bytes, but its data_offsets [0, 8] "
+      "span 8 bytes"));
+  // Offsets: past the end, beyond 2^64, negative, fractional, or reversed.
+  CHECK(contains(err("[1]", "[18446744073709551611, 18446744073709551615]", 4),
+                 "past the end of the 4-byte data buffer"));
+  CHECK(contains(err("[1]", "[0, 18446744073709551620]", 4), "expected two non-negative integers"));
+  CHECK(contains(err("[1]", "[-4, 0]", 4), "expected two non-negative integers"));
+  CHECK(contains(err("[1]", "[0.5, 4]", 4), "expected two non-negative integers"));
+  CHECK(named(err("[1]", "[18446744073709551615, 4]", 4)));
+  // A header length of 2^64 - 1.
+  auto huge_header = image("{}", 0);
+  for (int i = 0; i < 8; ++i) huge_header[static_cast<std::size_t>(i)] = 0xff;
+  CHECK(contains(io_error(huge_header), "header length 18446744073709551615 bytes is larger than"));
+  // A zero extent beside large (but representable) ones is a valid empty tensor.
+  const auto empty = SafetensorsFile::from_bytes(
+      image(R"({"w": {"dtype": "F64", "shape": [0, 1000000000000], "data_offsets": [0, 0]}})", 0));
+  CHECK(empty.info("w").numel() == 0);
+  CHECK(empty.to_vector<double>("w").empty());
+  CHECK(empty.to_matrix<float>("w").size() == 0);
+  // A directory is not read as a file of 2^63 bytes.
+  TempDir tmp;
+  try {
+    SafetensorsFile::load(tmp.path.string());
+    FAIL("no throw");
+  } catch (const IoError& e) {
+    CHECK(contains(e.what(), "is a directory"));
+  }
+}
+
+TEST_CASE("safetensors: the writer refuses sizes the reader would refuse") {
+  SafetensorsWriter w;
+  const double x = 1.0;
+  CHECK_THROWS_AS(w.add_raw("a", Dtype::F64, {Index(1) << 61, 4}, &x, 8), ShapeError);
+  CHECK_THROWS_AS(w.add_raw("b", Dtype::F32, {0, Index(1) << 40, Index(1) << 40}, &x, 0), ShapeError);
+  CHECK_THROWS_AS(w.add("c", {-1, 2}, &x), ShapeError);
+  CHECK_THROWS_AS(w.add("d", {Index(1) << 62, 4}, &x), ShapeError);
+  CHECK(w.names().empty());
+  w.add_raw("e", Dtype::F32, {0, Index(1) << 40}, nullptr, 0);
+  CHECK(SafetensorsFile::from_bytes(w.to_bytes()).info("e").shape == Shape{0, Index(1) << 40});
 }
 
 TEST_CASE("safetensors malformed: offsets outside the buffer (a truncated file)") {
@@ -481,10 +629,21 @@ TEST_CASE("safetensors: random corruptions of a real file give a valid file or a
     return std::min(n - 1, static_cast<std::size_t>(u * static_cast<double>(n)));
   };
   int parsed = 0, rejected = 0;
+  // Numbers that overflow 32, 63 or 64 bits, or are negative or fractional.
+  const char* const extremes[] = {"0",
+                                  "-1",
+                                  "4294967296",
+                                  "9223372036854775807",
+                                  "9223372036854775808",
+                                  "18446744073709551615",
+                                  "18446744073709551616",
+                                  "1e30",
+                                  "0.5",
+                                  "2147483648"};
   for (int trial = 0; trial < 3000; ++trial) {
     auto b = good;
     const std::size_t header_end = 8 + SafetensorsFile::from_bytes(good).header_size();
-    switch (trial % 4) {
+    switch (trial % 5) {
       case 0:
         b[uniform(header_end)] = static_cast<unsigned char>(uniform(256));
         break;  // one header byte
@@ -499,6 +658,22 @@ TEST_CASE("safetensors: random corruptions of a real file give a valid file or a
         for (std::size_t i = 8; i < header_end; ++i)
           if (b[i] >= '0' && b[i] <= '9') digits.push_back(i);
         b[digits[uniform(digits.size())]] = static_cast<unsigned char>('0' + uniform(10));
+        break;
+      }
+      case 4: {  // a whole number of the header (an extent or an offset) replaced by an extreme one
+        std::vector<std::pair<std::size_t, std::size_t>> numbers;  // [begin, end) of each digit run
+        for (std::size_t i = 8; i < header_end; ++i)
+          if (b[i] >= '0' && b[i] <= '9' && !(b[i - 1] >= '0' && b[i - 1] <= '9')) {
+            std::size_t j = i;
+            while (j < header_end && b[j] >= '0' && b[j] <= '9') ++j;
+            if (b[i - 1] != '"' && b[j] != '"') numbers.emplace_back(i, j);  // not inside a name
+          }
+        const auto [nb, ne] = numbers[uniform(numbers.size())];
+        const std::string x = extremes[uniform(std::size(extremes))];
+        b.erase(b.begin() + static_cast<std::ptrdiff_t>(nb), b.begin() + static_cast<std::ptrdiff_t>(ne));
+        b.insert(b.begin() + static_cast<std::ptrdiff_t>(nb), x.begin(), x.end());
+        const std::uint64_t n = header_end - 8 - (ne - nb) + x.size();  // the new header length
+        for (int i = 0; i < 8; ++i) b[static_cast<std::size_t>(i)] = static_cast<unsigned char>(n >> (8 * i));
         break;
       }
     }

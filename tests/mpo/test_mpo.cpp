@@ -2,9 +2,15 @@
 // (Oseledets bound, monotonicity, rel_cutoff), padding, fix_auxiliary_central, apply by contraction vs
 // rebuild.
 #include <Eigen/SVD>
+#include <algorithm>
 #include <catch2/catch.hpp>
+#include <chrono>
 #include <cmath>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
+#include "pemoe/core/rng.hpp"
 #include "pemoe/mpo/contract.hpp"
 #include "pemoe/mpo/decompose.hpp"
 #include "pemoe/mpo/reconstruct.hpp"
@@ -335,6 +341,7 @@ TEST_CASE("padding round-trips: a 30×20 matrix in a padded shape") {
 }
 
 TEST_CASE("mpo_apply: contraction equals rebuild (float and double, truncated, n = 3, 5, 7)") {
+  int discriminating = 0;
   for (Index n : {3, 5, 7}) {
     const MpoShape s = propose_mpo_shape(96, 80, n, true);
     for (Index chi : {2, 5, 1000}) {
@@ -354,12 +361,18 @@ TEST_CASE("mpo_apply: contraction equals rebuild (float and double, truncated, n
       mpo_apply_by_contraction<float>(xf, mf, ycf);
       mpo_apply_by_rebuild<float>(xf, mf, yrf);
       CHECK(testing::max_abs_diff(ycf, yrf) < 1e-4f * (1 + yrf.cwiseAbs().maxCoeff()));
+      // the path mpo_apply reports is the path it ran: its output has exactly that path's bits
       Matrix<double> ya(7, 96);
       const MpoApplyPath p = mpo_apply<double>(x, m, ya);
-      CHECK(p == mpo_apply_cost(m, 7).best);
-      CHECK(testing::max_abs_diff(ya, yr) < 1e-10 * (1 + yr.cwiseAbs().maxCoeff()));
+      CHECK(ya == (p == MpoApplyPath::contraction ? yc : yr));
+      discriminating += yc != yr;  // the two paths round differently, so the check above tells them apart
+      for (MpoApplyPath forced : {MpoApplyPath::rebuild, MpoApplyPath::contraction}) {
+        CHECK(mpo_apply<double>(x, m, ya, forced) == forced);
+        CHECK(ya == (forced == MpoApplyPath::contraction ? yc : yr));
+      }
     }
   }
+  CHECK(discriminating > 0);
   const auto m = decompose<double>(testing::random_matrix<double>(8, 8, 1), MpoShape{{2, 2, 2}, {2, 2, 2}});
   Matrix<double> x(3, 7), y(3, 8);
   CHECK_THROWS_AS(mpo_apply<double>(x, m, y), ShapeError);
@@ -390,6 +403,82 @@ TEST_CASE("mpo_apply FLOP model: rebuild at full rank, contraction at small bond
   CHECK(mpo_apply_cost(zeros(kT5Wi, 4), 64).best == MpoApplyPath::contraction);
   CHECK(mpo_apply_cost(zeros(kT5Wi, 8), 2048, 0.0).best == MpoApplyPath::contraction);  // by flops alone
   CHECK(mpo_apply_cost(zeros(kT5Wi, 8), 2048).best == MpoApplyPath::rebuild);  // its memory traffic counted
+}
+
+TEST_CASE("mpo_apply picks the path that measures faster, where the cost model separates them clearly") {
+  // Random cores of the right shapes (timing does not depend on the values). One thread: the cost model has
+  // no thread term, and on a loaded 2-core machine OpenMP's barriers would dominate the small contraction.
+#ifdef _OPENMP
+  const int saved_threads = omp_get_max_threads();
+  omp_set_num_threads(1);
+#endif
+  auto random_mpo = [](const MpoShape& s, Index chi) {
+    Mpo<float> m;
+    m.shape = s;
+    m.rows = s.rows();
+    m.cols = s.cols();
+    const auto d = s.bond_dims(chi);
+    Rng rng(7);
+    for (Index k = 0; k < s.n_cores(); ++k) {
+      auto c = xt::xtensor<float, 4>::from_shape({std::size_t(d[k]), std::size_t(s.row_modes[k]),
+                                                  std::size_t(s.col_modes[k]), std::size_t(d[k + 1])});
+      rng.fill_normal(c.data(), Index(c.size()), 0.0, 0.3);
+      m.cores.push_back(c);
+    }
+    return m;
+  };
+  // best of `reps` wall-clock times (the minimum filters out preemption by other processes)
+  auto best_time = [](auto&& f, int reps) {
+    double best = 1e30;
+    for (int r = 0; r < reps; ++r) {
+      const auto t0 = std::chrono::steady_clock::now();
+      f();
+      best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    return best;
+  };
+  struct Case {
+    const char* what;
+    MpoShape shape;
+    Index chi, n_tokens;
+    MpoApplyPath expected;
+  };
+  for (const Case& c : {Case{"1024x1024, bonds 2, 16 tokens", MpoShape{{4, 4, 4, 4, 4}, {4, 4, 4, 4, 4}}, 2,
+                             16, MpoApplyPath::contraction},
+                        Case{"64x64 at full rank, 1024 tokens", MpoShape{{4, 4, 4}, {4, 4, 4}}, 1000, 1024,
+                             MpoApplyPath::rebuild}}) {
+    DYNAMIC_SECTION(c.what) {
+      const auto m = random_mpo(c.shape, c.chi);
+      const Matrix<float> x = testing::random_matrix<float>(c.n_tokens, m.cols, 8);
+      Matrix<float> yr(c.n_tokens, m.rows), yc(c.n_tokens, m.rows), ya(c.n_tokens, m.rows);
+      // the model separates the two paths by a factor of 8 or more
+      const auto cost = mpo_apply_cost(m, c.n_tokens);
+      const double model_rb = cost.rebuild_flops + kMpoFlopsPerFloatMoved * cost.rebuild_moved;
+      const double model_ct = cost.contraction_flops + kMpoFlopsPerFloatMoved * cost.contraction_moved;
+      INFO("model: rebuild " << model_rb << ", contraction " << model_ct);
+      REQUIRE(std::max(model_rb, model_ct) > 8 * std::min(model_rb, model_ct));
+      CHECK((model_ct < model_rb ? MpoApplyPath::contraction : MpoApplyPath::rebuild) == c.expected);
+      // measured: the ordering agrees with the model
+      mpo_apply_by_rebuild<float>(x, m, yr);  // warm-up (allocations, caches)
+      mpo_apply_by_contraction<float>(x, m, yc);
+      const double t_rb = best_time([&] { mpo_apply_by_rebuild<float>(x, m, yr); }, 5);
+      const double t_ct = best_time([&] { mpo_apply_by_contraction<float>(x, m, yc); }, 5);
+      const MpoApplyPath faster = t_ct < t_rb ? MpoApplyPath::contraction : MpoApplyPath::rebuild;
+      INFO("measured: rebuild " << t_rb * 1e3 << " ms, contraction " << t_ct * 1e3 << " ms");
+      CHECK(faster == c.expected);
+      // mpo_apply runs the faster path: it reports it, it produces exactly its bits, and it takes its time
+      MpoApplyPath taken = MpoApplyPath::automatic;
+      const double t_auto = best_time([&] { taken = mpo_apply<float>(x, m, ya); }, 5);
+      INFO("mpo_apply (automatic): " << t_auto * 1e3 << " ms");
+      CHECK(taken == faster);
+      REQUIRE(yr != yc);
+      CHECK(ya == (faster == MpoApplyPath::contraction ? yc : yr));
+      CHECK(t_auto < std::sqrt(t_rb * t_ct));  // nearer the faster path's time than the slower one's
+    }
+  }
+#ifdef _OPENMP
+  omp_set_num_threads(saved_threads);
+#endif
 }
 
 TEST_CASE("fix_auxiliary_central: recovers C for the same matrix, fits a new one exactly at full rank") {

@@ -13,8 +13,8 @@
 #include "pemoe/core/error.hpp"
 #include "pemoe/core/gemm.hpp"
 #include "pemoe/core/tensor.hpp"
-#include "pemoe/mpo/detail/mpo_chain.hpp"
 #include "pemoe/mpo/decompose.hpp"
+#include "pemoe/mpo/detail/mpo_chain.hpp"
 #include "pemoe/mpo/reconstruct.hpp"
 
 namespace pemoe {

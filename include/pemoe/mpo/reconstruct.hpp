@@ -7,8 +7,8 @@
 
 #include "pemoe/core/error.hpp"
 #include "pemoe/core/tensor.hpp"
-#include "pemoe/mpo/detail/mpo_chain.hpp"
 #include "pemoe/mpo/decompose.hpp"
+#include "pemoe/mpo/detail/mpo_chain.hpp"
 #include "pemoe/mpo/shape.hpp"
 
 namespace pemoe {

@@ -10,11 +10,13 @@
 //    "gauge": "symmetric", "max_bond": 64 | null, "rel_cutoff": 0.0, "bond_dims": [1, ..., 1],
 //    "params": <dense>, "mpo_params": <cores>, "rel_error": ||W - MPO||_F / ||W||_F};
 // - `__metadata__["pemoe.mpo.version"]` is the pemoe version that wrote the file.
-#pragma once
-
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <iostream>
+#include <limits>
+#include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <regex>
 #include <set>
@@ -22,99 +24,39 @@
 #include <vector>
 #include <xtensor/xtensor.hpp>
 
-#include "cli_args.hpp"
+#include "../cli.hpp"
+#include "../table.hpp"
 #include "pemoe/io/safetensors.hpp"
 #include "pemoe/mpo/decompose.hpp"
 #include "pemoe/mpo/reconstruct.hpp"
 #include "pemoe/mpo/shape.hpp"
 #include "pemoe/version.hpp"
-#include "table.hpp"
 
 namespace pemoe::cli {
+namespace {
 
-inline const char* const mpo_help =
-    R"(usage: pemoe mpo <command> [options]
+const std::string record_prefix = "pemoe.mpo/";
+const std::string version_key = "pemoe.mpo.version";
 
-Matrix product operator (MPO) decomposition of the 2-d weights of a safetensors file (MPOP/MPOE:
-Gao et al. 2020, Liu et al. ACL 2021, Gao et al. COLING 2022).
-
-commands:
-  compress IN --match REGEX --out OUT [options]
-                     decompose every tensor whose name matches REGEX into MPO cores
-  expand IN --out OUT
-                     rebuild the dense tensors of a file written by 'compress'
-
-File layout of 'compress': each matched tensor W (rows x cols) is replaced, at its place, by n cores
-'W.mpo.core_0' .. 'W.mpo.core_<n-1>' of shape (d_k, i_k, j_k, d_k+1) with prod(i) = rows and
-prod(j) = cols (after zero-padding with --pad); W = contraction of the cores over the bonds d. Cores
-are F32 (F64 for an F64 tensor). Every other tensor and all metadata are copied unchanged;
-__metadata__["pemoe.mpo/W"] records, as JSON, the original shape and dtype, the modes, padding, gauge,
-bond dimensions and relative error, and __metadata__["pemoe.mpo.version"] the pemoe version.
-
-Run 'pemoe mpo compress --help' or 'pemoe mpo expand --help' for the options.
-)";
-
-inline const char* const mpo_compress_help =
-    R"(usage: pemoe mpo compress IN.safetensors --match REGEX --out OUT.safetensors [options]
-
-Decomposes every tensor of IN whose name matches REGEX (ECMAScript, searched anywhere in the name, as
-std::regex_search) into an MPO by TT-SVD, writes OUT and prints a table: tensor, shape, modes
-(row modes x col modes), bond dimensions d_1..d_n-1, parameters before and after, and the relative
-error ||W - MPO||_F / ||W||_F measured on the rebuilt matrix. The totals row sums the parameters of
-the matched tensors; its error is over all of them together.
-
-options:
-  --match REGEX        tensors to decompose; each must be 2-d and F32, F64, F16 or BF16 (required)
-  --out PATH           output file (required; may be IN itself)
-  --max-bond K         cap on every bond dimension (default: none, the decomposition is exact)
-  --cores N            number of cores n (default 5, as MPOP and MPOE)
-  --rel-cutoff X       per bond, drop the smallest singular values whose squared sum is at most X of
-                       the total (default 0: keep all); combined with --max-bond
-  --gauge G            symmetric (default; the reference's canonical form), mixed (centred on the
-                       middle core) or left (raw TT-SVD)
-  --pad                zero-pad a side whose own factors are unbalanced (its largest mode more than
-                       twice the n-th root of its size, e.g. a vocabulary of 30522 = 2*3*5087 -> 8^5)
-                       up to a size with balanced factors; expand slices the padding off again
-  -h, --help           this text
-)";
-
-inline const char* const mpo_expand_help =
-    R"(usage: pemoe mpo expand IN.safetensors --out OUT.safetensors
-
-Rebuilds every tensor that 'pemoe mpo compress' decomposed (contracting its cores, slicing off any
-padding, converting back to its original dtype) at the place of its cores; copies every other tensor
-unchanged and drops only the metadata 'compress' added.
-
-options:
-  --out PATH           output file (required; may be IN itself)
-  -h, --help           this text
-)";
-
-namespace detail_mpo {
-
-inline const std::string record_prefix = "pemoe.mpo/";
-inline const std::string version_key = "pemoe.mpo.version";
-
-inline std::string core_name(const std::string& tensor, Index k) {
+std::string core_name(const std::string& tensor, Index k) {
   return tensor + ".mpo.core_" + std::to_string(k);
 }
 
 /// "12,64,64,12" (the inner bonds d_1..d_{n-1}; "-" for a single core).
-inline std::string inner_bonds(const std::vector<Index>& d) {
+std::string inner_bonds(const std::vector<Index>& d) {
   std::string s;
   for (std::size_t k = 1; k + 1 < d.size(); ++k) s += (s.empty() ? "" : ",") + std::to_string(d[k]);
   return s.empty() ? "-" : s;
 }
 
-inline std::string shape_text(Index rows, Index cols) {
+std::string shape_text(Index rows, Index cols) {
   return std::to_string(rows) + "x" + std::to_string(cols);
 }
 
-inline MpoGauge parse_gauge(const std::string& g) {
-  if (g == "symmetric") return MpoGauge::symmetric;
-  if (g == "mixed") return MpoGauge::mixed_canonical;
-  if (g == "left") return MpoGauge::left_canonical;
-  throw UsageError("option '--gauge' must be symmetric, mixed or left, got '" + g + "'");
+MpoGauge parse_gauge(const std::string& g) {
+  return g == "mixed"  ? MpoGauge::mixed_canonical
+         : g == "left" ? MpoGauge::left_canonical
+                       : MpoGauge::symmetric;
 }
 
 /// One decomposed tensor: what the table shows and `__metadata__` records.
@@ -152,41 +94,27 @@ Row compress_one(const SafetensorsFile& in, const std::string& name, const MpoSh
   return row;
 }
 
-}  // namespace detail_mpo
+struct CompressOptions {
+  std::string in_path, pattern, out_path, gauge = "symmetric";
+  long long max_bond = 0;  // 0: no cap
+  long long cores = 5;
+  double rel_cutoff = 0;
+  bool pad = false;
+};
 
 /// `pemoe mpo compress`; returns the exit code.
-inline int mpo_compress(int argc, char** argv, int first) {
-  using namespace detail_mpo;
-  const Args args("pemoe mpo compress",
-                  {{"--match", true},
-                   {"--out", true},
-                   {"--max-bond", true},
-                   {"--cores", true},
-                   {"--rel-cutoff", true},
-                   {"--gauge", true},
-                   {"--pad", false}},
-                  argc, argv, first);
-  if (args.help()) {
-    std::cout << mpo_compress_help;
-    return 0;
-  }
-  args.expect_positional(1, "input file (usage: pemoe mpo compress IN --match REGEX --out OUT)");
-  const std::string in_path = args.positional()[0];
-  const std::string pattern = args.required("--match");
-  const std::string out_path = args.required("--out");
+int mpo_compress(const CompressOptions& o) {
+  const std::string& in_path = o.in_path;
+  const std::string& pattern = o.pattern;
+  const std::string& out_path = o.out_path;
   TruncationPolicy policy;
-  policy.max_bond = static_cast<Index>(args.integer("--max-bond", policy.max_bond, 1, policy.max_bond));
-  policy.rel_cutoff = args.number("--rel-cutoff", 0.0, 0.0, 1.0);
-  const Index n_cores = static_cast<Index>(args.integer("--cores", 5, 1, 32));
-  const std::string gauge_name = args.get("--gauge", "symmetric");
+  if (o.max_bond > 0) policy.max_bond = static_cast<Index>(o.max_bond);
+  policy.rel_cutoff = o.rel_cutoff;
+  const Index n_cores = static_cast<Index>(o.cores);
+  const std::string& gauge_name = o.gauge;
   const MpoGauge gauge = parse_gauge(gauge_name);
-  const bool pad = args.has("--pad");
-  std::regex re;
-  try {
-    re = std::regex(pattern);
-  } catch (const std::regex_error& e) {
-    throw UsageError("--match '" + pattern + "' is not a valid regular expression: " + e.what());
-  }
+  const bool pad = o.pad;
+  const std::regex re(pattern);  // validated while parsing
 
   const auto t0 = std::chrono::steady_clock::now();
   const SafetensorsFile in = SafetensorsFile::load(in_path);
@@ -236,8 +164,7 @@ inline int mpo_compress(int argc, char** argv, int first) {
     rec["col_modes"] = shape.col_modes;
     rec["padded"] = shape.rows() != row.rows || shape.cols() != row.cols;
     rec["gauge"] = gauge_name;
-    rec["max_bond"] =
-        args.has("--max-bond") ? nlohmann::ordered_json(policy.max_bond) : nlohmann::ordered_json();
+    rec["max_bond"] = o.max_bond > 0 ? nlohmann::ordered_json(policy.max_bond) : nlohmann::ordered_json();
     rec["rel_cutoff"] = policy.rel_cutoff;
     rec["bond_dims"] = row.bonds;
     rec["params"] = row.params;
@@ -272,17 +199,14 @@ inline int mpo_compress(int argc, char** argv, int first) {
   for (const auto& name : in.names()) file_params += in.info(name).numel();
   std::cout << "pemoe mpo compress: " << rows.size() << " of " << plural(in.size(), "tensor") << " of '"
             << in_path << "' match '" << pattern << "'; " << n_cores << " cores, max bond "
-            << (args.has("--max-bond") ? std::to_string(policy.max_bond) : std::string("none"))
-            << ", rel cutoff " << policy.rel_cutoff << ", gauge " << gauge_name << (pad ? ", padding on" : "")
-            << "\n\n";
+            << (o.max_bond > 0 ? std::to_string(policy.max_bond) : std::string("none")) << ", rel cutoff "
+            << policy.rel_cutoff << ", gauge " << gauge_name << (pad ? ", padding on" : "") << "\n\n";
   table.print(std::cout);
   std::cout << "\nall tensors: " << thousands(file_params) << " -> "
             << thousands(file_params - before + after) << " parameters; wrote '" << out_path << "' in "
             << format("%.1f", seconds) << " s\n";
   return 0;
 }
-
-namespace detail_mpo {
 
 /// Rebuilds tensor `name` from its cores in precision T and adds it to `out` as `dtype`.
 template <class T>
@@ -305,19 +229,14 @@ void expand_one(const SafetensorsFile& in, const std::string& name, const MpoSha
   out.add(name, Shape{rows, cols}, W.data(), dtype);
 }
 
-}  // namespace detail_mpo
+struct ExpandOptions {
+  std::string in_path, out_path;
+};
 
 /// `pemoe mpo expand`; returns the exit code.
-inline int mpo_expand(int argc, char** argv, int first) {
-  using namespace detail_mpo;
-  const Args args("pemoe mpo expand", {{"--out", true}}, argc, argv, first);
-  if (args.help()) {
-    std::cout << mpo_expand_help;
-    return 0;
-  }
-  args.expect_positional(1, "input file (usage: pemoe mpo expand IN --out OUT)");
-  const std::string in_path = args.positional()[0];
-  const std::string out_path = args.required("--out");
+int mpo_expand(const ExpandOptions& o) {
+  const std::string& in_path = o.in_path;
+  const std::string& out_path = o.out_path;
   const auto t0 = std::chrono::steady_clock::now();
   const SafetensorsFile in = SafetensorsFile::load(in_path);
 
@@ -415,18 +334,97 @@ inline int mpo_expand(int argc, char** argv, int first) {
   return 0;
 }
 
-/// `pemoe mpo ...`; returns the exit code.
-inline int mpo_command(int argc, char** argv, int first) {
-  if (first >= argc)
-    throw UsageError("missing command after 'mpo' (compress or expand; see 'pemoe mpo --help')");
-  const std::string cmd = argv[first];
-  if (cmd == "-h" || cmd == "--help") {
-    std::cout << mpo_help;
-    return 0;
-  }
-  if (cmd == "compress") return mpo_compress(argc, argv, first + 1);
-  if (cmd == "expand") return mpo_expand(argc, argv, first + 1);
-  throw UsageError("unknown command 'mpo " + cmd + "' (known: compress, expand; see 'pemoe mpo --help')");
+void setup_compress(CLI::App& cmd) {
+  auto o = std::make_shared<CompressOptions>();
+  const long long no_cap = std::numeric_limits<Index>::max();
+  cmd.add_option("IN", o->in_path, "the .safetensors file to read")->required()->type_name("IN");
+  cmd.add_option("--match", o->pattern,
+                 "tensors to decompose; each must be 2-d and F32, F64, F16 or BF16 (required)")
+      ->required()
+      ->type_name("REGEX")
+      ->check(CLI::Validator(
+          [](std::string& v) -> std::string {
+            try {
+              std::regex re(v);
+            } catch (const std::regex_error& e) {
+              return "'" + v + "' is not a valid regular expression: " + e.what();
+            }
+            return {};
+          },
+          ""));
+  cmd.add_option("--out", o->out_path, "output file (required; may be IN itself)")
+      ->required()
+      ->type_name("OUT");
+  cmd.add_option("--max-bond", o->max_bond,
+                 "cap on every bond dimension (default: none, the decomposition is exact)")
+      ->type_name("K")
+      ->check(integer_in(1, no_cap));
+  cmd.add_option("--cores", o->cores, "number of cores n (default 5, as MPOP and MPOE)")
+      ->type_name("N")
+      ->check(integer_in(1, 32));
+  cmd.add_option("--rel-cutoff", o->rel_cutoff,
+                 "per bond, drop the smallest singular values whose squared sum is at most X of the total "
+                 "(default 0: keep all); combined with --max-bond")
+      ->type_name("X")
+      ->check(number_in(0, 1, "[0, 1)"));
+  cmd.add_option("--gauge", o->gauge,
+                 "symmetric (default; the reference's canonical form), mixed (centred on the middle core) or "
+                 "left (raw TT-SVD)")
+      ->type_name("G")
+      ->check(one_of({"symmetric", "mixed", "left"}));
+  cmd.add_flag(
+         "--pad", o->pad,
+         "zero-pad a side whose own factors are unbalanced (its largest mode more than twice the n-th root "
+         "of its size, e.g. a vocabulary of 30522 = 2*3*5087 -> 8^5) up to a size with balanced factors; "
+         "expand slices the padding off again")
+      ->disable_flag_override();
+  cmd.footer(
+      "Decomposes every tensor of IN whose name matches REGEX (ECMAScript, searched anywhere in the name, "
+      "as\n"
+      "std::regex_search) into an MPO by TT-SVD, writes OUT and prints a table: tensor, shape, modes\n"
+      "(row modes x col modes), bond dimensions d_1..d_n-1, parameters before and after, and the relative\n"
+      "error ||W - MPO||_F / ||W||_F measured on the rebuilt matrix. The totals row sums the parameters of\n"
+      "the matched tensors; its error is over all of them together.");
+  set_action(cmd, [o] { return mpo_compress(*o); });
 }
 
+void setup_expand(CLI::App& cmd) {
+  auto o = std::make_shared<ExpandOptions>();
+  cmd.add_option("IN", o->in_path, "a .safetensors file written by 'pemoe mpo compress'")
+      ->required()
+      ->type_name("IN");
+  cmd.add_option("--out", o->out_path, "output file (required; may be IN itself)")
+      ->required()
+      ->type_name("OUT");
+  cmd.footer(
+      "Rebuilds every tensor that 'pemoe mpo compress' decomposed (contracting its cores, slicing off any\n"
+      "padding, converting back to its original dtype) at the place of its cores; copies every other tensor\n"
+      "unchanged and drops only the metadata 'compress' added.");
+  set_action(cmd, [o] { return mpo_expand(*o); });
+}
+
+void setup(CLI::App& cmd) {
+  cmd.require_subcommand(0, 1);
+  setup_compress(
+      *cmd.add_subcommand("compress", "decompose every tensor whose name matches REGEX into MPO cores"));
+  setup_expand(*cmd.add_subcommand("expand", "rebuild the dense tensors of a file written by 'compress'"));
+  cmd.footer(
+      "Matrix product operator (MPO) decomposition of the 2-d weights of a safetensors file (MPOP/MPOE:\n"
+      "Gao et al. 2020, Liu et al. ACL 2021, Gao et al. COLING 2022).\n"
+      "\n"
+      "File layout of 'compress': each matched tensor W (rows x cols) is replaced, at its place, by n cores\n"
+      "'W.mpo.core_0' .. 'W.mpo.core_<n-1>' of shape (d_k, i_k, j_k, d_k+1) with prod(i) = rows and\n"
+      "prod(j) = cols (after zero-padding with --pad); W = contraction of the cores over the bonds d. Cores\n"
+      "are F32 (F64 for an F64 tensor). Every other tensor and all metadata are copied unchanged;\n"
+      "__metadata__[\"pemoe.mpo/W\"] records, as JSON, the original shape and dtype, the modes, padding, "
+      "gauge,\n"
+      "bond dimensions and relative error, and __metadata__[\"pemoe.mpo.version\"] the pemoe version.\n"
+      "\n"
+      "Run 'pemoe mpo compress --help' or 'pemoe mpo expand --help' for the options.");
+}
+
+[[maybe_unused]] const bool registered = register_command(
+    {"mpo", "matrix product operator (MPO) compression of the 2-d weights of a safetensors file", setup});
+
+}  // namespace
 }  // namespace pemoe::cli
