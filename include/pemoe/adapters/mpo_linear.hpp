@@ -42,7 +42,7 @@ struct MpoLinearConfig {
  *
  * Parameters: `<prefix>.mpo.core_<k>` of shape `(d_k, i_k, j_k, d_{k+1})` for k = 0..n-1 (core (n-1)/2 is
  * the central tensor), `<prefix>.bias` `(d_out)`. Any subset of cores can be frozen (`frozen_cores`, or
- * `ParamStore::set_trainable` by name before training).
+ * `set_trainable(store, regex, flag)` (core/param_select.hpp) by name before training).
  *
  * Forward (the reference's, rebuild then GEMM): W = reconstruct(cores) `(d_out, d_in)` (padding sliced
  * off), y = x·Wᵀ + b; cache: W. Outside training (`set_training(false)`, the default) x is instead
