@@ -11,18 +11,23 @@
 #include "pemoe/core/error.hpp"
 #include "pemoe/core/gemm.hpp"
 #include "pemoe/core/layer.hpp"
+#include "pemoe/core/param_select.hpp"
 #include "pemoe/core/param_store.hpp"
 #include "pemoe/core/rng.hpp"
 #include "pemoe/core/tensor.hpp"
 #include "pemoe/core/xtensor_view.hpp"
 
 // nn
+#include "pemoe/nn/activations.hpp"
+#include "pemoe/nn/attention.hpp"
+#include "pemoe/nn/cross_entropy.hpp"
 #include "pemoe/nn/dropout.hpp"
+#include "pemoe/nn/embedding.hpp"
+#include "pemoe/nn/layernorm.hpp"
 #include "pemoe/nn/linear.hpp"
 
-// moe: routers, auxiliary losses, expert banks, MoLA allocation
+// moe: routers, auxiliary losses, MoLA allocation
 #include "pemoe/moe/aux_loss.hpp"
-#include "pemoe/adapters/lora_experts.hpp"
 #include "pemoe/moe/mola_allocation.hpp"
 #include "pemoe/moe/router.hpp"
 #include "pemoe/moe/topk.hpp"
@@ -36,6 +41,7 @@
 // adapters
 #include "pemoe/adapters/ia3.hpp"
 #include "pemoe/adapters/lora.hpp"
+#include "pemoe/adapters/lora_experts.hpp"
 #include "pemoe/adapters/molora.hpp"
 #include "pemoe/adapters/mov.hpp"
 #include "pemoe/adapters/mpo_linear.hpp"
@@ -46,9 +52,13 @@
 #include "pemoe/io/dtype.hpp"
 #include "pemoe/io/safetensors.hpp"
 
+// models
+#include "pemoe/models/target_modules.hpp"
+
 // train
 #include "pemoe/train/adafactor.hpp"
 #include "pemoe/train/adamw.hpp"
+#include "pemoe/train/checkpoint.hpp"
 #include "pemoe/train/clip.hpp"
 #include "pemoe/train/gradient_mask.hpp"
 #include "pemoe/train/param_groups.hpp"

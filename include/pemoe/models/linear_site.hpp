@@ -1,0 +1,191 @@
+/// @file linear_site.hpp
+/// @brief `LinearSite`: one linear layer of a model that holds either the plain `Linear` or any adapter
+/// wrapped around it (LoRA, IA3, MoV, MoLoRA, sparse top-k), chosen at run time by adapter injection.
+#pragma once
+
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <variant>
+
+#include "pemoe/adapters/ia3.hpp"
+#include "pemoe/adapters/lora.hpp"
+#include "pemoe/adapters/molora.hpp"
+#include "pemoe/adapters/mov.hpp"
+#include "pemoe/adapters/sparse_lora.hpp"
+#include "pemoe/core/error.hpp"
+#include "pemoe/core/layer.hpp"
+#include "pemoe/core/param_store.hpp"
+#include "pemoe/core/rng.hpp"
+#include "pemoe/core/tensor.hpp"
+#include "pemoe/moe/router.hpp"
+#include "pemoe/nn/linear.hpp"
+
+namespace pemoe {
+
+/// Which adapter a linear site carries.
+enum class AdapterKind {
+  none,    ///< the plain linear (trainable or frozen)
+  lora,    ///< `LoRA`
+  ia3,     ///< `IA3` (output scaling, or input scaling for feed-forward modules)
+  mov,     ///< `MoV` on the linear's output
+  molora,  ///< `MoLoRA` (soft mixture of LoRA experts)
+  sparse,  ///< `SparseLoRAExperts` (top-k mixture, MoLA)
+};
+
+/// "none", "lora", "ia3", "mov", "molora", "sparse".
+inline const char* adapter_kind_name(AdapterKind k) {
+  switch (k) {
+    case AdapterKind::none: return "none";
+    case AdapterKind::lora: return "lora";
+    case AdapterKind::ia3: return "ia3";
+    case AdapterKind::mov: return "mov";
+    case AdapterKind::molora: return "molora";
+    case AdapterKind::sparse: return "sparse";
+  }
+  return "?";
+}
+/// The kind called `name`; `ConfigError` listing the allowed names otherwise.
+inline AdapterKind parse_adapter_kind(const std::string& name) {
+  for (AdapterKind k : {AdapterKind::none, AdapterKind::lora, AdapterKind::ia3, AdapterKind::mov,
+                        AdapterKind::molora, AdapterKind::sparse})
+    if (name == adapter_kind_name(k)) return k;
+  throw ConfigError("adapter: unknown kind '" + name + "'; allowed: none, lora, ia3, mov, molora, sparse");
+}
+
+/// The adapter to put on a site and its options (only the member of its kind is read).
+struct AdapterSpec {
+  AdapterKind kind = AdapterKind::none;
+  LoraConfig lora;             ///< kind lora
+  IA3Config ia3;               ///< kind ia3 (`feedforward` is set per site by the injector)
+  MoVConfig mov;               ///< kind mov
+  LoraExpertsConfig experts;   ///< kinds molora and sparse (E per site may be overridden, e.g. MoLA ▽)
+};
+
+/**
+ * @brief A model's linear layer at one site (`transformer.h.0.attn.c_attn`), holding the plain `Linear` or
+ * an adapter around it. It follows the layer contract itself and forwards every call to what it holds.
+ *
+ * Every adapter registers the base weight under the site's own prefix (`<site>.weight`, `<site>.bias`),
+ * so pretrained weights load by their Hugging Face names whatever the adapter. Adapters are built frozen
+ * around the base unless their config says otherwise.
+ */
+template <class T>
+class LinearSite {
+ public:
+  using Scalar = T;
+  using Layer = std::variant<Linear<T>, LoRA<T>, IA3<T>, MoV<T>, MoLoRA<T>, SparseLoRAExperts<T>>;
+  /// The cache of whichever layer the site holds.
+  using Cache = std::variant<typename Linear<T>::Cache, typename LoRA<T>::Cache, typename IA3<T>::Cache,
+                             typename MoV<T>::Cache, typename MoLoRA<T>::Cache,
+                             typename SparseLoRAExperts<T>::Cache>;
+
+  /// A plain linear.
+  explicit LinearSite(const LinearConfig& base = {}) : m_base(base), m_layer(Linear<T>(base)) {}
+
+  /// Replaces what the site holds by `spec`'s adapter around a linear of the same shape (before
+  /// `register_params`).
+  void set_adapter(const AdapterSpec& spec) {
+    PEMOE_CHECK_CONFIG(!m_registered, "LinearSite '", m_name, "': set the adapter before register_params()");
+    m_kind = spec.kind;
+    switch (spec.kind) {
+      case AdapterKind::none: m_layer.template emplace<Linear<T>>(m_base); break;
+      case AdapterKind::lora: m_layer.template emplace<LoRA<T>>(m_base, spec.lora); break;
+      case AdapterKind::ia3: m_layer.template emplace<IA3<T>>(m_base, spec.ia3); break;
+      case AdapterKind::mov: m_layer.template emplace<MoV<T>>(m_base, spec.mov); break;
+      case AdapterKind::molora: m_layer.template emplace<MoLoRA<T>>(m_base, spec.experts); break;
+      case AdapterKind::sparse: m_layer.template emplace<SparseLoRAExperts<T>>(m_base, spec.experts); break;
+    }
+  }
+
+  void register_params(ParamStore<T>& store, const std::string& prefix, Rng& rng) {
+    m_name = prefix;
+    m_registered = true;
+    std::visit([&](auto& l) { l.register_params(store, prefix, rng); }, m_layer);
+  }
+
+  /// x: (N, d_in) -> y: (N, d_out)
+  void forward(ConstMatrixRef<T> x, MatrixRef<T> y, Cache& cache) {
+    std::visit(
+        [&](auto& l) {
+          using L = std::decay_t<decltype(l)>;
+          using C = typename L::Cache;
+          if (!std::holds_alternative<C>(cache)) cache.template emplace<C>();
+          l.forward(x, y, std::get<C>(cache));
+        },
+        m_layer);
+  }
+
+  /// x: (N, d_in), dy: (N, d_out) -> dx: (N, d_in)
+  void backward(ConstMatrixRef<T> x, const Cache& cache, ConstMatrixRef<T> dy, GradOut<T> dx = std::nullopt) {
+    std::visit(
+        [&](auto& l) {
+          using C = typename std::decay_t<decltype(l)>::Cache;
+          PEMOE_CHECK(std::holds_alternative<C>(cache), "LinearSite '", m_name,
+                      "': backward with a cache from another layer (did forward run on this site?)");
+          l.backward(x, std::get<C>(cache), dy, dx);
+        },
+        m_layer);
+  }
+
+  void set_training(bool on) {
+    std::visit([&](auto& l) { l.set_training(on); }, m_layer);
+  }
+
+  /// The router of a MoE adapter (MoV, MoLoRA, sparse), or nullptr.
+  Router<T>* router() {
+    return std::visit(
+        [](auto& l) -> Router<T>* {
+          using L = std::decay_t<decltype(l)>;
+          if constexpr (std::is_same_v<L, MoV<T>> || std::is_same_v<L, MoLoRA<T>> ||
+                        std::is_same_v<L, SparseLoRAExperts<T>>)
+            return &l.router();
+          else
+            return nullptr;
+        },
+        m_layer);
+  }
+  /// The aux loss of the last forward (0 without a router).
+  double aux_loss(const Cache& cache) const {
+    return std::visit(
+        [&](const auto& l) -> double {
+          using L = std::decay_t<decltype(l)>;
+          if constexpr (std::is_same_v<L, MoV<T>> || std::is_same_v<L, MoLoRA<T>> ||
+                        std::is_same_v<L, SparseLoRAExperts<T>>) {
+            using C = typename L::Cache;
+            return std::holds_alternative<C>(cache) ? l.aux_loss(std::get<C>(cache)) : 0.0;
+          } else {
+            return 0.0;
+          }
+        },
+        m_layer);
+  }
+  /// The dropout of a LoRA-type adapter (its rng call counter is training state), or nullptr.
+  Dropout<T>* dropout() {
+    return std::visit(
+        [](auto& l) -> Dropout<T>* {
+          using L = std::decay_t<decltype(l)>;
+          if constexpr (std::is_same_v<L, LoRA<T>> || std::is_same_v<L, MoLoRA<T>> ||
+                        std::is_same_v<L, SparseLoRAExperts<T>>)
+            return &l.dropout();
+          else
+            return nullptr;
+        },
+        m_layer);
+  }
+
+  AdapterKind kind() const { return m_kind; }
+  const LinearConfig& base_config() const { return m_base; }
+  const std::string& name() const { return m_name; }
+  Layer& layer() { return m_layer; }
+  const Layer& layer() const { return m_layer; }
+
+ private:
+  LinearConfig m_base;
+  Layer m_layer;
+  AdapterKind m_kind = AdapterKind::none;
+  std::string m_name;
+  bool m_registered = false;
+};
+
+}  // namespace pemoe
