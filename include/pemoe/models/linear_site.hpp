@@ -36,12 +36,18 @@ enum class AdapterKind {
 /// "none", "lora", "ia3", "mov", "molora", "sparse".
 inline const char* adapter_kind_name(AdapterKind k) {
   switch (k) {
-    case AdapterKind::none: return "none";
-    case AdapterKind::lora: return "lora";
-    case AdapterKind::ia3: return "ia3";
-    case AdapterKind::mov: return "mov";
-    case AdapterKind::molora: return "molora";
-    case AdapterKind::sparse: return "sparse";
+    case AdapterKind::none:
+      return "none";
+    case AdapterKind::lora:
+      return "lora";
+    case AdapterKind::ia3:
+      return "ia3";
+    case AdapterKind::mov:
+      return "mov";
+    case AdapterKind::molora:
+      return "molora";
+    case AdapterKind::sparse:
+      return "sparse";
   }
   return "?";
 }
@@ -56,10 +62,10 @@ inline AdapterKind parse_adapter_kind(const std::string& name) {
 /// The adapter to put on a site and its options (only the member of its kind is read).
 struct AdapterSpec {
   AdapterKind kind = AdapterKind::none;
-  LoraConfig lora;             ///< kind lora
-  IA3Config ia3;               ///< kind ia3 (`feedforward` is set per site by the injector)
-  MoVConfig mov;               ///< kind mov
-  LoraExpertsConfig experts;   ///< kinds molora and sparse (E per site may be overridden, e.g. MoLA ▽)
+  LoraConfig lora;            ///< kind lora
+  IA3Config ia3;              ///< kind ia3 (`feedforward` is set per site by the injector)
+  MoVConfig mov;              ///< kind mov
+  LoraExpertsConfig experts;  ///< kinds molora and sparse (E per site may be overridden, e.g. MoLA ▽)
 };
 
 /**
@@ -76,9 +82,9 @@ class LinearSite {
   using Scalar = T;
   using Layer = std::variant<Linear<T>, LoRA<T>, IA3<T>, MoV<T>, MoLoRA<T>, SparseLoRAExperts<T>>;
   /// The cache of whichever layer the site holds.
-  using Cache = std::variant<typename Linear<T>::Cache, typename LoRA<T>::Cache, typename IA3<T>::Cache,
-                             typename MoV<T>::Cache, typename MoLoRA<T>::Cache,
-                             typename SparseLoRAExperts<T>::Cache>;
+  using Cache =
+      std::variant<typename Linear<T>::Cache, typename LoRA<T>::Cache, typename IA3<T>::Cache,
+                   typename MoV<T>::Cache, typename MoLoRA<T>::Cache, typename SparseLoRAExperts<T>::Cache>;
 
   /// A plain linear.
   explicit LinearSite(const LinearConfig& base = {}) : m_base(base), m_layer(Linear<T>(base)) {}
@@ -89,12 +95,24 @@ class LinearSite {
     PEMOE_CHECK_CONFIG(!m_registered, "LinearSite '", m_name, "': set the adapter before register_params()");
     m_kind = spec.kind;
     switch (spec.kind) {
-      case AdapterKind::none: m_layer.template emplace<Linear<T>>(m_base); break;
-      case AdapterKind::lora: m_layer.template emplace<LoRA<T>>(m_base, spec.lora); break;
-      case AdapterKind::ia3: m_layer.template emplace<IA3<T>>(m_base, spec.ia3); break;
-      case AdapterKind::mov: m_layer.template emplace<MoV<T>>(m_base, spec.mov); break;
-      case AdapterKind::molora: m_layer.template emplace<MoLoRA<T>>(m_base, spec.experts); break;
-      case AdapterKind::sparse: m_layer.template emplace<SparseLoRAExperts<T>>(m_base, spec.experts); break;
+      case AdapterKind::none:
+        m_layer.template emplace<Linear<T>>(m_base);
+        break;
+      case AdapterKind::lora:
+        m_layer.template emplace<LoRA<T>>(m_base, spec.lora);
+        break;
+      case AdapterKind::ia3:
+        m_layer.template emplace<IA3<T>>(m_base, spec.ia3);
+        break;
+      case AdapterKind::mov:
+        m_layer.template emplace<MoV<T>>(m_base, spec.mov);
+        break;
+      case AdapterKind::molora:
+        m_layer.template emplace<MoLoRA<T>>(m_base, spec.experts);
+        break;
+      case AdapterKind::sparse:
+        m_layer.template emplace<SparseLoRAExperts<T>>(m_base, spec.experts);
+        break;
     }
   }
 

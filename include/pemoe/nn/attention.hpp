@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <limits>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -68,8 +69,11 @@ struct AttentionConfig {
  * parallel (each with its own serial products), so results do not depend on the thread count.
  * Cost: forward 8·N·d² + 4·B·T²·d flops (N = B·T); backward about twice that; memory B·H·T² for P.
  * @tparam T scalar type.
+ * @tparam Proj the projection layer of `c_attn` and `c_proj`: `Linear<T>`, or any layer on the contract
+ *   constructible from a `LinearConfig` (models use `LinearSite<T>`, so that adapters can wrap the
+ * projections).
  */
-template <class T>
+template <class T, class Proj = Linear<T>>
 class CausalSelfAttention {
  public:
   using Scalar = T;
@@ -81,7 +85,7 @@ class CausalSelfAttention {
     Matrix<T> qkv;                       ///< (B·T, 3·d_model) = c_attn(x): q | k | v
     Matrix<T> probs;                     ///< (B·H·T, T) softmax of (b, h) in rows (b·H + h)·T …
     Matrix<T> ctx;                       ///< (B·T, d_model) heads merged, before c_proj
-    typename Linear<T>::Cache c_attn, c_proj;
+    typename Proj::Cache c_attn, c_proj;
     typename Dropout<T>::Cache attn_drop, resid_drop;
   };
 
@@ -187,8 +191,10 @@ class CausalSelfAttention {
       m_resid_drop.backward(dy, cache.resid_drop, dy, dproj);
     }
     const ConstMatrixRef<T> g = cache.resid_drop.active ? ConstMatrixRef<T>(dproj) : dy;
-    const bool attn_grads =
-        m_store->trainable(m_c_attn.weight_id()) || (m_config.bias && m_store->trainable(m_c_attn.bias_id()));
+    bool attn_grads = true;  // an adapted projection may train even when its base is frozen
+    if constexpr (std::is_same_v<Proj, Linear<T>>)
+      attn_grads = m_store->trainable(m_c_attn.weight_id()) ||
+                   (m_config.bias && m_store->trainable(m_c_attn.bias_id()));
     if (!dx && !attn_grads) {
       m_c_proj.backward(cache.ctx, cache.c_proj, g);
       return;
@@ -235,11 +241,11 @@ class CausalSelfAttention {
   }
 
   /// The fused q|k|v projection d_model -> 3·d_model.
-  Linear<T>& c_attn() { return m_c_attn; }
-  const Linear<T>& c_attn() const { return m_c_attn; }
+  Proj& c_attn() { return m_c_attn; }
+  const Proj& c_attn() const { return m_c_attn; }
   /// The output projection d_model -> d_model.
-  Linear<T>& c_proj() { return m_c_proj; }
-  const Linear<T>& c_proj() const { return m_c_proj; }
+  Proj& c_proj() { return m_c_proj; }
+  const Proj& c_proj() const { return m_c_proj; }
   Dropout<T>& attn_dropout() { return m_attn_drop; }
   Dropout<T>& resid_dropout() { return m_resid_drop; }
   /// B, T and the key mask of the next forward (0, 0, {} before the first `set_batch`).
@@ -306,7 +312,7 @@ class CausalSelfAttention {
   }
 
   AttentionConfig m_config;
-  Linear<T> m_c_attn, m_c_proj;
+  Proj m_c_attn, m_c_proj;
   Dropout<T> m_attn_drop, m_resid_drop;
   ParamStore<T>* m_store = nullptr;
   std::string m_name;

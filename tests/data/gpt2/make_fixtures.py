@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Reference fixtures for pemoe's GPT-2: small random GPT-2s, their logits, loss and every gradient, computed
-by Hugging Face transformers (and PEFT for the adapters), in float32 on the CPU.
+by Hugging Face transformers (and PEFT for the adapters) on the CPU. The weights are float32 (as HF saves
+them); the reference outputs are computed in float64 from exactly those weights, so a float64 pemoe can be
+checked to rounding level and a float32 one to float32 accuracy.
 
 Run from this directory (pip: torch transformers peft safetensors):
 
@@ -20,6 +22,7 @@ some labels are -100):
 Dropout is off (p = 0) so the references are deterministic. The weights are drawn wider than GPT-2's
 N(0, 0.02) so that the logits, and so the gradients, are far from uniform.
 """
+import copy
 import json
 import os
 
@@ -58,8 +61,13 @@ def make_batch(cfg, seed):
 
 
 def run(model, ids, labels):
+    """HF's causal-LM loss (labels shifted left, -100 ignored, mean), computed in the model's dtype: HF's own
+    loss_function upcasts logits to float32 only, which would round a float64 reference."""
     model.zero_grad(set_to_none=True)
-    out = model(input_ids=ids, labels=labels)
+    out = model(input_ids=ids)
+    shift_logits = out.logits[:, :-1, :].reshape(-1, out.logits.shape[-1])
+    shift_labels = labels[:, 1:].reshape(-1)
+    out.loss = torch.nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=-100)
     out.loss.backward()
     return out
 
@@ -82,18 +90,20 @@ def write_model(name, cfg):
     randomize(model, cfg["seed"])
     out_dir = os.path.join(HERE, name)
     model.save_pretrained(out_dir, safe_serialization=True)
-    for dtype, suffix in ((torch.float16, "_fp16"), (torch.bfloat16, "_bf16")):
-        model.to(dtype).save_pretrained(os.path.join(HERE, name + suffix), safe_serialization=True)
-        model.float()
+    for dtype, suffix in ((torch.float16, "_fp16"), (torch.bfloat16, "_bf16")):  # on copies: the reference
+        copy.deepcopy(model).to(dtype).save_pretrained(os.path.join(HERE, name + suffix),  # keeps fp32 weights
+                                                       safe_serialization=True)
 
     ids, labels = make_batch(cfg, cfg["seed"])
     save_file({"input_ids": ids, "labels": labels}, os.path.join(out_dir, "batch.safetensors"))
     model.train()  # dropout is 0: train() only matters for the autograd graph
+    model.double()  # the reference of these (float32) weights, computed in float64
     out = run(model, ids, labels)
     expected = {"logits": out.logits.detach().contiguous(), "loss": out.loss.detach().reshape(())}
     for k, v in grads(model, lambda n: True).items():
         expected["grad." + k] = v
     save_file(expected, os.path.join(out_dir, "expected.safetensors"))
+    model.float()
     return model, ids, labels
 
 
@@ -116,7 +126,8 @@ def write_adapter(name, model, ids, labels, kind, seed):
                 else:
                     p.copy_(1.0 + 0.3 * torch.randn(p.shape, generator=g))
     out_dir = os.path.join(HERE, name + "_" + kind)
-    peft_model.save_pretrained(out_dir)
+    peft_model.save_pretrained(out_dir)  # float32 tensors
+    peft_model.double()  # the reference, in float64
     out = run(peft_model, ids, labels)
     expected = {"logits": out.logits.detach().contiguous(), "loss": out.loss.detach().reshape(())}
     # gradients under the names adapter_model.safetensors uses (PEFT drops the adapter name "default")
@@ -125,6 +136,7 @@ def write_adapter(name, model, ids, labels, kind, seed):
             key = n.replace(".default", "")
             expected["grad." + key] = p.grad.detach().clone().contiguous()
     save_file(expected, os.path.join(out_dir, "expected.safetensors"))
+    peft_model.float()
     peft_model.unload()
 
 
