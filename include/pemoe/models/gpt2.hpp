@@ -438,6 +438,26 @@ class GPT2 {
     return v;
   }
 
+  /**
+   * @brief The model's random state: the call counters of every dropout and router, in a fixed order. With
+   * the parameters and the optimizer state, this is what a checkpoint must hold for a bit-identical resume
+   * (every mask and every noise draw is a pure function of the seed and these counters).
+   */
+  std::vector<std::uint64_t> rng_counters() {
+    std::vector<std::uint64_t> v;
+    for_each_rng([&](auto& r) { v.push_back(r.call_counter()); });
+    return v;
+  }
+  /// Restores `rng_counters()`; `ConfigError` when the count differs (another model or adapter).
+  void set_rng_counters(const std::vector<std::uint64_t>& v) {
+    std::size_t n = 0;
+    for_each_rng([&](auto&) { ++n; });
+    PEMOE_CHECK_CONFIG(n == v.size(), "GPT2: ", v.size(), " rng counters given, the model has ", n,
+                       " (was the checkpoint saved from another model or adapter?)");
+    std::size_t i = 0;
+    for_each_rng([&](auto& r) { r.set_call_counter(v[i++]); });
+  }
+
   const GPT2Config& config() const { return m_config; }
   Embedding<T>& wte() { return m_wte; }
   Embedding<T>& wpe() { return m_wpe; }
@@ -447,6 +467,19 @@ class GPT2 {
   bool adapted() const { return m_adapted; }
 
  private:
+  template <class F>
+  void for_each_rng(F&& f) {
+    f(m_drop);
+    for (auto& b : m_blocks) {
+      f(b.attn().attn_dropout());
+      f(b.attn().resid_dropout());
+      f(b.mlp_dropout());
+    }
+    for (auto& [name, site] : linear_sites()) {
+      if (Dropout<T>* d = site->dropout()) f(*d);
+      if (Router<T>* r = site->router()) f(*r);
+    }
+  }
   double block_aux(Index l, const typename GPT2Block<T>::Cache& c) {
     auto& b = m_blocks[std::size_t(l)];
     return b.attn().c_attn().aux_loss(c.attn.c_attn) + b.attn().c_proj().aux_loss(c.attn.c_proj) +
