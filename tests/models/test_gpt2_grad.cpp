@@ -195,3 +195,33 @@ TEST_CASE("GPT-2 in training: dropout and router jitter replay from the rng coun
   }
   CHECK(worst < 1e-5);
 }
+
+TEST_CASE("GPT-2 merge_and_unload: LoRA and IA3 fold into the weights with the same logits; MoE refuses") {
+  for (AdapterKind kind : {AdapterKind::lora, AdapterKind::ia3}) {
+    CAPTURE(adapter_kind_name(kind));
+    GPT2<double> m(tiny());
+    TargetModules all;
+    all.all_linear = true;
+    m.inject(spec_of(kind), all);
+    ParamStore<double> s;
+    Rng rng(1);
+    m.register_params(s, rng);
+    testing::randomize_params(s, 2, 0.3);
+    Batch b;
+    m.set_batch(b.B, b.T);
+    typename GPT2<double>::Cache c1, c2;
+    m.forward(b.ids, {}, c1);
+    m.merge_and_unload();
+    for (auto& [name, site] : m.linear_sites()) CHECK(site->kind() == AdapterKind::none);
+    m.forward(b.ids, {}, c2);
+    CHECK(testing::max_abs_diff(c1.logits, c2.logits) < 1e-10);
+  }
+  GPT2<double> m(tiny());
+  TargetModules all;
+  all.all_linear = true;
+  m.inject(spec_of(AdapterKind::molora), all);
+  ParamStore<double> s;
+  Rng rng(1);
+  m.register_params(s, rng);
+  CHECK_THROWS_AS(m.merge_and_unload(), ConfigError);
+}

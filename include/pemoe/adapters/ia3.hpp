@@ -173,6 +173,7 @@ class IA3 {
   ParamId scale_id() const { return m_l; }
   bool has_base() const { return m_base.has_value(); }
   Linear<T>& base() { return *m_base; }
+  const IA3Config& config() const { return m_config; }
   const std::string& name() const { return m_name; }
 
  private:

@@ -425,6 +425,13 @@ class GPT2 {
     if (m_store->trainable(m_wpe.weight_id())) m_wpe.backward(c.positions, c.wpe, dx);
   }
 
+  /// Merges every mergeable adapter (LoRA, IA3) into the backbone weights and makes every site a plain
+  /// linear again (PEFT `merge_and_unload`); `ConfigError` for MoE adapters. The backbone stays frozen.
+  void merge_and_unload() {
+    for (auto& [name, site] : linear_sites()) site->merge_and_unload();
+    m_adapted = false;
+  }
+
   /// Training mode (dropout, router noise) for every layer.
   void set_training(bool on) {
     m_drop.set_training(on);

@@ -150,6 +150,41 @@ class LinearSite {
     std::visit([&](auto& l) { l.set_training(on); }, m_layer);
   }
 
+  /**
+   * @brief Folds a mergeable adapter into the base weight and makes the site a plain `Linear` again (PEFT's
+   * `merge_and_unload`): LoRA W += s·B·A; IA3 on the output W ← diag(l)·W, b ← l ⊙ b; IA3 on the input
+   * (feed-forward) W ← W·diag(l). The adapter's tensors stay in the store, unused (a saved backbone does not
+   * include them). MoE adapters depend on the input through their router and cannot be merged: `ConfigError`.
+   */
+  void merge_and_unload() {
+    if (m_kind == AdapterKind::none) return;
+    PEMOE_CHECK(m_registered, "LinearSite '", m_name, "': merge_and_unload() before register_params()");
+    ParamStore<T>* store = nullptr;
+    if (auto* l = std::get_if<LoRA<T>>(&m_layer)) {
+      if (!l->merged()) l->merge();
+      store = l->base().store();
+    } else if (auto* a = std::get_if<IA3<T>>(&m_layer)) {
+      auto W = a->base().weight();
+      const auto l = a->scale().row(0).transpose();
+      if (a->config().feedforward) {
+        W = W * l.asDiagonal();
+      } else {
+        W = l.asDiagonal() * W;
+        if (m_base.bias) a->base().bias().row(0).array() *= l.transpose().array();
+      }
+      store = a->base().store();
+    } else {
+      throw ConfigError(std::string("LinearSite '") + m_name + "': a " + adapter_kind_name(m_kind) +
+                        " adapter routes each token by its input and cannot be merged into the weight");
+    }
+    LinearConfig c = m_base;
+    c.trainable = false;
+    Linear<T> plain(c);
+    plain.bind(*store, m_name);
+    m_layer = std::move(plain);
+    m_kind = AdapterKind::none;
+  }
+
   /// The router of a MoE adapter (MoV, MoLoRA, sparse), or nullptr.
   Router<T>* router() {
     return std::visit(

@@ -57,6 +57,17 @@ class Linear {
     }
   }
 
+  /// Binds to parameters `<prefix>.weight` (and `.bias`) already in `store` (declared by another layer,
+  /// e.g. the base of an adapter being unloaded) instead of declaring new ones; checks their shapes.
+  void bind(ParamStore<T>& store, const std::string& prefix) {
+    m_store = &store;
+    m_name = prefix;
+    m_weight = store.id(prefix + ".weight");
+    PEMOE_CHECK_SHAPE(store.entry(m_weight).shape == Shape({m_config.d_out, m_config.d_in}), site(),
+                      ": bound weight has shape ", shape_string(store.entry(m_weight).shape));
+    if (m_config.bias) m_bias = store.id(prefix + ".bias");
+  }
+
   /// y = x·Wᵀ + b.   x: (N, d_in) -> y: (N, d_out)
   void forward(ConstMatrixRef<T> x, MatrixRef<T> y, Cache& /*cache*/) {
     check_bound();
@@ -93,6 +104,8 @@ class Linear {
   ParamId weight_id() const { return m_weight; }
   ParamId bias_id() const { return m_bias; }
   const LinearConfig& config() const { return m_config; }
+  /// The store holding the parameters (after `register_params` or `bind`).
+  ParamStore<T>* store() const { return m_store; }
   /// The parameter prefix, used to name this layer in error messages.
   const std::string& name() const { return m_name; }
 
