@@ -4,6 +4,7 @@
 #include <benchmark/benchmark.h>
 
 #include <Eigen/Core>
+#include <fstream>
 #include <string>
 
 #include "pemoe/core/config.hpp"
@@ -29,6 +30,13 @@ inline void set_gflops(benchmark::State& state, double flops) {
 
 /// Adds the SIMD level Eigen was compiled with and the thread count to the benchmark's context.
 inline void add_context() {
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(cpuinfo, line))
+    if (line.rfind("model name", 0) == 0) {
+      benchmark::AddCustomContext("cpu", line.substr(line.find(':') + 2));
+      break;
+    }
   benchmark::AddCustomContext("eigen_simd", Eigen::SimdInstructionSetsInUse());
   benchmark::AddCustomContext("threads", std::to_string(max_threads()));
 }

@@ -18,9 +18,11 @@
 #pragma once
 
 #include <Eigen/Core>
+#include <algorithm>
 
 #include "pemoe/core/detail/skinny_gemm.hpp"
 #include "pemoe/core/error.hpp"
+#include "pemoe/core/profile.hpp"
 #include "pemoe/core/tensor.hpp"
 
 namespace pemoe {
@@ -79,6 +81,9 @@ void gemm(Op op_a, Op op_b, T alpha, ConstMatrixRef<T> A, ConstMatrixRef<T> B, T
                     "), op(B) is (", kb, ", ", n, "), C is (", C.rows(), ", ", C.cols(), ")");
   PEMOE_CHECK_SHAPE(!detail::views_overlap(C, A) && !detail::views_overlap(C, B),
                     "gemm: the output C shares memory with an input (A or B); pass a separate output buffer");
+  // Profiled (when a profile::Session is active) as "gemm", or "gemm_skinny" for the small-extent products
+  // of adapters and routers.
+  const profile::Scope scope(std::min({m, n, ka}) <= detail::kSkinnyMax ? "gemm_skinny" : "gemm");
   if (m == 0 || n == 0 || ka == 0) {
     if (beta == T(0))
       C.setZero();

@@ -16,6 +16,7 @@
 #include "pemoe/core/error.hpp"
 #include "pemoe/core/layer.hpp"
 #include "pemoe/core/param_store.hpp"
+#include "pemoe/core/profile.hpp"
 #include "pemoe/core/rng.hpp"
 #include "pemoe/core/tensor.hpp"
 #include "pemoe/models/linear_site.hpp"
@@ -165,12 +166,22 @@ class GPT2Block {
     check_shape("GPT2Block", "y", y, n, m_d);
     check_no_alias("GPT2Block", x, y);
     c.h1.resize(n, m_d);
-    m_ln_1.forward(x, c.h1, c.ln_1);
+    {
+      const profile::Scope s("layernorm");
+      m_ln_1.forward(x, c.h1, c.ln_1);
+    }
     c.xm.resize(n, m_d);
-    m_attn.forward(c.h1, c.xm, c.attn);
+    {
+      const profile::Scope s("attention");
+      m_attn.forward(c.h1, c.xm, c.attn);
+    }
+    const profile::Scope s("elementwise");
     c.xm += x;
     c.h2.resize(n, m_d);
-    m_ln_2.forward(c.xm, c.h2, c.ln_2);
+    {
+      const profile::Scope s2("layernorm");
+      m_ln_2.forward(c.xm, c.h2, c.ln_2);
+    }
     c.f.resize(n, m_inner);
     m_fc.forward(c.h2, c.f, c.fc);
     c.g.resize(n, m_inner);
@@ -186,6 +197,7 @@ class GPT2Block {
     check_shape("GPT2Block", "x", x, -1, m_d);
     check_shape("GPT2Block", "dy", dy, n, m_d);
     if (dx) check_shape("GPT2Block", "dx", *dx, n, m_d);
+    const profile::Scope s("elementwise");
     Matrix<T> dm(n, m_d);
     m_drop.backward(dy, c.drop, dy, dm);
     Matrix<T> dg(n, m_inner);
@@ -195,9 +207,16 @@ class GPT2Block {
     Matrix<T> dh(n, m_d);
     m_fc.backward(c.h2, c.fc, df, dh);
     Matrix<T> dxm(n, m_d);
-    m_ln_2.backward(c.xm, c.ln_2, dh, dxm);
+    {
+      const profile::Scope s2("layernorm");
+      m_ln_2.backward(c.xm, c.ln_2, dh, dxm);
+    }
     dxm += dy;
-    m_attn.backward(c.h1, c.attn, dxm, dh);
+    {
+      const profile::Scope s2("attention");
+      m_attn.backward(c.h1, c.attn, dxm, dh);
+    }
+    const profile::Scope s2("layernorm");
     if (!dx) {
       m_ln_1.backward(x, c.ln_1, dh);
       return;
@@ -382,17 +401,23 @@ class GPT2 {
     for (Index i = 0; i < n; ++i) c.positions[std::size_t(i)] = i % S;
     c.x.resize(std::size_t(L + 1));
     for (auto& m : c.x) m.resize(n, d);
-    m_wte.forward(c.ids, c.x[0], c.wte);
-    Matrix<T> pos(n, d);
-    m_wpe.forward(c.positions, pos, c.wpe);
-    c.x[0] += pos;
-    m_drop.forward(c.x[0], c.x[0], c.drop);
+    {
+      const profile::Scope s("embedding");
+      m_wte.forward(c.ids, c.x[0], c.wte);
+      Matrix<T> pos(n, d);
+      m_wpe.forward(c.positions, pos, c.wpe);
+      c.x[0] += pos;
+      m_drop.forward(c.x[0], c.x[0], c.drop);
+    }
     c.blocks.resize(std::size_t(L));
     for (Index l = 0; l < L; ++l)
       m_blocks[std::size_t(l)].forward(c.x[std::size_t(l)], c.x[std::size_t(l + 1)],
                                        c.blocks[std::size_t(l)]);
     c.hf.resize(n, d);
-    m_ln_f.forward(c.x[std::size_t(L)], c.hf, c.ln_f);
+    {
+      const profile::Scope s("layernorm");
+      m_ln_f.forward(c.x[std::size_t(L)], c.hf, c.ln_f);
+    }
     c.logits.resize(n, m_config.vocab_size);
     m_wte.logits(c.hf, c.logits);
     c.targets.clear();
@@ -402,7 +427,10 @@ class GPT2 {
     for (Index b = 0; b < B; ++b)
       for (Index t = 0; t + 1 < S; ++t)
         c.targets[std::size_t(b * S + t)] = labels[std::size_t(b * S + t + 1)];
-    c.lm_loss = m_ce.forward(c.logits, c.targets, c.ce);
+    {
+      const profile::Scope s("loss");
+      c.lm_loss = m_ce.forward(c.logits, c.targets, c.ce);
+    }
     for (Index l = 0; l < L; ++l) c.aux_loss += block_aux(l, c.blocks[std::size_t(l)]);
     return c.lm_loss + c.aux_loss;
   }
@@ -412,14 +440,21 @@ class GPT2 {
     PEMOE_CHECK_CONFIG(!c.targets.empty(), "GPT2: backward needs a forward with labels");
     const Index n = c.batch * c.seq_len, d = m_config.n_embd, L = m_config.n_layer;
     Matrix<T> dlogits(n, m_config.vocab_size);
-    m_ce.backward(c.logits, c.targets, c.ce, dlogits);
+    {
+      const profile::Scope s("loss");
+      m_ce.backward(c.logits, c.targets, c.ce, dlogits);
+    }
     Matrix<T> dh(n, d), dx(n, d), dprev(n, d);
     m_wte.logits_backward(c.hf, dlogits, dh);
-    m_ln_f.backward(c.x[std::size_t(L)], c.ln_f, dh, dx);
+    {
+      const profile::Scope s("layernorm");
+      m_ln_f.backward(c.x[std::size_t(L)], c.ln_f, dh, dx);
+    }
     for (Index l = L - 1; l >= 0; --l) {
       m_blocks[std::size_t(l)].backward(c.x[std::size_t(l)], c.blocks[std::size_t(l)], dx, dprev);
       dx.swap(dprev);
     }
+    const profile::Scope s("embedding");
     m_drop.backward(dx, c.drop, dx, dx);
     if (m_store->trainable(m_wte.weight_id())) m_wte.backward(c.ids, c.wte, dx);
     if (m_store->trainable(m_wpe.weight_id())) m_wpe.backward(c.positions, c.wpe, dx);

@@ -16,6 +16,7 @@
 #include "pemoe/core/error.hpp"
 #include "pemoe/core/layer.hpp"
 #include "pemoe/core/param_store.hpp"
+#include "pemoe/core/profile.hpp"
 #include "pemoe/core/rng.hpp"
 #include "pemoe/core/tensor.hpp"
 #include "pemoe/moe/router.hpp"
@@ -124,6 +125,7 @@ class LinearSite {
 
   /// x: (N, d_in) -> y: (N, d_out)
   void forward(ConstMatrixRef<T> x, MatrixRef<T> y, Cache& cache) {
+    const profile::Scope scope(m_kind == AdapterKind::none ? "linear" : "adapter");
     std::visit(
         [&](auto& l) {
           using L = std::decay_t<decltype(l)>;
@@ -136,6 +138,7 @@ class LinearSite {
 
   /// x: (N, d_in), dy: (N, d_out) -> dx: (N, d_in)
   void backward(ConstMatrixRef<T> x, const Cache& cache, ConstMatrixRef<T> dy, GradOut<T> dx = std::nullopt) {
+    const profile::Scope scope(m_kind == AdapterKind::none ? "linear" : "adapter");
     std::visit(
         [&](auto& l) {
           using C = typename std::decay_t<decltype(l)>::Cache;

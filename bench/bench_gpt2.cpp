@@ -1,0 +1,103 @@
+// GPT-2-124M-shaped training throughput (B = 4, T = 64, fp32, AdamW lr 1e-4, dropout 0.1 active, random
+// init), the same work as ../shared/peers/hf_gpt2_bench.py: config a (full fine-tuning) and config d (frozen
+// backbone + soft MoLoRA, E = 8, r = 8, on c_attn and c_fc). Run both beside the peer in one sitting:
+//
+//   OMP_NUM_THREADS=1 ./build/bench/pemoe_bench_gpt2 --benchmark_filter='config:d'
+//   OMP_NUM_THREADS=1 python3 ../shared/peers/hf_gpt2_bench.py --mode train --config d --threads 1
+//
+// Counters: tokens/s, GFLOP/s (model FLOPs of a step, formula in `step_flops`), peak RSS of the process (run
+// one config per process to read it per config), and the share of one step's time per kind of work
+// (`t_<bucket>`, from core/profile.hpp, measured on one extra profiled step).
+#include <sys/resource.h>
+
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "bench_common.hpp"
+#include "pemoe/core/profile.hpp"
+#include "pemoe/models/gpt2.hpp"
+#include "pemoe/train/adamw.hpp"
+
+using namespace pemoe;
+
+namespace {
+
+constexpr Index kB = 4, kT = 64;
+
+// Model FLOPs of one training step (multiply-add = 2), N = B·T tokens. Forward: per token 2·P_lin (P_lin =
+// 12·L·d², the block weights) + 2·d·V (the tied head) + 4·L·T·d (q·kᵀ and P·v; the causal half is not
+// subtracted). Backward: attention always 2× its forward (two products per product); weight products 1×
+// (input gradients) plus 1× for the weight gradients when the backbone trains. MoLoRA at c_attn and c_fc: per
+// token and site 2·E·r·(d_in + d_out) + 2·d_in·E (router) forward, 3× that in a step.
+double step_flops(const GPT2Config& c, bool full, Index E, Index r) {
+  const double N = double(kB * kT), L = double(c.n_layer), d = double(c.n_embd), V = double(c.vocab_size);
+  const double weights = N * (2.0 * 12.0 * L * d * d + 2.0 * d * V), attn = N * 4.0 * L * double(kT) * d;
+  if (full) return 3.0 * (weights + attn);
+  const double e = double(E), rr = double(r);
+  const double sites =
+      N * L * ((2.0 * e * rr * (d + 3 * d) + 2.0 * d * e) + (2.0 * e * rr * (d + 4 * d) + 2.0 * d * e));
+  return 2.0 * weights + 3.0 * attn + 3.0 * sites;
+}
+
+double peak_rss_mb() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return double(u.ru_maxrss) / 1024.0;
+}
+
+// full: config a (full fine-tuning); otherwise config d (frozen backbone + MoLoRA E8 r8 on c_attn, c_fc).
+void BM_GPT2Train(benchmark::State& state, bool full) {
+  GPT2Config cfg;  // GPT-2 124M, dropout 0.1
+  auto model = std::make_unique<GPT2<float>>(cfg);
+  const Index E = 8, r = 8;
+  if (!full) {
+    AdapterSpec spec;
+    spec.kind = AdapterKind::molora;
+    spec.experts = LoraExpertsConfig::for_ai(E, r);
+    TargetModules t;
+    t.names = {"c_attn", "c_fc"};
+    model->inject(spec, t);
+  }
+  ParamStore<float> store;
+  Rng rng(0);
+  model->register_params(store, rng);
+  model->set_training(true);
+  model->set_batch(kB, kT);
+  AdamWConfig oc;
+  oc.lr = 1e-4;
+  AdamW<float> opt(oc);
+  std::vector<std::int64_t> ids(std::size_t(kB * kT));
+  Rng data(1);
+  for (auto& v : ids) v = std::int64_t(data.below(std::uint64_t(cfg.vocab_size)));
+  typename GPT2<float>::Cache cache;
+  auto step = [&]() {
+    model->forward(ids, ids, cache);
+    store.zero_grad();
+    model->backward(cache);
+    const profile::Scope s("optimizer");
+    opt.step(store);
+  };
+  for (int i = 0; i < 2; ++i) step();  // warm-up: allocations, first-touch
+  for (auto _ : state) step();
+  profile::Totals totals;
+  {
+    const profile::Session session(totals);
+    step();
+  }
+  const double t = totals.total();
+  for (const auto& kv : totals.seconds) state.counters["t_" + kv.first] = kv.second / t;
+  state.counters["tokens_per_s"] =
+      benchmark::Counter(double(kB * kT), benchmark::Counter::kIsIterationInvariantRate);
+  bench::set_gflops(state, step_flops(cfg, full, E, r));
+  state.counters["trainable_M"] = double(store.num_trainable()) / 1e6;
+  state.counters["peak_rss_MB"] = peak_rss_mb();
+}
+
+}  // namespace
+
+BENCHMARK_CAPTURE(BM_GPT2Train, config_d_frozen_molora, false)->Unit(benchmark::kMillisecond)->Iterations(8);
+BENCHMARK_CAPTURE(BM_GPT2Train, config_a_full, true)->Unit(benchmark::kMillisecond)->Iterations(8);
+
+PEMOE_BENCHMARK_MAIN()
