@@ -245,3 +245,58 @@ TEST_CASE("GPT-2 is causal: changing token t+1 never changes the logits at t") {
     CHECK(c1.logits.row(t + 1) != c2.logits.row(t + 1));
   }
 }
+
+TEST_CASE("GPT-2 MoE adapters (MoV, MoLoRA with a per-layer E, sparse top-2) save and load back exactly") {
+  for (AdapterKind kind : {AdapterKind::mov, AdapterKind::molora, AdapterKind::sparse}) {
+    CAPTURE(adapter_kind_name(kind));
+    PeftAdapterConfig a;
+    a.spec.kind = kind;
+    a.spec.mov = MoVConfig::for_ai(3);
+    a.spec.experts =
+        kind == AdapterKind::sparse ? LoraExpertsConfig::mola(4, 2, 2) : LoraExpertsConfig::for_ai(3, 2);
+    a.spec.experts.router.aux.balance_coef = 0.01;
+    a.targets.names = {"c_attn", "mlp.c_fc"};
+    if (kind == AdapterKind::molora) a.experts_per_layer = {2, 5};
+    ParamStore<float> s;
+    Rng rng(0);
+    auto m = std::make_unique<GPT2<float>>(read_gpt2_config(kDir + "tiny"));
+    m->inject(a.spec, a.targets, a.experts_per_layer);
+    m->register_params(s, rng);
+    load_gpt2_weights(*m, kDir + "tiny");
+    Rng fill(9);
+    for (const auto& e : s.entries())
+      if (!GPT2<float>::is_backbone(e.name)) fill.fill_normal(s.value(s.id(e.name)), e.size, 0.0, 0.2);
+    const std::string out = (std::filesystem::temp_directory_path() / "pemoe_moe_adapter").string();
+    std::filesystem::remove_all(out);
+    save_peft_adapter(*m, a, out);
+    ParamStore<float> s2;
+    PeftAdapterConfig back;
+    auto m2 = load_gpt2<float>(kDir + "tiny", s2, rng, out, &back);
+    CHECK(back.spec.kind == kind);
+    CHECK(back.experts_per_layer == a.experts_per_layer);
+    if (kind != AdapterKind::mov) CHECK(back.spec.experts.router.aux.balance_coef == 0.01);
+    CHECK(s2.values() == s.values());
+    const Batch b = read_batch("tiny");
+    m->set_batch(b.B, b.T);
+    m2->set_batch(b.B, b.T);
+    GPT2<float>::Cache c1, c2;
+    CHECK(m->forward(b.ids, b.labels, c1) == m2->forward(b.ids, b.labels, c2));
+    CHECK(c1.logits == c2.logits);
+    if (kind == AdapterKind::molora)
+      CHECK(s2.entry(s2.id("transformer.h.1.mlp.c_fc.lora_A.weight")).shape == Shape{5, 2, 36});
+    std::filesystem::remove_all(out);
+  }
+}
+
+TEST_CASE("Adapter configs: an unknown key or value names it and the allowed ones") {
+  RouterConfig rc;
+  const auto typo = nlohmann::json::parse(R"({"gate_mod": "soft"})");
+  CHECK_THROWS_WITH(router_from_json(typo, rc),
+                    Catch::Contains("unknown key 'gate_mod'") && Catch::Contains("gate_mode"));
+  const auto bad = nlohmann::json::parse(R"({"gate_mode": "top2"})");
+  CHECK_THROWS_WITH(router_from_json(bad, rc),
+                    Catch::Contains("allowed: soft, topk_mask, topk_renorm, noisy_topk, switch_top1"));
+  AdapterSpec s;
+  const auto lora = nlohmann::json::parse(R"({"pemoe_adapter": "lora"})");
+  CHECK_THROWS_AS(moe_spec_from_json(lora, s), ConfigError);
+}

@@ -327,8 +327,10 @@ class GPT2Decoder {
     }
     const T scale = T(1) / std::sqrt(T(D));
     constexpr T kNegInf = -std::numeric_limits<T>::infinity();
-    const Index pairs = B * H;
-    detail::parallel_rows(pairs, detail::row_blocks(pairs, 1), [&](int, Index p0, Index p1) {
+    // (b, h) pairs split over the threads only when each thread gets enough work (~4·n·S·D flops a pair):
+    // a decode step's single query per pair is far cheaper than a thread hand-off.
+    const Index pairs = B * H, per_pair = 4 * n * S * D, min_pairs = std::max<Index>(1, 65536 / per_pair);
+    detail::parallel_rows(pairs, detail::row_blocks(pairs, min_pairs), [&](int, Index p0, Index p1) {
       Matrix<T> P(n, S);
       for (Index bh = p0; bh < p1; ++bh) {
         const Index b = bh / H, hd = bh % H, pad = m_pad[std::size_t(b)];

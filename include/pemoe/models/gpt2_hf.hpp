@@ -15,6 +15,7 @@
 #include "pemoe/core/error.hpp"
 #include "pemoe/core/param_store.hpp"
 #include "pemoe/io/safetensors.hpp"
+#include "pemoe/models/adapter_json.hpp"
 #include "pemoe/models/gpt2.hpp"
 #include "pemoe/models/target_modules.hpp"
 
@@ -152,10 +153,21 @@ struct PeftAdapterConfig {
   AdapterSpec spec;           ///< kind lora or ia3 (PEFT), or pemoe's MoE kinds (documented extension)
   TargetModules targets;      ///< `target_modules`, `layers_to_transform`, `exclude_modules`
   TargetModules feedforward;  ///< IA3 `feedforward_modules`
-  nlohmann::json raw;         ///< the whole adapter_config.json
+  std::vector<Index> experts_per_layer;  ///< MoE: E per layer (MoLA allocations); empty = the same everywhere
+  nlohmann::json raw;                    ///< the whole adapter_config.json
 };
 
-/// Reads `<dir>/adapter_config.json` (PEFT's LoRA and IA3; pemoe's MoE extension, `peft_type` "PEMOE_MOE").
+/**
+ * @brief Reads `<dir>/adapter_config.json`: PEFT's LoRA and IA3, and pemoe's MoE extension.
+ *
+ * The MoE extension (MoV, MoLoRA, sparse top-k) keeps PEFT's layout: `peft_type` "PEMOE_MOE", PEFT's
+ * `target_modules` / `layers_to_transform`, plus `pemoe_adapter` (mov, molora, sparse), `num_experts`,
+ * `experts_per_layer` (optional, one E per layer), `r`, `lora_alpha`, `lora_dropout`, `init`, `router_input`
+ * and `router` {gate_mode, top_k, init, bias, jitter, aux {balance_coef, balance_norm, z_coef, ...}}. Its
+ * tensors in `adapter_model.safetensors` are stacked per expert under PEFT-style keys:
+ * `base_model.model.<site>.lora_A.weight` (E, r, d_in), `.lora_B.weight` (E, d_out, r),
+ * `.router.weight` (E, d_router), `.mov_scaling` (E, d) or (H, E, d_head).
+ */
 inline PeftAdapterConfig read_peft_config(const std::string& dir) {
   const std::string path = dir + "/adapter_config.json";
   const nlohmann::json j = detail::read_json_file(path);
@@ -206,8 +218,17 @@ inline PeftAdapterConfig read_peft_config(const std::string& dir) {
   } else if (type == "IA3") {
     a.spec.kind = AdapterKind::ia3;
     read_targets("feedforward_modules", a.feedforward);
+  } else if (type == "PEMOE_MOE") {
+    try {
+      moe_spec_from_json(j, a.spec);
+    } catch (const nlohmann::json::exception& e) {
+      throw ConfigError(path + ": " + e.what());
+    }
+    if (j.contains("experts_per_layer") && !j["experts_per_layer"].is_null())
+      a.experts_per_layer = j["experts_per_layer"].get<std::vector<Index>>();
   } else {
-    throw ConfigError(path + ": peft_type '" + type + "' is not supported (LORA and IA3 are)");
+    throw ConfigError(path + ": peft_type '" + type +
+                      "' is not supported (LORA, IA3 and pemoe's PEMOE_MOE are)");
   }
   return a;
 }
@@ -284,9 +305,13 @@ void save_peft_adapter(GPT2<T>& model, const PeftAdapterConfig& a, const std::st
   } else if (a.spec.kind == AdapterKind::ia3) {
     j["peft_type"] = "IA3";
     j["feedforward_modules"] = targets(a.feedforward);
+  } else if (a.spec.kind != AdapterKind::none) {  // pemoe's MoE extension (see read_peft_config)
+    j["peft_type"] = "PEMOE_MOE";
+    const nlohmann::json moe = moe_spec_to_json(a.spec);
+    for (const auto& [k, v] : moe.items()) j[k] = v;
+    if (!a.experts_per_layer.empty()) j["experts_per_layer"] = a.experts_per_layer;
   } else {
-    throw ConfigError(std::string("save_peft_adapter: adapter kind '") + adapter_kind_name(a.spec.kind) +
-                      "' has no PEFT format");
+    throw ConfigError("save_peft_adapter: the model has no adapter");
   }
   detail::write_json_file(dir + "/adapter_config.json", j);
 }
@@ -300,7 +325,7 @@ std::unique_ptr<GPT2<T>> load_gpt2(const std::string& model_dir, ParamStore<T>& 
   PeftAdapterConfig a;
   if (!adapter_dir.empty()) {
     a = read_peft_config(adapter_dir);
-    model->inject(a.spec, a.targets, {},
+    model->inject(a.spec, a.targets, a.experts_per_layer,
                   a.spec.kind == AdapterKind::ia3 ? a.feedforward : GPT2<T>::default_feedforward());
   }
   model->register_params(store, rng);
