@@ -13,6 +13,7 @@
 #include "pemoe/core/layer.hpp"
 #include "pemoe/core/param_select.hpp"
 #include "pemoe/core/param_store.hpp"
+#include "pemoe/core/profile.hpp"
 #include "pemoe/core/rng.hpp"
 #include "pemoe/core/tensor.hpp"
 #include "pemoe/core/xtensor_view.hpp"
@@ -53,6 +54,10 @@
 #include "pemoe/io/safetensors.hpp"
 
 // models
+#include "pemoe/models/adapter_json.hpp"
+#include "pemoe/models/gpt2.hpp"
+#include "pemoe/models/gpt2_hf.hpp"
+#include "pemoe/models/linear_site.hpp"
 #include "pemoe/models/target_modules.hpp"
 
 // train
@@ -64,3 +69,4 @@
 #include "pemoe/train/param_groups.hpp"
 #include "pemoe/train/schedule.hpp"
 #include "pemoe/train/sgd.hpp"
+#include "pemoe/train/trainer.hpp"

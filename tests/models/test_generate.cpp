@@ -5,6 +5,7 @@
 // option errors.
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -264,6 +265,14 @@ TEST_CASE("generate: top_k = 1 equals greedy; the seed decides the samples; stop
       }
     CHECK(ge[i] == std::vector<std::int64_t>(ga[i].begin(), ga[i].begin() + std::ptrdiff_t(stop)));
   }
+  // the uncached path runs the model's forward; the model's batch layout is put back afterwards
+  m->set_batch(2, 9, std::vector<std::int64_t>(18, 1));
+  GenerateOptions u = a;
+  u.use_cache = false;
+  CHECK(generate(*m, ragged_prompts(), u) == generate(*m, ragged_prompts(), a));
+  CHECK(m->block(1).attn().batch() == 2);
+  CHECK(m->block(1).attn().seq_len() == 9);
+  CHECK(m->block(1).attn().key_mask() == std::vector<std::int64_t>(18, 1));
   GenerateOptions none;
   none.max_new_tokens = 0;
   CHECK(generate(*m, some_prompts(), none) == Seqs(3));
@@ -312,6 +321,13 @@ TEST_CASE("sampling_distribution: temperature, top-k (ties kept) and top-p (smal
     p = sampling_distribution(z.data(), 6, o);
     CHECK(p[1] == 1.0);
     for (std::size_t i : {0, 2, 3, 4, 5}) CHECK(p[i] == 0.0);
+  }
+  SECTION("infinite logits") {
+    const double inf = std::numeric_limits<double>::infinity();
+    const std::vector<double> zi{inf, 0.0, inf, -inf};
+    CHECK(sampling_distribution(zi.data(), 4, o) == std::vector<double>{0.5, 0.0, 0.5, 0.0});
+    const std::vector<double> all_neg(3, -inf);
+    CHECK(sampling_distribution(all_neg.data(), 3, o) == std::vector<double>(3, 1.0 / 3));
   }
   SECTION("next_token draws by the distribution") {
     o.temperature = 1.3;

@@ -225,3 +225,21 @@ TEST_CASE("GPT-2 merge_and_unload: LoRA and IA3 fold into the weights with the s
   m.register_params(s, rng);
   CHECK_THROWS_AS(m.merge_and_unload(), ConfigError);
 }
+
+TEST_CASE("GPT-2 with MPOE banks (GELU experts with biases, scale_by_prob gate) passes central differences") {
+  GPT2<double> m(tiny());
+  MpoeConfig mc;
+  mc.n_experts = 3;
+  mc.n_cores = 3;
+  mc.scale_by_prob = true;  // the straight-through gate p/sg(p) has no derivative differences can see
+  mc.aux.balance_coef = 1e-2;
+  m.use_mpoe(mc);
+  ParamStore<double> s;
+  Rng rng(1);
+  m.register_params(s, rng);
+  testing::randomize_params(s, 2, 0.3);
+  std::string where;
+  const double worst = gradcheck_model(m, s, Batch{}, where);
+  INFO("worst " << worst << " at " << where);
+  CHECK(worst < 1e-5);
+}

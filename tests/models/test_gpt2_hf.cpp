@@ -300,3 +300,38 @@ TEST_CASE("Adapter configs: an unknown key or value names it and the allowed one
   const auto lora = nlohmann::json::parse(R"({"pemoe_adapter": "lora"})");
   CHECK_THROWS_AS(moe_spec_from_json(lora, s), ConfigError);
 }
+
+TEST_CASE("GPT-2 with MPOE expert banks in place of the MLPs starts as the pretrained model") {
+  for (bool full_rank : {true, false}) {
+    ParamStore<double> s;
+    Rng rng(0);
+    GPT2<double> m(read_gpt2_config(kDir + "tiny"));
+    MpoeConfig mc;
+    mc.n_experts = 4;
+    mc.n_cores = 3;
+    if (!full_rank) mc.max_bond = 4;
+    m.use_mpoe(mc);
+    m.register_params(s, rng);
+    load_gpt2_weights(m, kDir + "tiny");
+    CHECK(m.linear_sites().size() == 4);  // only the attention sites remain linear
+    CHECK(s.contains("transformer.h.1.mlp.mpoe.wi.mpo.central"));
+    CHECK(s.entry(s.id("transformer.h.0.mlp.mpoe.wi.mpo.central")).trainable);
+    CHECK_FALSE(s.entry(s.id("transformer.h.0.attn.c_attn.weight")).trainable);
+    const Batch b = read_batch("tiny");
+    m.set_batch(b.B, b.T);
+    GPT2<double>::Cache c;
+    const double loss = m.forward(b.ids, b.labels, c);
+    const auto exp = SafetensorsFile::load(kDir + "tiny/expected.safetensors");
+    if (full_rank) {  // identical experts with gate value 1: exactly the dense MLP, up to the MPO rounding
+      CHECK(loss == Approx(exp.to_vector<double>("loss")[0]).epsilon(1e-9));
+      check_close("mpoe logits", c.logits.data(), exp.to_vector<double>("logits"), 1e-8);
+    } else {  // truncated bonds: a compressed MLP, measurably different
+      CHECK(std::abs(loss - exp.to_vector<double>("loss")[0]) > 1e-6);
+    }
+    s.zero_grad();
+    m.backward(c);
+    CHECK(MatrixMap<double>(s.grad(s.id("transformer.h.0.mlp.mpoe.wi.mpo.central")), 1,
+                            s.entry(s.id("transformer.h.0.mlp.mpoe.wi.mpo.central")).size)
+              .norm() > 0);
+  }
+}

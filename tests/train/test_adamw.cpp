@@ -292,3 +292,30 @@ TEST_CASE("AdamW: state survives set_trainable, set_state restores it, keep_mome
     CHECK_THROWS_AS(AdamW<double>(bad), ConfigError);
   }
 }
+
+TEST_CASE("AdamW with ParamGroups::standard: router rate scale, no decay on biases and norms, lr_mult") {
+  ParamStore<double> s;
+  const ParamId w = s.add("h.0.mlp.c_fc.lora_A.weight", {4});
+  const ParamId r = s.add("h.0.mlp.c_fc.router.weight", {4});
+  const ParamId b = s.add("h.0.mlp.c_fc.bias", {4});
+  const ParamId n = s.add("h.0.ln_1.weight", {4});
+  testing::randomize_params(s, 3);
+  std::fill(s.grads().begin(), s.grads().end(), 0.25);
+  const auto before = s.values();
+  AdamWConfig c;
+  c.lr = 0.01;
+  c.weight_decay = 0.1;
+  AdamW<double> opt(c, ParamGroups::standard(0.5));
+  opt.step(s, {}, true, 0.5);  // first step: |m̂/√v̂| ≈ 1, so w moves by ≈ η = lr·lr_mult·scale after decay
+  auto moved = [&](ParamId p, double eta, double wd) {
+    const auto& e = s.entry(p);
+    for (Index i = 0; i < e.size; ++i) {
+      const double w0 = before[std::size_t(e.offset + i)];
+      CHECK(s.values()[std::size_t(e.offset + i)] == Approx(w0 * (1 - eta * wd) - eta).epsilon(1e-6));
+    }
+  };
+  moved(w, 0.005, 0.1);
+  moved(r, 0.0025, 0.1);
+  moved(b, 0.005, 0.0);
+  moved(n, 0.005, 0.0);
+}

@@ -4,6 +4,8 @@
 #include <cmath>
 #include <functional>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "pemoe/io/safetensors.hpp"
@@ -17,6 +19,19 @@
 using namespace pemoe;
 
 namespace {
+
+// One step signature for the three optimizers: step(store, update, keep_moments_of_skipped, lr_mult); a
+// floating-point third argument (the old SGD/Adafactor lr_mult position) does not compile.
+template <class O, class Third, class = void>
+struct steps_with : std::false_type {};
+template <class O, class Third>
+struct steps_with<O, Third,
+                  std::void_t<decltype(std::declval<O&>().step(std::declval<ParamStore<double>&>(),
+                                                               std::declval<const std::vector<bool>&>(),
+                                                               std::declval<Third>()))>> : std::true_type {};
+static_assert(steps_with<AdamW<double>, bool>::value && !steps_with<AdamW<double>, double>::value);
+static_assert(steps_with<SGD<double>, bool>::value && !steps_with<SGD<double>, double>::value);
+static_assert(steps_with<Adafactor<double>, bool>::value && !steps_with<Adafactor<double>, float>::value);
 
 const SafetensorsFile& fixture() {
   static const SafetensorsFile f = SafetensorsFile::load(PEMOE_TEST_DATA_DIR "/train/optimizers.safetensors");
@@ -109,6 +124,58 @@ TEST_CASE("AdamW follows torch.optim.AdamW, skipping a parameter without a gradi
   c.weight_decay = 0.05;
   AdamW<double> opt(c);
   follow("adamw", [&](ParamStore<double>& s, const std::vector<bool>& u) { opt.step(s, u); });
+}
+
+TEST_CASE("AdamW with parameter groups and a schedule follows torch.optim.AdamW param_groups + LambdaLR") {
+  AdamWConfig c;
+  c.lr = 0.01;
+  c.weight_decay = 0.05;
+  ParamGroups groups;
+  groups.add("experts", [](const std::string& n) { return n == "experts"; }, {0.5, -1.0});
+  groups.add("no_decay", [](const std::string& n) { return n == "b"; }, {1.0, 0.0});
+  AdamW<double> opt(c, groups);
+  ScheduleConfig sc;
+  sc.kind = ScheduleKind::linear;
+  sc.warmup_steps = 2;
+  sc.total_steps = 7;
+  const Schedule sched(sc);
+  long k = 0;
+  follow("adamw_groups", [&](ParamStore<double>& s, const std::vector<bool>& u) {
+    opt.step(s, u, true, sched(k));
+    ++k;
+  });
+  CHECK(opt.groups().group_of("experts") == "experts");
+  CHECK(opt.step_count(2) == kSteps - 1);  // b skipped once
+  ParamStore<double> s;
+  fill(s);
+  CHECK_THROWS_WITH(opt.step(s, {}, true, -1.0), Catch::Contains("lr_mult must be finite and >= 0, got -1"));
+}
+
+TEST_CASE("SGD and Adafactor: keep_moments_of_skipped = false advances the state but not the value") {
+  auto check = [](auto& opt, auto&& state_of) {
+    ParamStore<double> s;
+    fill(s);
+    for (const auto& p : kParams) fixture().copy_to("grad.0." + p, s.grad(s.id(p)), s.entry(s.id(p)).size);
+    const auto before = s.values();
+    opt.step(s, {false, true, false}, false, 1.0);
+    for (ParamId p : {ParamId(0), ParamId(2)})
+      for (Index i = 0; i < s.entry(p).size; ++i) CHECK(s.value(p)[i] == before[s.entry(p).offset + i]);
+    CHECK(s.value(1)[0] != before[s.entry(1).offset]);
+    CHECK(state_of(opt, 0) == 1);
+    opt.step(s, {false, true, true}, true, 1.0);  // kept: w's count stays
+    CHECK(state_of(opt, 0) == 1);
+    CHECK(state_of(opt, 1) == 2);
+    CHECK_THROWS_WITH(opt.step(s, {true}), Catch::Contains("update mask has 1 flags, the store 3"));
+  };
+  SGDConfig sc;
+  sc.lr = 0.1;
+  sc.momentum = 0.9;
+  SGD<double> sgd(sc);
+  check(sgd, [](const SGD<double>& o, std::size_t i) { return o.steps(i); });
+  CHECK(sgd.momentum_buffer()[0] != 0.0);
+  Adafactor<double> ada;
+  check(ada, [](const Adafactor<double>& o, std::size_t i) { return o.state()[i].step; });
+  CHECK(!ada.state()[0].row.empty());
 }
 
 TEST_CASE("Schedules equal transformers.get_scheduler's multipliers (warm-up 5, total 30)") {

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -20,6 +21,7 @@
 #include "pemoe/mpo/decompose.hpp"
 #include "pemoe/mpo/detail/mpo_chain.hpp"
 #include "pemoe/mpo/shape.hpp"
+#include "pemoe/nn/activations.hpp"
 
 namespace pemoe {
 
@@ -40,6 +42,11 @@ struct MpoeConfig {
   MpoGauge gauge = MpoGauge::symmetric;  ///< gauge of the decomposition at initialisation
   AuxLossConfig aux;                     ///< router aux losses (MPOE itself uses none; all off)
   double jitter = 0.0;                   ///< router input jitter ε (training only)
+  /// The experts' activation: "relu" (T5 `DenseReluDense`, MPOE's) or a GELU name of Hugging Face
+  /// ("gelu_new", "gelu", ...: a GPT-2 MLP).
+  std::string activation = "relu";
+  /// Shared biases `<prefix>.wi.bias` (d_ff) and `<prefix>.wo.bias` (d_model), as a GPT-2 MLP has (T5: none).
+  bool bias = false;
 };
 
 /**
@@ -81,7 +88,8 @@ class MpoeFfn {
     std::vector<Index> order;           ///< token ids sorted by expert
     std::vector<Index> offsets;         ///< (N+1) group boundaries in `order`
     std::vector<Matrix<T>> wi, wo;      ///< rebuilt weights of experts with tokens
-    std::vector<Matrix<T>> xe, he, oe;  ///< gathered x (n_e, d_model), ReLU hidden (n_e, d_ff), output
+    std::vector<Matrix<T>> xe, he, oe;  ///< gathered x (n_e, d_model), activated hidden (n_e, d_ff), output
+    std::vector<Matrix<T>> fe;          ///< pre-activation hidden (n_e, d_ff), GELU experts only
   };
 
   explicit MpoeFfn(const MpoeConfig& config) : m_config(config) {
@@ -111,6 +119,7 @@ class MpoeFfn {
     rc.aux = config.aux;
     rc.jitter = config.jitter;
     m_router = Router<T>(rc);
+    if (config.activation != "relu") m_gelu.emplace(gelu_kind_from_hf(config.activation));
     m_mat[0].init(m_config.wi_shape, config.max_bond, config.d_ff, config.d_model);
     m_mat[1].init(m_config.wo_shape, config.max_bond, config.d_model, config.d_ff);
   }
@@ -118,7 +127,7 @@ class MpoeFfn {
   /// Total parameters of a bank with this configuration: router N·(d_model+1) + Σ_{wi,wo} (|C| + N·Σ|A|).
   static Index num_params(const MpoeConfig& config) {
     const MpoeFfn probe(config);
-    Index p = config.n_experts * (config.d_model + 1);
+    Index p = config.n_experts * (config.d_model + 1) + (config.bias ? config.d_ff + config.d_model : 0);
     for (const auto& m : probe.m_mat) {
       const MpoShape& s = m.shape;
       p += s.core_params(s.central(), m.bonds) +
@@ -134,6 +143,10 @@ class MpoeFfn {
     m_name = prefix;
     const Index N = m_config.n_experts, d = m_config.d_model;
     m_router.register_params(store, prefix + ".router", rng);
+    if (m_config.bias) {
+      m_bi = store.add(prefix + ".wi.bias", {m_config.d_ff});
+      m_bo = store.add(prefix + ".wo.bias", {m_config.d_model});
+    }
     const char* names[2] = {"wi", "wo"};
     for (int w = 0; w < 2; ++w) {
       Mat& m = m_mat[w];
@@ -160,8 +173,21 @@ class MpoeFfn {
    * `(d_model, d_ff)`, PyTorch layout — sets the shared central tensors and copies the auxiliary tensors
    * into every expert. Returns the larger relative truncation error of the two (0 at full rank).
    */
-  double load_dense(ConstMatrixRef<T> wi, ConstMatrixRef<T> wo) {
+  double load_dense(ConstMatrixRef<T> wi, ConstMatrixRef<T> wo, const T* wi_bias = nullptr,
+                    const T* wo_bias = nullptr) {
     check_bound();
+    if (m_config.bias) {
+      T* bi = m_store->value(m_bi);
+      T* bo = m_store->value(m_bo);
+      if (wi_bias)
+        std::copy(wi_bias, wi_bias + m_config.d_ff, bi);
+      else
+        std::fill(bi, bi + m_config.d_ff, T(0));
+      if (wo_bias)
+        std::copy(wo_bias, wo_bias + m_config.d_model, bo);
+      else
+        std::fill(bo, bo + m_config.d_model, T(0));
+    }
     check_shape(site(), "wi", wi, m_config.d_ff, m_config.d_model);
     check_shape(site(), "wo", wo, m_config.d_model, m_config.d_ff);
     double err = 0;
@@ -208,6 +234,7 @@ class MpoeFfn {
     cache.xe.assign(std::size_t(N), Matrix<T>());
     cache.he.assign(std::size_t(N), Matrix<T>());
     cache.oe.assign(std::size_t(N), Matrix<T>());
+    cache.fe.assign(m_gelu ? std::size_t(N) : 0, Matrix<T>());
     for (Index e = 0; e < N; ++e) {
       const Index begin = cache.offsets[std::size_t(e)], ne = cache.offsets[std::size_t(e + 1)] - begin;
       if (ne == 0) continue;
@@ -218,10 +245,19 @@ class MpoeFfn {
       xe.resize(ne, d);
       for (Index r = 0; r < ne; ++r) xe.row(r) = x.row(cache.order[std::size_t(begin + r)]);
       cache.he[u].resize(ne, f);
-      gemm<T>(Op::N, Op::T, T(1), xe, cache.wi[u], T(0), cache.he[u]);
-      cache.he[u] = cache.he[u].cwiseMax(T(0));
+      Matrix<T>& pre = m_gelu ? cache.fe[u] : cache.he[u];
+      pre.resize(ne, f);
+      gemm<T>(Op::N, Op::T, T(1), xe, cache.wi[u], T(0), pre);
+      if (m_config.bias) pre.rowwise() += m_store->matrix(m_bi).row(0);
+      if (m_gelu) {
+        typename GELU<T>::Cache gc;
+        m_gelu->forward(pre, cache.he[u], gc);
+      } else {
+        cache.he[u] = cache.he[u].cwiseMax(T(0));
+      }
       cache.oe[u].resize(ne, d);
       gemm<T>(Op::N, Op::T, T(1), cache.he[u], cache.wo[u], T(0), cache.oe[u]);
+      if (m_config.bias) cache.oe[u].rowwise() += m_store->matrix(m_bo).row(0);
       for (Index r = 0; r < ne; ++r) {
         const Index t = cache.order[std::size_t(begin + r)];
         y.row(t) = gate(cache, t) * cache.oe[u].row(r);
@@ -254,10 +290,17 @@ class MpoeFfn {
       }
       // wo: dWo = doeᵀ·H (d_model, d_ff)
       backprop_weight(1, e, doe, cache.he[u]);
-      // dH = doe·Wo ⊙ 1[H > 0]
+      if (m_config.bias && m_store->trainable(m_bo)) m_store->grad_matrix(m_bo) += doe.colwise().sum();
+      // dH = doe·Wo, then through the activation: ⊙ 1[H > 0] (ReLU) or ⊙ gelu'(pre-activation)
       Matrix<T> dh(ne, f);
       gemm<T>(Op::N, Op::N, T(1), doe, cache.wo[u], T(0), dh);
-      dh = (cache.he[u].array() > T(0)).select(dh, T(0));
+      if (m_gelu) {
+        typename GELU<T>::Cache gc;
+        m_gelu->backward(cache.fe[u], gc, dh, dh);
+      } else {
+        dh = (cache.he[u].array() > T(0)).select(dh, T(0));
+      }
+      if (m_config.bias && m_store->trainable(m_bi)) m_store->grad_matrix(m_bi) += dh.colwise().sum();
       backprop_weight(0, e, dh, cache.xe[u]);
       if (dx) {
         Matrix<T> dxe(ne, d);
@@ -344,6 +387,8 @@ class MpoeFfn {
   ParamStore<T>* m_store = nullptr;
   std::string m_name;
   Router<T> m_router;
+  std::optional<GELU<T>> m_gelu;
+  ParamId m_bi = 0, m_bo = 0;
 };
 
 }  // namespace pemoe

@@ -91,7 +91,10 @@ std::vector<double> sampling_distribution(const T* logits, Index vocab, const Ge
     return p;
   }
   double sum = 0.0;
-  for (std::size_t i = 0; i < V; ++i) sum += (p[i] = z[i] == kNegInf ? 0.0 : std::exp(z[i] - zmax));
+  if (zmax == -kNegInf)  // +∞ logits share all the mass
+    for (std::size_t i = 0; i < V; ++i) sum += (p[i] = z[i] == zmax ? 1.0 : 0.0);
+  else
+    for (std::size_t i = 0; i < V; ++i) sum += (p[i] = z[i] == kNegInf ? 0.0 : std::exp(z[i] - zmax));
   if (o.top_p < 1.0) {
     // The smallest prefix of `order` whose probability reaches top_p (at least one token).
     double cum = 0.0;
@@ -164,6 +167,36 @@ class RouterQuiet {
     std::uint64_t calls;
   };
   std::vector<Saved> m_saved;
+};
+
+/// While alive, remembers the model's batch layout (B, T, padding mask) and the routers' token masks, and
+/// puts them back on exit (also when an exception leaves).
+template <class T>
+class LayoutRestore {
+ public:
+  explicit LayoutRestore(GPT2<T>& model)
+      : m_model(model),
+        m_batch(model.block(0).attn().batch()),
+        m_seq_len(model.block(0).attn().seq_len()),
+        m_mask(model.block(0).attn().key_mask()) {
+    for (auto& [name, r] : model.routers()) m_router_masks.push_back(r->token_mask());
+  }
+  ~LayoutRestore() {
+    try {
+      if (m_batch > 0) m_model.set_batch(m_batch, m_seq_len, m_mask);
+    } catch (...) {  // the layout was valid when saved; never throw from a destructor
+    }
+    std::size_t i = 0;
+    for (auto& [name, r] : m_model.routers()) r->set_token_mask(std::move(m_router_masks[i++]));
+  }
+  LayoutRestore(const LayoutRestore&) = delete;
+  LayoutRestore& operator=(const LayoutRestore&) = delete;
+
+ private:
+  GPT2<T>& m_model;
+  Index m_batch, m_seq_len;
+  std::vector<std::int64_t> m_mask;
+  std::vector<std::vector<std::uint8_t>> m_router_masks;
 };
 
 /// `ConfigError` when any dropout or router of the model is in training mode.
@@ -446,11 +479,7 @@ std::vector<std::vector<std::int64_t>> generate(GPT2<T>& model,
 
   // Uncached: the model's forward over the whole sequences at each step; the model's batch layout and the
   // routers' state are restored afterwards.
-  auto& attn0 = model.block(0).attn();
-  const Index old_b = attn0.batch(), old_t = attn0.seq_len();
-  const std::vector<std::int64_t> old_mask = attn0.key_mask();
-  std::vector<std::vector<std::uint8_t>> old_router_masks;
-  for (auto& [name, r] : model.routers()) old_router_masks.push_back(r->token_mask());
+  detail::LayoutRestore<T> layout(model);
   {
     detail::RouterQuiet<T> quiet(model);
     std::vector<std::vector<std::int64_t>> seqs = prompts;
@@ -477,9 +506,6 @@ std::vector<std::vector<std::int64_t>> generate(GPT2<T>& model,
       if (!more) break;
     }
   }
-  if (old_b > 0) model.set_batch(old_b, old_t, old_mask);
-  std::size_t i = 0;
-  for (auto& [name, r] : model.routers()) r->set_token_mask(old_router_masks[i++]);
   return out;
 }
 

@@ -10,9 +10,11 @@
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "pemoe/adapters/mpoe.hpp"
 #include "pemoe/core/error.hpp"
 #include "pemoe/core/layer.hpp"
 #include "pemoe/core/param_store.hpp"
@@ -131,11 +133,12 @@ class GPT2Block {
     typename LinearSite<T>::Cache fc, proj;
     typename GELU<T>::Cache act;
     typename Dropout<T>::Cache drop;
-    Matrix<T> h1;  ///< (N, d) ln_1(x)
-    Matrix<T> xm;  ///< (N, d) x + attn(h1)
-    Matrix<T> h2;  ///< (N, d) ln_2(xm)
-    Matrix<T> f;   ///< (N, inner) c_fc(h2)
-    Matrix<T> g;   ///< (N, inner) gelu(f)
+    typename MpoeFfn<T>::Cache mpoe;  ///< when the MLP is an MPOE expert bank
+    Matrix<T> h1;                     ///< (N, d) ln_1(x)
+    Matrix<T> xm;                     ///< (N, d) x + attn(h1)
+    Matrix<T> h2;                     ///< (N, d) ln_2(xm)
+    Matrix<T> f;                      ///< (N, inner) c_fc(h2)
+    Matrix<T> g;                      ///< (N, inner) gelu(f)
   };
 
   explicit GPT2Block(const GPT2Config& c)
@@ -147,17 +150,36 @@ class GPT2Block {
         m_proj(LinearConfig{c.inner(), c.n_embd, true}),
         m_drop(c.resid_pdrop),
         m_d(c.n_embd),
-        m_inner(c.inner()) {}
+        m_inner(c.inner()),
+        m_act_name(c.activation_function) {}
 
   void register_params(ParamStore<T>& store, const std::string& prefix, Rng& rng) {
     m_ln_1.register_params(store, prefix + ".ln_1", rng);
     m_attn.register_params(store, prefix + ".attn", rng);
     m_ln_2.register_params(store, prefix + ".ln_2", rng);
-    m_fc.register_params(store, prefix + ".mlp.c_fc", rng);
-    m_act.register_params(store, prefix + ".mlp.act", rng);
-    m_proj.register_params(store, prefix + ".mlp.c_proj", rng);
+    if (m_mpoe) {
+      m_mpoe->register_params(store, prefix + ".mlp.mpoe", rng);
+    } else {
+      m_fc.register_params(store, prefix + ".mlp.c_fc", rng);
+      m_act.register_params(store, prefix + ".mlp.act", rng);
+      m_proj.register_params(store, prefix + ".mlp.c_proj", rng);
+    }
     m_drop.register_params(store, prefix + ".mlp.dropout", rng);
   }
+
+  /// Replaces the MLP by an MPOE expert bank (experts share the central tensors; GELU and biases as GPT-2's
+  /// MLP, so a bank loaded from the pretrained c_fc / c_proj computes the same function). Before
+  /// `register_params`.
+  void use_mpoe(const MpoeConfig& c) {
+    MpoeConfig m = c;
+    m.d_model = m_d;
+    m.d_ff = m_inner;
+    m.activation = m_act_name;
+    m.bias = true;
+    m_mpoe.emplace(m);
+  }
+  bool has_mpoe() const { return m_mpoe.has_value(); }
+  MpoeFfn<T>& mpoe() { return *m_mpoe; }
 
   /// x: (N, d) -> y: (N, d)
   void forward(ConstMatrixRef<T> x, MatrixRef<T> y, Cache& c) {
@@ -182,11 +204,16 @@ class GPT2Block {
       const profile::Scope s2("layernorm");
       m_ln_2.forward(c.xm, c.h2, c.ln_2);
     }
-    c.f.resize(n, m_inner);
-    m_fc.forward(c.h2, c.f, c.fc);
-    c.g.resize(n, m_inner);
-    m_act.forward(c.f, c.g, c.act);
-    m_proj.forward(c.g, y, c.proj);
+    if (m_mpoe) {
+      const profile::Scope s2("mpoe");
+      m_mpoe->forward(c.h2, y, c.mpoe);
+    } else {
+      c.f.resize(n, m_inner);
+      m_fc.forward(c.h2, c.f, c.fc);
+      c.g.resize(n, m_inner);
+      m_act.forward(c.f, c.g, c.act);
+      m_proj.forward(c.g, y, c.proj);
+    }
     m_drop.forward(y, y, c.drop);
     y += c.xm;
   }
@@ -200,12 +227,17 @@ class GPT2Block {
     const profile::Scope s("elementwise");
     Matrix<T> dm(n, m_d);
     m_drop.backward(dy, c.drop, dy, dm);
-    Matrix<T> dg(n, m_inner);
-    m_proj.backward(c.g, c.proj, dm, dg);
-    Matrix<T> df(n, m_inner);
-    m_act.backward(c.f, c.act, dg, df);
     Matrix<T> dh(n, m_d);
-    m_fc.backward(c.h2, c.fc, df, dh);
+    if (m_mpoe) {
+      const profile::Scope s2("mpoe");
+      m_mpoe->backward(c.h2, c.mpoe, dm, dh);
+    } else {
+      Matrix<T> dg(n, m_inner);
+      m_proj.backward(c.g, c.proj, dm, dg);
+      Matrix<T> df(n, m_inner);
+      m_act.backward(c.f, c.act, dg, df);
+      m_fc.backward(c.h2, c.fc, df, dh);
+    }
     Matrix<T> dxm(n, m_d);
     {
       const profile::Scope s2("layernorm");
@@ -227,6 +259,7 @@ class GPT2Block {
 
   void set_training(bool on) {
     m_attn.set_training(on);
+    if (m_mpoe) m_mpoe->set_training(on);
     m_fc.set_training(on);
     m_proj.set_training(on);
     m_drop.set_training(on);
@@ -248,6 +281,8 @@ class GPT2Block {
   LinearSite<T> m_proj;
   Dropout<T> m_drop;
   Index m_d, m_inner;
+  std::string m_act_name;
+  std::optional<MpoeFfn<T>> m_mpoe;
 };
 
 /**
@@ -300,6 +335,7 @@ class GPT2 {
       auto& b = m_blocks[std::size_t(i)];
       v.push_back({p + "attn.c_attn", &b.attn().c_attn()});
       v.push_back({p + "attn.c_proj", &b.attn().c_proj()});
+      if (b.has_mpoe()) continue;  // the MLP is an MPOE expert bank
       v.push_back({p + "mlp.c_fc", &b.c_fc()});
       v.push_back({p + "mlp.c_proj", &b.mlp_c_proj()});
     }
@@ -337,6 +373,21 @@ class GPT2 {
     m_adapted = spec.kind != AdapterKind::none;
     return hit;
   }
+  /**
+   * @brief Replaces the MLP of the layers `layers` selects (all when empty) by MPOE expert banks (Gao et al.
+   * 2022): experts share the MPO central tensors of c_fc and c_proj and own the auxiliary tensors, routed
+   * Switch top-1. `load_gpt2_weights` then decomposes the pretrained c_fc / c_proj into every expert, so
+   * the model starts as the pretrained one. Bank parameters train (use `GradientMask` on the central
+   * tensors, as MPOE does); the rest of the backbone is frozen. Before `register_params`.
+   */
+  void use_mpoe(const MpoeConfig& config, const std::vector<Index>& layers = {}) {
+    PEMOE_CHECK_CONFIG(m_store == nullptr, "GPT2: use_mpoe before register_params()");
+    for (Index i = 0; i < m_config.n_layer; ++i)
+      if (layers.empty() || std::find(layers.begin(), layers.end(), i) != layers.end())
+        m_blocks[std::size_t(i)].use_mpoe(config);
+    m_adapted = true;
+  }
+
   /// PEFT's default IA3 feed-forward modules for GPT-2: the MLP's output projection.
   static TargetModules default_feedforward() {
     TargetModules t;
@@ -360,7 +411,7 @@ class GPT2 {
 
   /// Whether a parameter belongs to the pretrained backbone (not to an adapter or a router).
   static bool is_backbone(const std::string& name) {
-    for (const char* key : {".lora_A.", ".lora_B.", ".ia3_l", ".mov_scaling", ".router."})
+    for (const char* key : {".lora_A.", ".lora_B.", ".ia3_l", ".mov_scaling", ".router.", ".mpoe."})
       if (name.find(key) != std::string::npos) return false;
     return true;
   }
@@ -376,8 +427,7 @@ class GPT2 {
     std::vector<std::uint8_t> tokens;
     for (auto v : attention_mask) tokens.push_back(v != 0 ? 1 : 0);
     for (auto& b : m_blocks) b.attn().set_batch(batch, seq_len, attention_mask);
-    for (auto& [name, site] : linear_sites())
-      if (Router<T>* r = site->router()) r->set_token_mask(tokens);
+    for (auto& [name, r] : routers()) r->set_token_mask(tokens);
     m_batch = batch;
     m_seq_len = seq_len;
   }
@@ -477,6 +527,10 @@ class GPT2 {
     std::vector<std::pair<std::string, Router<T>*>> v;
     for (auto& [name, site] : linear_sites())
       if (Router<T>* r = site->router()) v.push_back({name, r});
+    for (Index i = 0; i < m_config.n_layer; ++i)
+      if (m_blocks[std::size_t(i)].has_mpoe())
+        v.push_back(
+            {"transformer.h." + std::to_string(i) + ".mlp.mpoe", &m_blocks[std::size_t(i)].mpoe().router()});
     return v;
   }
 
@@ -517,15 +571,15 @@ class GPT2 {
       f(b.attn().resid_dropout());
       f(b.mlp_dropout());
     }
-    for (auto& [name, site] : linear_sites()) {
+    for (auto& [name, site] : linear_sites())
       if (Dropout<T>* d = site->dropout()) f(*d);
-      if (Router<T>* r = site->router()) f(*r);
-    }
+    for (auto& [name, r] : routers()) f(*r);
   }
   double block_aux(Index l, const typename GPT2Block<T>::Cache& c) {
     auto& b = m_blocks[std::size_t(l)];
-    return b.attn().c_attn().aux_loss(c.attn.c_attn) + b.attn().c_proj().aux_loss(c.attn.c_proj) +
-           b.c_fc().aux_loss(c.fc) + b.mlp_c_proj().aux_loss(c.proj);
+    const double mlp =
+        b.has_mpoe() ? b.mpoe().aux_loss(c.mpoe) : b.c_fc().aux_loss(c.fc) + b.mlp_c_proj().aux_loss(c.proj);
+    return b.attn().c_attn().aux_loss(c.attn.c_attn) + b.attn().c_proj().aux_loss(c.attn.c_proj) + mlp;
   }
   // Hugging Face's `_init_weights`: N(0, 0.02) for linear and embedding weights, zero biases, LayerNorm
   // ones/zeros, and c_proj weights N(0, 0.02/√(2·n_layer)) (the residual scaling of GPT-2).

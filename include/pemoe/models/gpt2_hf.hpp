@@ -116,6 +116,28 @@ TensorDtypes load_gpt2_weights(GPT2<T>& model, const std::string& dir) {
     dtypes[e.name] = info.dtype;
     used.insert(key);
   }
+  // MPOE banks in place of MLPs: the pretrained c_fc / c_proj are decomposed into every expert.
+  const GPT2Config& cfg = model.config();
+  for (Index i = 0; i < cfg.n_layer; ++i) {
+    if (!model.block(i).has_mpoe()) continue;
+    const std::string p = "transformer.h." + std::to_string(i) + ".mlp.";
+    auto read = [&](const std::string& name, Index rows, Index cols) {
+      std::string key = p + name;
+      if (!f.contains(key) && f.contains(key.substr(12))) key = key.substr(12);
+      PEMOE_CHECK_AS(IoError, f.contains(key), "GPT-2 '", path, "': missing tensor '", p + name, "'");
+      PEMOE_CHECK_AS(IoError, f.info(key).numel() == rows * cols, "GPT-2 '", path, "': tensor '", key,
+                     "' has shape ", shape_string(f.info(key).shape));
+      Matrix<T> m(rows, cols);
+      f.copy_to(key, m.data(), m.size());
+      used.insert(key);
+      return m;
+    };
+    const Matrix<T> fc = read("c_fc.weight", cfg.n_embd, cfg.inner()),
+                    proj = read("c_proj.weight", cfg.inner(), cfg.n_embd);
+    const Matrix<T> bfc = read("c_fc.bias", 1, cfg.inner()), bproj = read("c_proj.bias", 1, cfg.n_embd);
+    const Matrix<T> wi = fc.transpose(), wo = proj.transpose();  // Conv1D (in, out) -> (out, in)
+    model.block(i).mpoe().load_dense(wi, wo, bfc.data(), bproj.data());
+  }
   for (const auto& name : f.names())
     PEMOE_CHECK_AS(IoError, used.count(name) || detail::is_gpt2_ignorable(name), "GPT-2 '", path,
                    "': unexpected tensor '", name, "' (not a GPT-2 parameter for this config.json)");

@@ -201,6 +201,21 @@ class LinearSite {
         },
         m_layer);
   }
+  /// The router's cache inside a site's cache (MoV, MoLoRA, sparse), or nullptr (for expert-load metrics).
+  static const typename Router<T>::Cache* router_cache(const Cache& cache) {
+    return std::visit(
+        [](const auto& c) -> const typename Router<T>::Cache* {
+          using C = std::decay_t<decltype(c)>;
+          if constexpr (std::is_same_v<C, typename MoV<T>::Cache> ||
+                        std::is_same_v<C, typename MoLoRA<T>::Cache> ||
+                        std::is_same_v<C, typename SparseLoRAExperts<T>::Cache>)
+            return &c.router;
+          else
+            return nullptr;
+        },
+        cache);
+  }
+
   /// The aux loss of the last forward (0 without a router).
   double aux_loss(const Cache& cache) const {
     return std::visit(

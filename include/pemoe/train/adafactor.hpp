@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "pemoe/core/error.hpp"
@@ -68,8 +70,16 @@ class Adafactor {
     PEMOE_CHECK_CONFIG(c.clip_threshold > 0, "Adafactor: clip_threshold must be positive");
   }
 
-  /// One update; `update[i] == false` skips parameter i entirely; `lr_mult` scales the rate (schedules).
-  void step(ParamStore<T>& store, const std::vector<bool>& update = {}, double lr_mult = 1.0) {
+  /// One update, with the arguments of `AdamW::step`: `update[i] == false` skips parameter i entirely (with
+  /// `keep_moments_of_skipped == false` its factored moments, first moment and step count still advance; its
+  /// value does not); `lr_mult` (>= 0) scales the rate (schedules). `ConfigError` on a mask of the wrong
+  /// length or a negative `lr_mult`.
+  void step(ParamStore<T>& store, const std::vector<bool>& update = {}, bool keep_moments_of_skipped = true,
+            double lr_mult = 1.0) {
+    PEMOE_CHECK_CONFIG(update.empty() || update.size() == store.size(), "Adafactor: the update mask has ",
+                       update.size(), " flags, the store ", store.size(), " parameters");
+    PEMOE_CHECK_CONFIG(std::isfinite(lr_mult) && lr_mult >= 0,
+                       "Adafactor: lr_mult must be finite and >= 0, got ", lr_mult);
     if (m_state.size() != store.entries().size()) {
       for (const auto& s : m_state)
         PEMOE_CHECK_CONFIG(s.step == 0, "Adafactor: the store's parameters changed after training started");
@@ -79,7 +89,9 @@ class Adafactor {
     std::vector<double> u;
     for (std::size_t p = 0; p < entries.size(); ++p) {
       const auto& e = entries[p];
-      if (!e.trainable || (!update.empty() && !update[p])) continue;
+      if (!e.trainable) continue;
+      const bool skip = !update.empty() && !update[p];
+      if (skip && keep_moments_of_skipped) continue;
       const GroupOptions go = m_groups.options_for(e.name);
       const double wd = go.weight_decay >= 0 ? go.weight_decay : m_c.weight_decay;
       State& st = m_state[p];
@@ -146,6 +158,7 @@ class Adafactor {
           u[std::size_t(i)] = st.m[std::size_t(i)];
         }
       }
+      if (skip) continue;  // the state absorbed the gradient; the value stays
       for (Index i = 0; i < n; ++i) {
         double wi = double(w[i]);
         if (wd != 0) wi -= wd * alpha * wi;
@@ -153,6 +166,11 @@ class Adafactor {
       }
     }
   }
+
+  /// Deleted: a floating-point third argument is a learning-rate multiplier passed where
+  /// `keep_moments_of_skipped` (a bool) stands; write `step(store, update, true, lr_mult)`.
+  template <class F, std::enable_if_t<std::is_floating_point<F>::value, int> = 0>
+  void step(ParamStore<T>& store, const std::vector<bool>& update, F lr_mult) = delete;
 
   /// Per-parameter state, indexed like `store.entries()`.
   const std::vector<State>& state() const { return m_state; }

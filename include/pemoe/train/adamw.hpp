@@ -5,11 +5,13 @@
 
 #include <cmath>
 #include <cstddef>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 #include "pemoe/core/error.hpp"
 #include "pemoe/core/param_store.hpp"
+#include "pemoe/train/param_groups.hpp"
 
 namespace pemoe {
 
@@ -19,7 +21,7 @@ struct AdamWConfig {
   double beta1 = 0.9;
   double beta2 = 0.999;
   double eps = 1e-8;
-  double weight_decay = 0.01;  ///< decoupled: w ← w·(1 − lr·wd) before the Adam step
+  double weight_decay = 0.01;  ///< decoupled: w ← w·(1 − lr·wd) before the Adam step (a group may override)
 };
 
 /**
@@ -36,6 +38,13 @@ struct AdamWConfig {
  * correction uses its own count. Because the state is keyed by `ParamId`, changing the trainable set
  * (`set_trainable`) needs no `reset()`: a re-enabled parameter resumes from its own state.
  *
+ * Parameter groups (`ParamGroups`, as PyTorch's `param_groups`): a parameter's rate is
+ * η = lr · lr_mult · lr_scale of its group (lr_mult: the schedule's multiplier of this step) and its decay λ
+ * the group's `weight_decay` (or the config's when the group leaves it negative); both enter the formula
+ * above, so the decay factor is 1 − ηλ with the scheduled, scaled η, exactly as PyTorch with a `LambdaLR`.
+ * `ParamGroups::standard(router_lr_scale)` is Hugging Face's choice (no decay on biases and norm weights)
+ * plus a router learning-rate scale.
+ *
  * Cost per step: one pass over the updated parameters' values, gradients and moments (4 reads, 3 writes
  * per scalar); memory: two doubles per scalar ever updated.
  */
@@ -49,7 +58,10 @@ class AdamW {
     std::vector<double> exp_avg_sq;  ///< second moment v (`exp_avg_sq`)
   };
 
-  explicit AdamW(const AdamWConfig& config = {}) : m_config(config) {
+  /// An optimizer with `config`'s hyper-parameters, per-parameter rate scales and decays from `groups`
+  /// (default: one group, the config's rate and decay for every parameter).
+  explicit AdamW(const AdamWConfig& config = {}, ParamGroups groups = {})
+      : m_config(config), m_groups(std::move(groups)) {
     PEMOE_CHECK_CONFIG(config.lr >= 0 && config.beta1 >= 0 && config.beta1 < 1 && config.beta2 >= 0 &&
                            config.beta2 < 1 && config.eps > 0 && config.weight_decay >= 0,
                        "AdamW: need lr >= 0, 0 <= beta1, beta2 < 1, eps > 0, weight_decay >= 0");
@@ -62,13 +74,17 @@ class AdamW {
    * a parameter whose flag is false is skipped as described in the class comment. With
    * `keep_moments_of_skipped == false` a skipped parameter's moments still absorb its gradient (and its step
    * count advances with them, so the bias correction stays that of its moments); only its value update,
-   * weight decay included, is skipped.
-   * Throws `ConfigError` when `update` has the wrong length or when the store is not the one the state
-   * was built for (a parameter's size differs from its state's).
+   * weight decay included, is skipped. `lr_mult` (>= 0) multiplies every group's rate: the schedule's
+   * multiplier of this step (`Schedule`). SGD and Adafactor take the same arguments.
+   * Throws `ConfigError` when `update` has the wrong length, `lr_mult` is negative or not finite, or the
+   * store is not the one the state was built for (a parameter's size differs from its state's).
    */
-  void step(ParamStore<T>& store, const std::vector<bool>& update = {}, bool keep_moments_of_skipped = true) {
+  void step(ParamStore<T>& store, const std::vector<bool>& update = {}, bool keep_moments_of_skipped = true,
+            double lr_mult = 1.0) {
     PEMOE_CHECK_CONFIG(update.empty() || update.size() == store.size(), "AdamW: the update mask has ",
                        update.size(), " flags, the store ", store.size(), " parameters");
+    PEMOE_CHECK_CONFIG(std::isfinite(lr_mult) && lr_mult >= 0, "AdamW: lr_mult must be finite and >= 0, got ",
+                       lr_mult);
     PEMOE_CHECK_CONFIG(store.size() >= m_state.size(), "AdamW: the store has ", store.size(),
                        " parameters, the optimizer state ", m_state.size(), "; call reset() for a new store");
     const auto& entries = store.entries();
@@ -79,12 +95,15 @@ class AdamW {
                          "; call reset() for a new store");
     m_state.resize(store.size());
     ++m_calls;
-    const double b1 = m_config.beta1, b2 = m_config.beta2, lr = m_config.lr;
+    const double b1 = m_config.beta1, b2 = m_config.beta2;
     for (std::size_t p = 0; p < entries.size(); ++p) {
       const auto& e = entries[p];
       if (!e.trainable) continue;  // no gradient: untouched, like `.grad is None`
       const bool skip = !update.empty() && !update[p];
       if (skip && keep_moments_of_skipped) continue;
+      const GroupOptions go = m_groups.options_for(e.name);
+      const double lr = m_config.lr * lr_mult * go.lr_scale;
+      const double wd = go.weight_decay >= 0 ? go.weight_decay : m_config.weight_decay;
       ParamState& st = m_state[p];
       if (st.exp_avg.empty()) {
         st.exp_avg.assign(std::size_t(e.size), 0.0);
@@ -98,7 +117,7 @@ class AdamW {
       const double t = double(st.step);
       const double step_size = lr / (1.0 - std::pow(b1, t));
       const double bc2_sqrt = std::sqrt(1.0 - std::pow(b2, t));
-      const double decay = 1.0 - lr * m_config.weight_decay;
+      const double decay = 1.0 - lr * wd;
       for (Index i = 0; i < e.size; ++i) {
         const double gi = static_cast<double>(g[i]);
         m[i] += (1.0 - b1) * (gi - m[i]);  // exp_avg.lerp_(grad, 1 - beta1)
@@ -109,6 +128,11 @@ class AdamW {
       }
     }
   }
+
+  /// Deleted: a floating-point third argument is a learning-rate multiplier passed where
+  /// `keep_moments_of_skipped` (a bool) stands; write `step(store, update, true, lr_mult)`.
+  template <class F, std::enable_if_t<std::is_floating_point<F>::value, int> = 0>
+  void step(ParamStore<T>& store, const std::vector<bool>& update, F lr_mult) = delete;
 
   /// The state of parameter `id`: step 0 and empty moments before its first update (or for an id the
   /// optimizer has not seen yet).
@@ -136,11 +160,15 @@ class AdamW {
   }
   /// Number of `step()` calls since construction or `reset()`.
   long steps() const { return m_calls; }
+  /// Sets the base rate (before groups' scales and the step's multiplier).
   void set_lr(double lr) { m_config.lr = lr; }
   const AdamWConfig& config() const { return m_config; }
+  /// The parameter groups (per-parameter rate scale and decay).
+  const ParamGroups& groups() const { return m_groups; }
 
  private:
   AdamWConfig m_config;
+  ParamGroups m_groups;
   std::vector<ParamState> m_state;  ///< indexed by ParamId
   long m_calls = 0;
 };

@@ -8,6 +8,8 @@ Writes optimizers.safetensors:
   init.<p>                       the three parameters: "w" (5, 7), "experts" (2, 3, 4), "b" (6)
   grad.<k>.<p>                   the gradient of step k (k = 0..4); parameter "b" has none at step 2
   <optimizer>.<k>.<p>            the parameter after step k, for each optimizer configuration below
+  adamw_groups.<k>.<p>           AdamW with three parameter groups ("experts" at half the rate, "b" without
+                                 weight decay) under a linear schedule (warm-up 2, total 7) via LambdaLR
   schedule.<kind>                the multiplier at steps 0..39 (warm-up 5, total 30)
   clip.norm, clip.grad.<p>       clip_grad_norm_(max_norm 0.5) applied to the step-0 gradients
 """
@@ -51,6 +53,21 @@ def main():
             opt.step()
             for p, t in params.items():
                 out[f"{name}.{k}.{p}"] = t.detach().clone()
+
+    # AdamW with parameter groups (PyTorch param_groups) and a schedule: the multiplier of step k is
+    # get_scheduler("linear", warm-up 2, total 7)'s lambda at k; group lr = base lr x scale x multiplier.
+    params = {k: torch.nn.Parameter(v.clone()) for k, v in init.items()}
+    opt = torch.optim.AdamW([{"params": [params["w"]]},
+                             {"params": [params["experts"]], "lr": 0.01 * 0.5},
+                             {"params": [params["b"]], "weight_decay": 0.0}], lr=0.01, weight_decay=0.05)
+    sched = get_scheduler("linear", opt, num_warmup_steps=2, num_training_steps=7)
+    for k in range(STEPS):
+        for p, t in params.items():
+            t.grad = None if (k, p) in SKIP else grads[k][p].clone()
+        opt.step()
+        sched.step()
+        for p, t in params.items():
+            out[f"adamw_groups.{k}.{p}"] = t.detach().clone()
 
     for kind in ("constant", "constant_with_warmup", "linear", "cosine", "inverse_sqrt"):
         p = torch.nn.Parameter(torch.zeros(1))
