@@ -33,6 +33,11 @@
 /// inside the router's backward, scaled by their coefficient. A layer that reads `x` again in backward
 /// refuses a `y` that aliases `x` (the in-place forward would destroy what backward needs).
 ///
+/// Workspace policy (the same for every layer): the caller owns the buffers a call writes (`y`, `dx`); the
+/// `Cache` owns every activation backward needs (resized on each forward, so one cache reused across steps
+/// allocates once); scratch that lives only within a call is local, or a layer member when it is large and
+/// reused (MoV's dL/dh). Dropout masks are never stored: backward regenerates them from the counter-based rng.
+///
 /// Layers hold a pointer to their `ParamStore` and the `ParamId`s of their parameters, so a copied layer
 /// shares parameters with the original (like a PyTorch module reference), never a stale view.
 #pragma once
