@@ -114,3 +114,14 @@ TEST_CASE("gemm fallback: beta = 0 overwrites a NaN-filled C exactly like beta =
   gemm<double>(Op::N, Op::N, 1.5, A, B, 0.5, c_half);
   CHECK(c_half.array().isNaN().all());
 }
+
+TEST_CASE("gemm refuses an output that shares memory with an input") {
+  Matrix<double> a = Matrix<double>::Random(20, 20), b = Matrix<double>::Random(20, 20);
+  CHECK_THROWS_AS(gemm<double>(Op::N, Op::N, 1.0, a, b, 0.0, a), ShapeError);
+  CHECK_THROWS_AS(gemm<double>(Op::N, Op::T, 1.0, a, b, 0.0, b), ShapeError);
+  // a block of the same buffer that does not overlap is fine
+  Matrix<double> big = Matrix<double>::Random(40, 20);
+  CHECK_NOTHROW(gemm<double>(Op::N, Op::N, 1.0, big.topRows(20), b, 0.0, big.bottomRows(20)));
+  CHECK_THROWS_AS(gemm<double>(Op::N, Op::N, 1.0, big.topRows(20), b, 0.0, big.middleRows(10, 20)),
+                  ShapeError);
+}
