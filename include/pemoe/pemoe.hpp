@@ -49,12 +49,17 @@
 #include "pemoe/adapters/mpoe.hpp"
 #include "pemoe/adapters/sparse_lora.hpp"
 
+// data: tokenizers
+#include "pemoe/data/bpe_tokenizer.hpp"
+#include "pemoe/data/byte_tokenizer.hpp"
+
 // io
 #include "pemoe/io/dtype.hpp"
 #include "pemoe/io/safetensors.hpp"
 
 // models
 #include "pemoe/models/adapter_json.hpp"
+#include "pemoe/models/generate.hpp"
 #include "pemoe/models/gpt2.hpp"
 #include "pemoe/models/gpt2_hf.hpp"
 #include "pemoe/models/linear_site.hpp"

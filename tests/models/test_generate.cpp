@@ -168,6 +168,29 @@ TEST_CASE(
   CHECK(routers[0].second->call_counter() == calls);
 }
 
+TEST_CASE(
+    "GPT2Decoder with an MPOE expert bank in place of one MLP: the bank's router routes the new tokens") {
+  GPT2<double> m(read_gpt2_config(kDir + "tiny"));
+  MpoeConfig mc;
+  mc.n_experts = 3;
+  mc.n_cores = 3;
+  mc.scale_by_prob = true;
+  m.use_mpoe(mc, {1});
+  ParamStore<double> s;
+  Rng rng(1);
+  m.register_params(s, rng);
+  testing::randomize_params(s, 2, 0.15);
+  REQUIRE(m.block(1).has_mpoe());
+  REQUIRE(m.routers().size() == 1);
+  check_decoder_against_forward(m, ragged_prompts(), 8, 1e-12);
+  GenerateOptions o = sampled(2);
+  const auto a = generate(m, some_prompts(), o);
+  o.use_cache = false;
+  CHECK(generate(m, some_prompts(), o) == a);
+  m.set_training(true);
+  CHECK_THROWS_WITH(generate(m, some_prompts(), o), Catch::Contains("training mode"));
+}
+
 TEMPLATE_TEST_CASE("generate: cached and uncached decoding give the same tokens, greedy and sampled", "",
                    double, float) {
   ParamStore<TestType> s, sl;

@@ -208,10 +208,9 @@ void check_eval_mode(GPT2<T>& model, const char* who) {
     training |= b.mlp_dropout().training() || b.attn().attn_dropout().training() ||
                 b.attn().resid_dropout().training();
   }
-  for (auto& [name, site] : model.linear_sites()) {
+  for (auto& [name, site] : model.linear_sites())
     if (Dropout<T>* d = site->dropout()) training |= d->training();
-    if (Router<T>* r = site->router()) training |= r->training();
-  }
+  for (auto& [name, r] : model.routers()) training |= r->training();  // adapters' and MPOE banks'
   PEMOE_CHECK_CONFIG(
       !training, who,
       ": the model is in training mode (dropout, router noise); call set_training(false) first");
@@ -224,7 +223,8 @@ void check_eval_mode(GPT2<T>& model, const char* who) {
  * `step` runs one new token per sequence through every block, attending to the cached keys and values.
  *
  * Every layer is the model's own: LayerNorms, the `LinearSite` projections (so an injected adapter is
- * active, and MoE routers route the new tokens), GELU, the tied head; attention is recomputed here against
+ * active, and MoE routers route the new tokens), GELU, or the MPOE expert bank of a block that has one
+ * (`GPT2::use_mpoe`), the tied head; attention is recomputed here against
  * the cache (q|k|v laid out as `CausalSelfAttention`: columns h·D … of each of q, k, v; scale 1/√D), the
  * same function as the model's forward, to rounding. Nothing is kept for backward: the layers' caches are
  * scratch, reused. The model must be in eval mode (`ConfigError` otherwise); routers record no aux
@@ -333,9 +333,13 @@ class GPT2Decoder {
       x += y;
       // x += mlp.c_proj(gelu(c_fc(ln_2(x))))
       blk.ln_2().forward(x, h, m_ln);
-      blk.c_fc().forward(h, f, m_site);
-      m_act.forward(f, g, m_act_cache);
-      blk.mlp_c_proj().forward(g, y, m_site);
+      if (blk.has_mpoe()) {  // an MPOE expert bank in place of the MLP (its router routes the new tokens)
+        blk.mpoe().forward(h, y, m_mpoe);
+      } else {
+        blk.c_fc().forward(h, f, m_site);
+        m_act.forward(f, g, m_act_cache);
+        blk.mlp_c_proj().forward(g, y, m_site);
+      }
       x += y;
     }
     m_len += n;
@@ -400,6 +404,7 @@ class GPT2Decoder {
   typename LayerNorm<T>::Cache m_ln;
   typename LinearSite<T>::Cache m_site;
   typename GELU<T>::Cache m_act_cache;
+  typename MpoeFfn<T>::Cache m_mpoe;
 };
 
 /**

@@ -18,6 +18,9 @@ some labels are -100):
     <name>_lora/adapter_config.json, adapter_model.safetensors    a PEFT LoRA adapter (B non-zero)
     <name>_lora/expected.safetensors                logits, loss, grad.<PEFT key> of every adapter tensor
     <name>_ia3/...                                  the same for a PEFT (IA)^3 adapter
+    <name>/generate.safetensors, <name>_lora/generate.safetensors   (models in GENERATE only) prompts and
+                                                    HF's greedy `model.generate(do_sample=False)` output ids
+    <name>_cli/*.safetensors                        (models in GENERATE) batches `pemoe score` must reject
 
 Dropout is off (p = 0) so the references are deterministic. The weights are drawn wider than GPT-2's
 N(0, 0.02) so that the logits, and so the gradients, are far from uniform.
@@ -38,6 +41,10 @@ MODELS = {
     # head_dim 20, vocab 67, 3 layers, exact-erf-free tanh GELU as GPT-2
     "small": dict(n_layer=3, n_head=2, n_embd=40, vocab_size=67, n_positions=16, batch=(3, 7), seed=2),
 }
+
+# Models whose greedy generation (`model.generate`, with and without the LoRA adapter) is recorded.
+GENERATE = {"tiny"}
+GEN_PROMPT_LEN, GEN_NEW_TOKENS = 5, 12
 
 
 def randomize(model, seed):
@@ -80,6 +87,76 @@ def grads(model, keep):
     return res
 
 
+def write_generate(model, cfg, out_dir):
+    """HF's greedy decoding (float64, KV cache) of a batch of two equal-length prompts, of the same prompts
+    left-padded to different lengths (with the attention mask), and with a stop token: generate.safetensors
+    holds prompt_ids (2, P), greedy_ids (2, P+N) (prompt + new tokens, as generate returns them),
+    ragged_prompt_ids / ragged_attention_mask (2, P) and ragged_greedy_ids, eos_id (1,) and eos_greedy_ids
+    (finished sequences padded with pad_id (1,)), and min_gap (): the smallest margin between the best and
+    the second-best logit over every greedy step (the test's float32 run is exact only when it is not tiny).
+    The model's own eos (0) is switched off except in the eos run; prompt ids are drawn from 1 .. V-1."""
+    g = torch.Generator().manual_seed(300 + cfg["seed"])
+    prompt = torch.randint(1, cfg["vocab_size"], (2, GEN_PROMPT_LEN), generator=g, dtype=torch.int64)
+    pad = 0
+    model.generation_config.eos_token_id = None
+    min_gap = [float("inf")]
+
+    def greedy(ids, mask, eos=None):
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=GEN_NEW_TOKENS,
+                                 min_new_tokens=0, eos_token_id=eos, pad_token_id=pad, output_scores=True,
+                                 return_dict_in_generate=True)
+        for s in out.scores:  # (B, V) per step; finished rows are forced to pad and are skipped
+            top = torch.topk(s.double(), 2, dim=-1).values
+            for b in range(top.shape[0]):
+                if torch.isfinite(top[b]).all():
+                    min_gap[0] = min(min_gap[0], float(top[b, 0] - top[b, 1]))
+        return out.sequences.contiguous()
+
+    ones = torch.ones_like(prompt)
+    full = greedy(prompt, ones)
+    lengths = [GEN_PROMPT_LEN, 2]  # the second prompt keeps its last two tokens, left-padded
+    ragged = prompt.clone()
+    mask = ones.clone()
+    for b, n in enumerate(lengths):
+        ragged[b, :GEN_PROMPT_LEN - n] = pad
+        mask[b, :GEN_PROMPT_LEN - n] = 0
+    ragged_out = greedy(ragged, mask)
+    # a stop token the first sequence emits (first time at step >= 2) and the second never does
+    new0, new1 = full[0, GEN_PROMPT_LEN:].tolist(), full[1, GEN_PROMPT_LEN:].tolist()
+    eos = next((t for i, t in enumerate(new0) if i >= 2 and t not in new0[:i] and t not in new1), new0[-1])
+    eos_out = greedy(prompt, ones, eos=eos)
+    save_file({"prompt_ids": prompt, "greedy_ids": full, "ragged_prompt_ids": ragged, "ragged_attention_mask": mask,
+               "ragged_greedy_ids": ragged_out, "eos_id": torch.tensor([eos], dtype=torch.int64),
+               "eos_greedy_ids": eos_out, "pad_id": torch.tensor([pad], dtype=torch.int64),
+               "min_gap": torch.tensor(min_gap[0], dtype=torch.float64)},
+              os.path.join(out_dir, "generate.safetensors"))
+
+
+def write_cli_batches(cfg, ids, labels, out_dir):
+    """Batch files for the CLI's tests of `pemoe score`: one without labels (valid: logits only) and one for
+    each input error (missing input_ids, wrong dtype, wrong rank, an id outside the vocabulary, T above
+    n_positions, labels of another shape, a label outside the vocabulary)."""
+    os.makedirs(out_dir, exist_ok=True)
+    oov = ids.clone()
+    oov[1, 4] = cfg["vocab_size"]
+    bad_label = labels.clone()
+    bad_label[0, 5] = -1
+    n = cfg["n_positions"] + 1
+    files = {
+        "ids_only": {"input_ids": ids},
+        "labels_only": {"labels": labels},
+        "ids_f32": {"input_ids": ids.float()},
+        "ids_rank1": {"input_ids": ids[0].contiguous()},
+        "ids_oov": {"input_ids": oov, "labels": labels},
+        "ids_long": {"input_ids": torch.arange(n, dtype=torch.int64).reshape(1, n) % cfg["vocab_size"]},
+        "labels_shape": {"input_ids": ids, "labels": labels[:, :-1].contiguous()},
+        "labels_oov": {"input_ids": ids, "labels": bad_label},
+    }
+    for stem, tensors in files.items():
+        save_file(tensors, os.path.join(out_dir, stem + ".safetensors"))
+
+
 def write_model(name, cfg):
     torch.manual_seed(cfg["seed"])
     config = GPT2Config(
@@ -103,11 +180,16 @@ def write_model(name, cfg):
     for k, v in grads(model, lambda n: True).items():
         expected["grad." + k] = v
     save_file(expected, os.path.join(out_dir, "expected.safetensors"))
+    if name in GENERATE:
+        model.eval()
+        write_generate(model, cfg, out_dir)
+        model.train()
+        write_cli_batches(cfg, ids, labels, os.path.join(HERE, name + "_cli"))
     model.float()
     return model, ids, labels
 
 
-def write_adapter(name, model, ids, labels, kind, seed):
+def write_adapter(name, model, ids, labels, kind, seed, cfg):
     from peft import IA3Config, LoraConfig, get_peft_model
 
     if kind == "lora":
@@ -136,6 +218,10 @@ def write_adapter(name, model, ids, labels, kind, seed):
             key = n.replace(".default", "")
             expected["grad." + key] = p.grad.detach().clone().contiguous()
     save_file(expected, os.path.join(out_dir, "expected.safetensors"))
+    if name in GENERATE and kind == "lora":
+        peft_model.eval()
+        write_generate(peft_model, cfg, out_dir)
+        peft_model.train()
     peft_model.float()
     peft_model.unload()
 
@@ -149,7 +235,7 @@ def main():
         meta[name] = {k: v for k, v in cfg.items() if k != "batch"}
         meta[name]["batch"] = list(cfg["batch"])
         for kind in ("lora", "ia3"):
-            write_adapter(name, model, ids, labels, kind, cfg["seed"])
+            write_adapter(name, model, ids, labels, kind, cfg["seed"], cfg)
     with open(os.path.join(HERE, "fixtures.json"), "w") as f:
         json.dump({"generator": "make_fixtures.py", "torch": torch.__version__,
                    "transformers": __import__("transformers").__version__,

@@ -1,0 +1,153 @@
+// `pemoe score --model DIR --batch FILE [--adapter DIR] [--grads] --out FILE`: logits, loss and (optionally)
+// the trainable parameters' gradients of a Hugging Face GPT-2 (with a PEFT adapter) on one batch.
+#include <cstdint>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "../cli.hpp"
+#include "pemoe/io/safetensors.hpp"
+#include "pemoe/models/gpt2.hpp"
+#include "pemoe/models/gpt2_hf.hpp"
+
+namespace pemoe::cli {
+namespace {
+
+struct ScoreOptions {
+  std::string model, batch, adapter, out, dtype = "f32";
+  bool grads = false;
+};
+
+// `name` of the batch file as (B, T) int64 values; `RuntimeError` naming the tensor otherwise.
+std::vector<std::int64_t> read_ids(const SafetensorsFile& f, const std::string& name, Shape& shape) {
+  const std::string where = "'" + f.source() + "': tensor '" + name + "'";
+  const auto& ti = f.info(name);
+  if (ti.dtype != Dtype::I64)
+    throw RuntimeError(where + " has dtype " + dtype_name(ti.dtype) + "; expected I64 (int64 token ids)");
+  if (ti.shape.size() != 2 || ti.shape[0] < 1 || ti.shape[1] < 1)
+    throw RuntimeError(where + " has shape " + shape_string(ti.shape) +
+                       "; expected (B, T) with B, T >= 1 (batch, sequence length)");
+  shape = ti.shape;
+  return f.to_vector<std::int64_t>(name);
+}
+
+template <class T>
+int score(const ScoreOptions& o) {
+  const auto batch = SafetensorsFile::load(o.batch);
+  if (!batch.contains("input_ids"))
+    throw RuntimeError("'" + o.batch + "' has no tensor 'input_ids' (int64, (B, T)); it has " +
+                       std::to_string(batch.size()) + " tensor(s)" +
+                       (batch.size() ? ", e.g. '" + batch.names().front() + "'" : std::string()));
+  Shape shape, label_shape;
+  const std::vector<std::int64_t> ids = read_ids(batch, "input_ids", shape);
+  std::vector<std::int64_t> labels;
+  if (batch.contains("labels")) {
+    labels = read_ids(batch, "labels", label_shape);
+    if (label_shape != shape)
+      throw RuntimeError("'" + o.batch + "': 'labels' has shape " + shape_string(label_shape) +
+                         ", 'input_ids' has " + shape_string(shape) + "; they must match");
+  }
+  if (o.grads && labels.empty())
+    throw RuntimeError("--grads needs a loss, but '" + o.batch +
+                       "' has no tensor 'labels' (int64, (B, T); -100 = not scored)");
+
+  ParamStore<T> store;
+  Rng rng(0);
+  PeftAdapterConfig adapter;
+  auto model = load_gpt2<T>(o.model, store, rng, o.adapter, &adapter);
+  const GPT2Config& c = model->config();
+  const Index B = shape[0], S = shape[1], V = c.vocab_size;
+  if (S > c.n_positions)
+    throw RuntimeError("'" + o.batch + "': sequence length T = " + std::to_string(S) +
+                       " exceeds the model's n_positions = " + std::to_string(c.n_positions) + " (" +
+                       o.model + "/config.json); split or truncate the sequences");
+  auto at = [&](std::size_t i) {
+    return "[" + std::to_string(Index(i) / S) + ", " + std::to_string(Index(i) % S) + "]";
+  };
+  for (std::size_t i = 0; i < ids.size(); ++i)
+    if (ids[i] < 0 || ids[i] >= V)
+      throw RuntimeError("'" + o.batch + "': input_ids" + at(i) + " = " + std::to_string(ids[i]) +
+                         " is outside the vocabulary [0, " + std::to_string(V) + ") of " + o.model);
+  for (std::size_t i = 0; i < labels.size(); ++i)
+    if (labels[i] != -100 && (labels[i] < 0 || labels[i] >= V))
+      throw RuntimeError("'" + o.batch + "': labels" + at(i) + " = " + std::to_string(labels[i]) +
+                         "; expected -100 (not scored) or an id in [0, " + std::to_string(V) + ")");
+
+  model->set_training(false);
+  model->set_batch(B, S);
+  typename GPT2<T>::Cache cache;
+  const double loss = model->forward(ids, labels, cache);
+
+  SafetensorsWriter w;
+  w.set_metadata("format", "pt");
+  const Dtype dt = std::is_same_v<T, double> ? Dtype::F64 : Dtype::F32;
+  w.add("logits", Shape{B, S, V}, cache.logits.data(), dt);
+  if (!labels.empty()) {
+    const T l = T(loss);
+    w.add("loss", Shape{}, &l, dt);
+  }
+  Index n_grads = 0;
+  if (o.grads) {
+    store.zero_grad();
+    model->backward(cache);
+    const bool adapted = !o.adapter.empty();
+    for (const auto& e : store.entries()) {
+      if (!e.trainable) continue;
+      const T* g = store.grad(store.id(e.name));
+      if (!adapted && pemoe::detail::is_gpt2_conv1d_weight(e.name)) {  // HF's Conv1D layout (in, out)
+        const Matrix<T> t = ConstMatrixMap<T>(g, e.shape[0], e.shape[1]).transpose();
+        w.add("grad." + e.name, Shape{e.shape[1], e.shape[0]}, t.data(), dt);
+      } else if (adapted && adapter.spec.kind == AdapterKind::ia3) {  // PEFT: (out, 1), or (1, in)
+        const std::string site = e.name.substr(0, e.name.size() - std::string(".ia3_l").size());
+        w.add("grad." + peft_key(e.name),
+              adapter.feedforward.matches(site) ? Shape{1, e.size} : Shape{e.size, 1}, g, dt);
+      } else {
+        w.add("grad." + (adapted ? peft_key(e.name) : e.name), e.shape, g, dt);
+      }
+      ++n_grads;
+    }
+  }
+  w.save(o.out);
+  std::cout << "'" << o.out << "': logits (" << B << ", " << S << ", " << V << ")";
+  if (!labels.empty()) std::cout << ", loss " << loss;
+  if (o.grads) std::cout << ", " << n_grads << " gradient tensors";
+  std::cout << "\n";
+  return 0;
+}
+
+void setup(CLI::App& cmd) {
+  auto o = std::make_shared<ScoreOptions>();
+  cmd.add_option("--model", o->model, "a Hugging Face GPT-2 directory (config.json, model.safetensors)")
+      ->required()
+      ->type_name("DIR");
+  cmd.add_option("--batch", o->batch,
+                 "a .safetensors file with input_ids and optionally labels (int64, (B, T))")
+      ->required()
+      ->type_name("FILE");
+  cmd.add_option("--out", o->out, "the .safetensors file to write")->required()->type_name("FILE");
+  cmd.add_option("--adapter", o->adapter,
+                 "a PEFT adapter directory (LoRA, IA3, or pemoe's MoE extension) on top of the model")
+      ->type_name("DIR");
+  cmd.add_flag("--grads", o->grads, "also write the gradient of every trainable parameter (needs labels)")
+      ->disable_flag_override();
+  cmd.add_option("--dtype", o->dtype, "compute and write in f32 (default) or f64")
+      ->type_name("D")
+      ->check(one_of({"f32", "f64"}));
+  cmd.footer(
+      "Runs the model (eval mode: no dropout) on the batch and writes:\n"
+      "  logits            (B, T, vocab)\n"
+      "  loss              ()   with labels: mean cross-entropy of position t predicting labels[t+1]\n"
+      "                         (Hugging Face's shift), -100 not scored; + routers' aux losses (MoE)\n"
+      "  grad.<name>       with --grads: without an adapter every parameter under its Hugging Face name\n"
+      "                    (Conv1D weights (in, out) as in model.safetensors); with --adapter only the\n"
+      "                    adapter's tensors, under the keys and shapes of its adapter_model.safetensors\n"
+      "in F32 (F64 with --dtype f64, which also computes in double).");
+  set_action(cmd, [o] { return o->dtype == "f64" ? score<double>(*o) : score<float>(*o); });
+}
+
+[[maybe_unused]] const bool registered = register_command(
+    {"score", "logits, loss and gradients of a Hugging Face GPT-2 (+ PEFT adapter) on a batch", setup});
+
+}  // namespace
+}  // namespace pemoe::cli
