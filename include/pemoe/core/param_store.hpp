@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <functional>
 #include <limits>
 #include <string>
 #include <type_traits>
@@ -106,6 +107,7 @@ class ParamStore {
    */
   ParamId add(const std::string& name, const Shape& shape, bool trainable = true) {
     PEMOE_CHECK_CONFIG(!name.empty(), "ParamStore: a parameter needs a non-empty name");
+    if (trainable && m_frozen_if && m_frozen_if(name)) trainable = false;
     PEMOE_CHECK_CONFIG(m_index.find(name) == m_index.end(), "ParamStore: parameter '", name,
                        "' is declared twice (did two layers get the same prefix?)");
     for (Index d : shape)
@@ -281,6 +283,22 @@ class ParamStore {
   /// Number of trainable scalars declared.
   Index num_trainable() const { return m_num_grads; }
 
+  /**
+   * @brief Declares every later parameter whose name satisfies `frozen` as frozen, whatever its layer asks
+   * (an empty function: no override). Models use it to declare a pretrained backbone without ever
+   * allocating its gradients when only adapters train.
+   */
+  void set_frozen_filter(std::function<bool(const std::string&)> frozen) { m_frozen_if = std::move(frozen); }
+
+  /// Reserves room for `values` scalars (and `grads` gradient scalars) so that declaring a large model does
+  /// not grow the arenas by doubling (a doubling copy briefly holds both the old and the new arena: 1.5-2×
+  /// the model's memory at the peak). Count them first with a declaration-only store.
+  void reserve(Index values, Index grads = 0) {
+    if (m_declaring) return;
+    m_values.reserve(static_cast<std::size_t>(std::max<Index>(values, 0)));
+    m_grads.reserve(static_cast<std::size_t>(std::max<Index>(grads, 0)));
+  }
+
  private:
   static Index last_extent(const Entry& e) { return e.shape.empty() ? 1 : e.shape.back(); }
 
@@ -321,6 +339,7 @@ class ParamStore {
   std::vector<T> m_values;
   std::vector<T> m_grads;
   std::vector<T> m_scratch;  ///< declaration-only: the buffer every value()/grad() returns
+  std::function<bool(const std::string&)> m_frozen_if;  ///< `set_frozen_filter`
   Index m_num_values = 0;
   Index m_num_grads = 0;
 };

@@ -398,7 +398,15 @@ class GPT2 {
   /// Declares every parameter under its Hugging Face name and initialises it (GPT-2's N(0, 0.02)); with
   /// adapters, freezes everything but the adapters and routers.
   void register_params(ParamStore<T>& store, Rng& rng) {
+    if (!store.declaring_only() && store.size() == 0) {  // size the arenas once (peak memory = the model)
+      auto plan = ParamStore<T>::declaration_only();
+      GPT2 copy = *this;
+      Rng r = rng;
+      copy.register_params(plan, r);
+      store.reserve(plan.num_values(), plan.num_trainable());
+    }
     m_store = &store;
+    if (m_adapted) store.set_frozen_filter([](const std::string& n) { return is_backbone(n); });
     m_wte.register_params(store, "transformer.wte", rng);
     m_wpe.register_params(store, "transformer.wpe", rng);
     m_drop.register_params(store, "transformer.drop", rng);
@@ -406,7 +414,7 @@ class GPT2 {
       m_blocks[std::size_t(i)].register_params(store, "transformer.h." + std::to_string(i), rng);
     m_ln_f.register_params(store, "transformer.ln_f", rng);
     if (!store.declaring_only()) init_like_hf(store, rng);
-    if (m_adapted) store.set_trainable_if([](const auto& e) { return is_backbone(e.name); }, false);
+    store.set_frozen_filter({});
   }
 
   /// Whether a parameter belongs to the pretrained backbone (not to an adapter or a router).
