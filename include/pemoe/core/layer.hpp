@@ -36,7 +36,8 @@
 /// Workspace policy (the same for every layer): the caller owns the buffers a call writes (`y`, `dx`); the
 /// `Cache` owns every activation backward needs (resized on each forward, so one cache reused across steps
 /// allocates once); scratch that lives only within a call is local, or a layer member when it is large and
-/// reused (MoV's dL/dh). Dropout masks are never stored: backward regenerates them from the counter-based rng.
+/// reused (MoV's dL/dh). Dropout masks are never stored: backward regenerates them from the counter-based
+/// rng.
 ///
 /// Layers hold a pointer to their `ParamStore` and the `ParamId`s of their parameters, so a copied layer
 /// shares parameters with the original (like a PyTorch module reference), never a stale view.
