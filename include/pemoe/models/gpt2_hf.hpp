@@ -261,9 +261,10 @@ inline std::string peft_key(const std::string& name) {
 }
 
 /**
- * @brief Loads `<dir>/adapter_model.safetensors` into the model's adapter parameters (PEFT keys
- * `base_model.model.<site>.lora_A.weight`, IA3's `ia3_l` as (out, 1) or (1, in)); every adapter parameter
- * must be present and every file tensor must be used (`IoError` naming the tensor otherwise).
+ * @brief Loads adapter_model.safetensors of the directory `dir` into the model's adapter parameters, under
+ * PEFT's keys (base_model.model. followed by the parameter name; the IA3 vectors stored as (out, 1) or
+ * (1, in)). Every adapter parameter must be present and every file tensor used: `IoError` naming the
+ * tensor otherwise.
  */
 template <class T>
 void load_peft_weights(GPT2<T>& model, const std::string& dir) {

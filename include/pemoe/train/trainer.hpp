@@ -177,7 +177,7 @@ class OptimizerRef {
 /// How the trainer reports progress.
 enum class ProgressMode {
   automatic,  ///< `terminal` when the stream is std::cout and stdout is a terminal, else `lines`
-  terminal,   ///< one line rewritten in place with '\r' after every step
+  terminal,   ///< one line rewritten in place with a carriage return after every step
   lines,      ///< a plain line every `print_every` steps (and after the last step), for pipes and logs
   off,        ///< nothing
 };
@@ -297,8 +297,8 @@ struct TrainSummary {
  * (`ConfigError` if the file's header differs).
  *
  * **Progress**: on a terminal one line `step 12/300  loss 2.3456  lr 3.0e-04  1234 tok/s  ETA 00:01:23`
- * rewritten with '\r'; in a pipe (or `ProgressMode::lines`) the same as plain lines every `print_every`
- * steps and after the last; evaluations print `eval step 12/300  loss 2.1000 ...` lines.
+ * rewritten in place (carriage return); in a pipe (or `ProgressMode::lines`) the same as plain lines every
+ * `print_every` steps and after the last; evaluations print `eval step 12/300  loss 2.1000 ...` lines.
  */
 template <class T>
 class Trainer {
