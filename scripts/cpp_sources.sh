@@ -8,9 +8,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd -P)
-if command -v git >/dev/null 2>&1 && [ "$(git rev-parse --show-toplevel 2>/dev/null)" = "$root" ]; then
-  git ls-files -z -- '*.hpp' '*.cpp' '*.cu' '*.cuh' |
-    while IFS= read -r -d '' f; do [ -e "$f" ] && printf '%s\0' "$f"; done
+# Each git call has the find fallback below: no git, not a checkout, or git refusing the tree (e.g. an unsafe
+# owner) all land there.
+if command -v git >/dev/null 2>&1 && [ "$(git rev-parse --show-toplevel 2>/dev/null)" = "$root" ] &&
+   tracked=$(git ls-files -z -- '*.hpp' '*.cpp' '*.cu' '*.cuh' 2>/dev/null | tr '\0' '\n'); then
+  while IFS= read -r f; do [ -n "$f" ] && [ -e "$f" ] && printf '%s\0' "$f"; done <<< "$tracked"
   exit 0
 fi
 dirs=()
