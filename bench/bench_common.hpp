@@ -8,6 +8,7 @@
 #include <string>
 
 #include "pemoe/core/config.hpp"
+#include "pemoe/core/gemm.hpp"
 #include "pemoe/core/rng.hpp"
 #include "pemoe/core/tensor.hpp"
 
@@ -39,6 +40,10 @@ inline void add_context() {
     }
   benchmark::AddCustomContext("eigen_simd", Eigen::SimdInstructionSetsInUse());
   benchmark::AddCustomContext("threads", std::to_string(max_threads()));
+  benchmark::AddCustomContext("gemm_backend", gemm_backend_name(gemm_backend()));
+#ifdef PEMOE_WITH_DNNL
+  benchmark::AddCustomContext("dnnl_isa", dnnl_backend::isa_name());
+#endif
 }
 
 }  // namespace pemoe::bench

@@ -8,6 +8,10 @@
 // Counters: tokens/s, GFLOP/s (model FLOPs of a step, formula in `step_flops`), peak RSS of the process (run
 // one config per process to read it per config), and the share of one step's time per kind of work
 // (`t_<bucket>`, from core/profile.hpp, measured on one extra profiled step).
+//
+// Variants (the name's last part): `eigen` (Eigen's GEMM), `dnnl` (oneDNN matmul primitives), and for config
+// d `dnnl_packed_f32` / `dnnl_packed_bf16` (the frozen backbone and tied head packed once, GPT2::pack_frozen;
+// bf16 only on CPUs with bf16 units). The peer's bf16 figure: hf_gpt2_bench.py --bf16.
 #include <sys/resource.h>
 
 #include <fstream>
@@ -48,7 +52,9 @@ double peak_rss_mb() {
 }
 
 // full: config a (full fine-tuning); otherwise config d (frozen backbone + MoLoRA E8 r8 on c_attn, c_fc).
-void BM_GPT2Train(benchmark::State& state, bool full) {
+// pack: 0 none, 1 f32, 2 bf16.
+void BM_GPT2Train(benchmark::State& state, bool full, GemmBackend backend, int pack) {
+  set_gemm_backend(backend);
   GPT2Config cfg;  // GPT-2 124M, dropout 0.1
   auto model = std::make_unique<GPT2<float>>(cfg);
   const Index E = 8, r = 8;
@@ -63,6 +69,7 @@ void BM_GPT2Train(benchmark::State& state, bool full) {
   ParamStore<float> store;
   Rng rng(0);
   model->register_params(store, rng);
+  if (pack) model->pack_frozen(pack == 2 ? PackDtype::bf16 : PackDtype::f32);
   model->set_training(true);
   model->set_batch(kB, kT);
   AdamWConfig oc;
@@ -97,7 +104,28 @@ void BM_GPT2Train(benchmark::State& state, bool full) {
 
 }  // namespace
 
-BENCHMARK_CAPTURE(BM_GPT2Train, config_d_frozen_molora, false)->Unit(benchmark::kMillisecond)->Iterations(8);
-BENCHMARK_CAPTURE(BM_GPT2Train, config_a_full, true)->Unit(benchmark::kMillisecond)->Iterations(8);
+const int registered = [] {
+  struct Variant {
+    const char* name;
+    bool full;
+    GemmBackend backend;
+    int pack;
+  };
+  const Variant variants[] = {{"config_d_frozen_molora/eigen", false, GemmBackend::eigen, 0},
+                              {"config_d_frozen_molora/dnnl", false, GemmBackend::dnnl, 0},
+                              {"config_d_frozen_molora/dnnl_packed_f32", false, GemmBackend::dnnl, 1},
+                              {"config_d_frozen_molora/dnnl_packed_bf16", false, GemmBackend::dnnl, 2},
+                              {"config_a_full/eigen", true, GemmBackend::eigen, 0},
+                              {"config_a_full/dnnl", true, GemmBackend::dnnl, 0}};
+  for (const Variant& v : variants) {
+    if (v.backend == GemmBackend::dnnl && !have_dnnl()) continue;
+    if (v.pack && !weight_pack_available<float>(v.pack == 2 ? PackDtype::bf16 : PackDtype::f32)) continue;
+    benchmark::RegisterBenchmark((std::string("BM_GPT2Train/") + v.name).c_str(),
+                                 [v](benchmark::State& st) { BM_GPT2Train(st, v.full, v.backend, v.pack); })
+        ->Unit(benchmark::kMillisecond)
+        ->Iterations(8);
+  }
+  return 0;
+}();
 
 PEMOE_BENCHMARK_MAIN()

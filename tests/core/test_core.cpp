@@ -504,3 +504,27 @@ TEST_CASE("tensor views do not copy") {
   CHECK(shape_string({2, 3}) == "(2, 3)");
   CHECK(shape_size({2, 3, 4}) == 24);
 }
+
+TEST_CASE("ParamStore::release_values_if drops frozen values, compacts the arena, and refuses reads after") {
+  ParamStore<double> s;
+  const ParamId a = s.add("a", {2, 3}, false), b = s.add("b", {4}, true), c = s.add("c", {3, 2}, false);
+  for (std::size_t i = 0; i < s.values().size(); ++i) s.values()[i] = double(i);
+  s.grad(b)[0] = 5;
+  // a trainable parameter cannot be released, and a refused call changes nothing
+  CHECK_THROWS_WITH(s.release_values_if([](const auto& e) { return e.name != "a"; }),
+                    Catch::Contains("cannot release 'b': it is trainable"));
+  CHECK(s.num_values() == 16);
+  CHECK(s.release_values_if([](const auto& e) { return e.name == "a"; }) == 1);
+  CHECK(s.num_values() == 10);
+  CHECK(s.values().size() == 10);
+  CHECK(s.entry(a).released);
+  CHECK_THROWS_WITH(s.value(a), Catch::Contains("values of 'a' were released"));
+  // the kept values moved with their entries; gradients untouched
+  CHECK(s.value(b)[0] == 6);
+  CHECK(s.value(c)[5] == 15);
+  CHECK(s.grad(b)[0] == 5);
+  // a parameter declared afterwards lands after the kept ones
+  const ParamId d = s.add("d", {2}, true);
+  CHECK(s.entry(d).offset == 10);
+  CHECK(s.release_values_if([](const auto& e) { return e.name == "a"; }) == 0);  // already released
+}

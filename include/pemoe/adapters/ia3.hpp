@@ -87,11 +87,10 @@ class IA3 {
       m_base->forward(cache.h, y, cache.base);
     } else {
       cache.h.resize(n, d_out());
-      const auto W = m_base->weight();
       for (Index r0 = 0; r0 < n; r0 += m_config.panel_rows) {  // GEMM a panel, scale it while in cache
         const Index m = std::min(m_config.panel_rows, n - r0);
         auto h = cache.h.middleRows(r0, m);
-        gemm<T>(Op::N, Op::T, T(1), x.middleRows(r0, m), W, T(0), h);
+        m_base->product(x.middleRows(r0, m), h);
         if (m_base->config().bias) h.rowwise() += m_base->bias().row(0);
         detail::parallel_rows(m, detail::row_blocks(m), [&](int, Index i0, Index i1) {
           y.middleRows(r0 + i0, i1 - i0) = (h.middleRows(i0, i1 - i0).array().rowwise() * l).matrix();
@@ -120,12 +119,11 @@ class IA3 {
       if (dx) *dx = (dh.array().rowwise() * l).matrix();
     } else {
       check_shape(site(), "cache.h (did forward run on this x?)", cache.h, n, d_out());
-      const auto W = m_base->weight();
       const bool tw = m_store->trainable(m_base->weight_id());
       const bool tb = m_base->config().bias && m_store->trainable(m_base->bias_id());
       const int blocks = detail::row_blocks(std::min(m_config.panel_rows, n));
       std::vector<RowVector<T>> dl(static_cast<std::size_t>(blocks), RowVector<T>::Zero(m_d));
-      if (!tw && !tb && n > m_base->config().d_in) {
+      if (!tw && !tb && n > m_base->config().d_in && !m_base->packed()) {
         // Frozen base, more tokens than input features: dx = (dy ⊙ l)·W = dy·(diag(l)·W), scaling the
         // (d_out, d_in) weight instead of writing the (N, d_out) dy ⊙ l; one pass over dy and h for dl.
         if (tl)
@@ -137,6 +135,7 @@ class IA3 {
             }
           });
         if (dx) {
+          const auto W = m_base->weight();
           const Matrix<T> wl = (W.array().colwise() * l.transpose()).matrix();  // diag(l)·W
           gemm<T>(Op::N, Op::N, T(1), dy, wl, T(0), *dx);
         }
@@ -159,7 +158,7 @@ class IA3 {
           gemm<T>(Op::T, Op::N, T(1), dhp, x.middleRows(r0, m), T(1),
                   m_store->grad_matrix(m_base->weight_id()));
         if (tb) m_store->grad_matrix(m_base->bias_id()) += dhp.colwise().sum();
-        if (dx) gemm<T>(Op::N, Op::N, T(1), dhp, W, T(0), dx->middleRows(r0, m));
+        if (dx) m_base->input_grad(dhp, dx->middleRows(r0, m));
       }
       if (tl)
         for (const auto& d : dl) m_store->grad_matrix(m_l) += d;  // blocks in a fixed order

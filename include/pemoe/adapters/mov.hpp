@@ -201,7 +201,7 @@ class MoV {
       const Index m = std::min(P, n - r0);
       if (m_base) {  // the panel of the base GEMM; everything below reads it while it is in cache
         auto hp = c.h.middleRows(r0, m);
-        gemm<T>(Op::N, Op::T, T(1), x.middleRows(r0, m), m_base->weight(), T(0), hp);
+        m_base->product(x.middleRows(r0, m), hp);
         if (m_base->config().bias) hp.rowwise() += m_base->bias().row(0);
       }
       const T* hptr = own_h ? c.h.data() + r0 * m_d : x.data() + r0 * m_d;
@@ -302,7 +302,7 @@ class MoV {
           gemm<T>(Op::T, Op::N, T(1), dHp, x.middleRows(r0, m), T(1),
                   m_store->grad_matrix(m_base->weight_id()));
         if (tb) m_store->grad_matrix(m_base->bias_id()) += dHp.colwise().sum();
-        if (dx) gemm<T>(Op::N, Op::N, T(1), dHp, m_base->weight(), T(0), dx->middleRows(r0, m));
+        if (dx) m_base->input_grad(dHp, dx->middleRows(r0, m));
       } else if (dx) {
         dx->middleRows(r0, m) = dHp;
       }

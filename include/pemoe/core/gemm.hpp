@@ -13,22 +13,73 @@
 /// at the same speed alone, and faster inside MoV, where the result is scaled on its way out and never
 /// stored.
 ///
+/// With `PEMOE_WITH_DNNL` (the CMake target `pemoe::dnnl`) the other f32 products go to oneDNN matmul
+/// primitives, cached per shape (core/dnnl/matmul.hpp); `set_gemm_backend` switches back to Eigen at run
+/// time (benchmarks compare both in one process). Double precision always runs on Eigen (oneDNN has no
+/// f64 matmul), and so does a product called from inside an OpenMP parallel region.
+///
 /// Speed depends on the compiler flags of the translation unit that instantiates it: with
 /// `-march=native` on AVX-512 machines Eigen's fp32 GEMM is 4-5× faster than with the default SSE2.
 #pragma once
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <atomic>
+#include <type_traits>
 
 #include "pemoe/core/detail/skinny_gemm.hpp"
 #include "pemoe/core/error.hpp"
 #include "pemoe/core/profile.hpp"
 #include "pemoe/core/tensor.hpp"
+#ifdef PEMOE_WITH_DNNL
+#include "pemoe/core/dnnl/matmul.hpp"
+#endif
 
 namespace pemoe {
 
 /// Whether a `gemm` operand is used as stored or transposed.
 enum class Op { N, T };
+
+/// The engine of `gemm`'s large f32 products.
+enum class GemmBackend {
+  eigen,  ///< Eigen's GEMM (header-only; the default without oneDNN)
+  dnnl    ///< oneDNN matmul primitives (needs `PEMOE_WITH_DNNL`; the default with it)
+};
+
+/// Whether this build has the oneDNN backend (`PEMOE_WITH_DNNL`, CMake target `pemoe::dnnl`).
+constexpr bool have_dnnl() {
+#ifdef PEMOE_WITH_DNNL
+  return true;
+#else
+  return false;
+#endif
+}
+
+namespace detail {
+inline std::atomic<GemmBackend>& gemm_backend_state() {
+  static std::atomic<GemmBackend> b{have_dnnl() ? GemmBackend::dnnl : GemmBackend::eigen};
+  return b;
+}
+}  // namespace detail
+
+/// The backend `gemm` uses now.
+inline GemmBackend gemm_backend() {
+  return detail::gemm_backend_state().load(std::memory_order_relaxed);
+}
+
+/// Chooses the backend of `gemm`'s large f32 products for the whole process; throws `ConfigError` for
+/// `GemmBackend::dnnl` in a build without oneDNN.
+inline void set_gemm_backend(GemmBackend b) {
+  PEMOE_CHECK_CONFIG(b != GemmBackend::dnnl || have_dnnl(),
+                     "set_gemm_backend: this build has no oneDNN backend; link the CMake target pemoe::dnnl "
+                     "(Debian: apt-get install libdnnl-dev) or keep GemmBackend::eigen");
+  detail::gemm_backend_state().store(b, std::memory_order_relaxed);
+}
+
+/// "eigen" or "dnnl".
+inline const char* gemm_backend_name(GemmBackend b) {
+  return b == GemmBackend::dnnl ? "dnnl" : "eigen";
+}
 
 namespace detail {
 
@@ -92,6 +143,14 @@ void gemm(Op op_a, Op op_b, T alpha, ConstMatrixRef<T> A, ConstMatrixRef<T> B, T
     return;
   }
   if (detail::skinny(op_a, op_b, alpha, A, B, beta, C, m, n, ka)) return;
+#ifdef PEMOE_WITH_DNNL
+  if constexpr (std::is_same_v<T, float>) {
+    if (gemm_backend() == GemmBackend::dnnl && !profile::detail::in_parallel()) {
+      dnnl_backend::gemm_f32(op_a == Op::T, op_b == Op::T, alpha, A, B, beta, C);
+      return;
+    }
+  }
+#endif
   auto run = [&](const auto& product) {
     if (beta == T(0)) {
       C.noalias() = alpha * product;

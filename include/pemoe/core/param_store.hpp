@@ -78,6 +78,7 @@ class ParamStore {
     Index size = 0;          ///< number of elements
     bool trainable = true;   ///< owns gradient memory at `grad_offset`
     Index grad_offset = -1;  ///< first element in `grads()`, or -1 when frozen
+    bool released = false;   ///< values dropped by `release_values_if` (offset -1): `value()` throws
   };
   static_assert(std::is_nothrow_move_constructible_v<Entry>, "add() relies on a no-throw move of Entry");
 
@@ -179,6 +180,9 @@ class ParamStore {
   /// size, shared by every parameter).
   T* value(ParamId id) {
     const Entry& e = entry(id);
+    PEMOE_CHECK_CONFIG(!e.released, "ParamStore: the values of '", e.name,
+                       "' were released (only a packed copy of the frozen weight remains, e.g. "
+                       "GPT2::pack_frozen with release_f32); reload the model to read or save them");
     return m_declaring ? m_scratch.data() : m_values.data() + e.offset;
   }
   const T* value(ParamId id) const { return const_cast<ParamStore*>(this)->value(id); }
@@ -265,6 +269,47 @@ class ParamStore {
     relayout_grads(flags);
     return matched;
   }
+  /**
+   * @brief Drops the values of every frozen parameter for which `pred(entry)` is true and compacts the value
+   * arena, returning the memory (a model that keeps only a packed bf16 copy of its frozen backbone calls
+   * this). Released entries keep their name and shape; `value()` on them throws `ConfigError`, checkpoints
+   * skip them. `ConfigError` if a selected parameter is trainable (nothing changes then). Returns how many
+   * were released. Peak memory during the call: the kept values twice.
+   */
+  template <class Pred>
+  std::size_t release_values_if(Pred&& pred) {
+    std::vector<bool> drop(m_entries.size(), false);
+    std::size_t matched = 0;
+    for (std::size_t i = 0; i < m_entries.size(); ++i) {
+      const Entry& e = m_entries[i];
+      if (e.released || !pred(e)) continue;
+      PEMOE_CHECK_CONFIG(!e.trainable, "ParamStore: cannot release '", e.name, "': it is trainable");
+      drop[i] = true;
+      ++matched;
+    }
+    if (matched == 0 || m_declaring) return matched;
+    Index kept = 0;
+    for (std::size_t i = 0; i < m_entries.size(); ++i)
+      if (!m_entries[i].released && !drop[i]) kept += m_entries[i].size;
+    std::vector<T> values;
+    values.reserve(static_cast<std::size_t>(kept));
+    for (std::size_t i = 0; i < m_entries.size(); ++i) {
+      Entry& e = m_entries[i];
+      if (e.released) continue;
+      if (drop[i]) {
+        e.released = true;
+        e.offset = -1;
+        continue;
+      }
+      const Index at = static_cast<Index>(values.size());
+      values.insert(values.end(), m_values.begin() + e.offset, m_values.begin() + e.offset + e.size);
+      e.offset = at;
+    }
+    m_values.swap(values);
+    m_num_values = kept;
+    return matched;
+  }
+
   /// Sets the trainable flag of every parameter.
   void set_all_trainable(bool trainable) { relayout_grads(std::vector<bool>(m_entries.size(), trainable)); }
 
@@ -278,7 +323,7 @@ class ParamStore {
   std::vector<T>& grads() { return m_grads; }
   const std::vector<T>& grads() const { return m_grads; }
 
-  /// Total number of scalars declared.
+  /// Number of scalars held in the value arena (every declared one unless some were released).
   Index num_values() const { return m_num_values; }
   /// Number of trainable scalars declared.
   Index num_trainable() const { return m_num_grads; }

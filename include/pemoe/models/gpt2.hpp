@@ -521,9 +521,73 @@ class GPT2 {
   /// Merges every mergeable adapter (LoRA, IA3) into the backbone weights and makes every site a plain
   /// linear again (PEFT `merge_and_unload`); `ConfigError` for MoE adapters. The backbone stays frozen.
   void merge_and_unload() {
+    PEMOE_CHECK_CONFIG(!m_released,
+                       "GPT2: merge_and_unload needs the f32 backbone, which pack_frozen(bf16, "
+                       "release_f32) dropped; load the model again without release_f32");
     for (auto& [name, site] : linear_sites()) site->merge_and_unload();
     m_adapted = false;
+    if (m_pack_dtype) pack_frozen(*m_pack_dtype);  // merged weights changed: pack them anew
   }
+
+  /**
+   * @brief Packs every frozen backbone weight once for the fast path (core/weight_pack.hpp): the base
+   * weight of each linear site whose weight is frozen, and the tied LM head when the token embedding is
+   * frozen. In `PackDtype::bf16` those products take bf16 inputs with f32 accumulation, while adapters,
+   * routers, LayerNorm, attention, the loss and the optimizer stay f32.
+   *
+   * Call after the weights are loaded and the trainable set is final (packs are copies); `merge_and_unload`
+   * packs again. Returns the bytes the packs hold. `ConfigError` where packing is unavailable (no oneDNN,
+   * bf16 on a CPU without bf16 units: use f32 there), before anything is packed.
+   *
+   * `release_f32` (bf16 only) then drops the f32 values of the packed linear weights from the store: the
+   * bf16 pack replaces them instead of duplicating them (the token embedding keeps its f32 table, which the
+   * lookup reads). The model trains and runs as before; reading, saving or merging those weights is a
+   * `ConfigError` until the model is loaded again.
+   */
+  std::size_t pack_frozen(PackDtype dtype, bool release_f32 = false) {
+    PEMOE_CHECK_CONFIG(
+        !release_f32 || dtype == PackDtype::bf16,
+        "GPT2: release_f32 needs a bf16 pack (an f32 pack is as large as the weight it copies)");
+    PEMOE_CHECK_CONFIG(m_store != nullptr, "GPT2: pack_frozen() after register_params() and loading weights");
+    std::string why;
+    PEMOE_CHECK_CONFIG(weight_pack_available<T>(dtype, &why), "GPT2: cannot pack the frozen backbone as ",
+                       pack_dtype_name(dtype), ": ", why);
+    std::size_t bytes = 0;
+    for (auto& [name, site] : linear_sites())
+      if (Linear<T>* base = site->base_linear(); base && !m_store->trainable(base->weight_id())) {
+        base->pack(dtype);
+        bytes += base->packed()->bytes();
+      }
+    if (!m_store->trainable(m_wte.weight_id())) {
+      m_wte.pack_head(dtype);
+      bytes += m_wte.head_packed()->bytes();
+    }
+    m_pack_dtype = dtype;
+    if (release_f32) {
+      std::vector<ParamId> packed;
+      for (auto& [name, site] : linear_sites())
+        if (Linear<T>* base = site->base_linear(); base && base->packed())
+          packed.push_back(base->weight_id());
+      std::sort(packed.begin(), packed.end());
+      m_store->release_values_if([&](const auto& e) {
+        return std::binary_search(packed.begin(), packed.end(), m_store->id(e.name));
+      });
+      m_released = true;
+    }
+    return bytes;
+  }
+  /// Drops every pack (products read the weights in the store again).
+  void unpack_frozen() {
+    PEMOE_CHECK_CONFIG(!m_released,
+                       "GPT2: the f32 backbone was released by pack_frozen(bf16, release_f32): "
+                       "the packs are all that is left; load the model again to unpack");
+    for (auto& [name, site] : linear_sites())
+      if (Linear<T>* base = site->base_linear()) base->unpack();
+    m_wte.unpack_head();
+    m_pack_dtype.reset();
+  }
+  /// The dtype of the packed backbone, if packed.
+  std::optional<PackDtype> packed_dtype() const { return m_pack_dtype; }
 
   /// Training mode (dropout, router noise) for every layer.
   void set_training(bool on) {
@@ -614,6 +678,8 @@ class GPT2 {
   ParamStore<T>* m_store = nullptr;
   Index m_batch = 0, m_seq_len = 0;
   bool m_adapted = false;
+  std::optional<PackDtype> m_pack_dtype;
+  bool m_released = false;
 };
 
 }  // namespace pemoe

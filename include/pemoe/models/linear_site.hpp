@@ -188,6 +188,22 @@ class LinearSite {
     m_kind = AdapterKind::none;
   }
 
+  /// The base `Linear` of the site (the plain linear itself, or the frozen linear an adapter wraps), or
+  /// nullptr for an adapter without one (a standalone IA3 or MoV).
+  Linear<T>* base_linear() {
+    return std::visit(
+        [](auto& l) -> Linear<T>* {
+          using L = std::decay_t<decltype(l)>;
+          if constexpr (std::is_same_v<L, Linear<T>>)
+            return &l;
+          else if constexpr (std::is_same_v<L, IA3<T>> || std::is_same_v<L, MoV<T>>)
+            return l.has_base() ? &l.base() : nullptr;
+          else
+            return &l.base();
+        },
+        m_layer);
+  }
+
   /// The router of a MoE adapter (MoV, MoLoRA, sparse), or nullptr.
   Router<T>* router() {
     return std::visit(

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -13,6 +14,7 @@
 #include "pemoe/core/param_store.hpp"
 #include "pemoe/core/rng.hpp"
 #include "pemoe/core/tensor.hpp"
+#include "pemoe/core/weight_pack.hpp"
 
 namespace pemoe {
 
@@ -101,7 +103,12 @@ class Embedding {
     PEMOE_CHECK_SHAPE(h.cols() == m_config.d, site(), ": h has ", h.cols(),
                       " features, the tied head expects ", m_config.d);
     check_shape(site(), "logits", out, h.rows(), m_config.vocab);
-    gemm<T>(Op::N, Op::T, T(1), h, weight(), T(0), out);
+    if (m_head_pack) {
+      check_head_pack();
+      m_head_pack->forward(h, out);
+    } else {
+      gemm<T>(Op::N, Op::T, T(1), h, weight(), T(0), out);
+    }
   }
 
   /// Backward of `logits`: dW += dlogitsᵀ·h (when trainable); dh = dlogits·W.
@@ -113,8 +120,29 @@ class Embedding {
     if (dh) check_shape(site(), "dh", *dh, h.rows(), m_config.d);
     if (m_store->trainable(m_weight))
       gemm<T>(Op::T, Op::N, T(1), dlogits, h, T(1), m_store->grad_matrix(m_weight));
-    if (dh) gemm<T>(Op::N, Op::N, T(1), dlogits, weight(), T(0), *dh);
+    if (dh) {
+      if (m_head_pack) {
+        check_head_pack();
+        m_head_pack->backward_input(dlogits, *dh, T(0));
+      } else {
+        gemm<T>(Op::N, Op::N, T(1), dlogits, weight(), T(0), *dh);
+      }
+    }
   }
+
+  /// Packs the frozen table for the tied head's two products (`logits` and the `dh` of `logits_backward`;
+  /// see core/weight_pack.hpp). The lookup keeps reading the f32 table. `ConfigError` when the table is
+  /// trainable or packing is unavailable here.
+  void pack_head(PackDtype dtype) {
+    check_bound();
+    PEMOE_CHECK_CONFIG(!m_store->trainable(m_weight), site(),
+                       ": only a frozen table can be packed for the head; freeze it first");
+    m_head_pack = make_weight_pack<T>(weight(), dtype);
+  }
+  /// Drops the head's pack.
+  void unpack_head() { m_head_pack.reset(); }
+  /// The head's pack, or null.
+  const WeightPack<T>* head_packed() const { return m_head_pack.get(); }
 
   /// The table (vocab, d).
   MatrixMap<T> weight() const { return m_store->matrix(m_weight); }
@@ -128,6 +156,10 @@ class Embedding {
   void check_bound() const {
     PEMOE_CHECK_CONFIG(m_store != nullptr, "Embedding: call register_params() before forward/backward");
   }
+  void check_head_pack() const {
+    PEMOE_CHECK_CONFIG(!m_store->trainable(m_weight), site(),
+                       ": the table was made trainable after the head was packed; call unpack_head()");
+  }
   void check_ids(const std::vector<std::int64_t>& ids) const {
     for (std::size_t i = 0; i < ids.size(); ++i)
       PEMOE_CHECK_SHAPE(ids[i] >= 0 && ids[i] < m_config.vocab, site(), ": id ", ids[i], " at position ", i,
@@ -138,6 +170,7 @@ class Embedding {
   ParamStore<T>* m_store = nullptr;
   std::string m_name;
   ParamId m_weight = 0;
+  std::shared_ptr<const WeightPack<T>> m_head_pack;
 };
 
 }  // namespace pemoe

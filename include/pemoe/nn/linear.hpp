@@ -2,6 +2,7 @@
 /// @brief `Linear`: y = x·Wᵀ + b with the weight stored `(d_out, d_in)` like PyTorch.
 #pragma once
 
+#include <memory>
 #include <string>
 
 #include "pemoe/core/error.hpp"
@@ -10,6 +11,7 @@
 #include "pemoe/core/param_store.hpp"
 #include "pemoe/core/rng.hpp"
 #include "pemoe/core/tensor.hpp"
+#include "pemoe/core/weight_pack.hpp"
 
 namespace pemoe {
 
@@ -28,6 +30,10 @@ struct LinearConfig {
  * `nn.Linear` (kaiming-uniform(a=√5) weight, bias U(±1/√d_in)), names as in Hugging Face checkpoints.
  * Shapes: x `(N, d_in)` → y `(N, d_out)`. Cost: forward 2·N·d_in·d_out flops, backward the same for `dx`
  * and again for `dW` when the weight is trainable.
+ *
+ * A frozen weight can be packed once (`pack`, core/weight_pack.hpp: oneDNN's blocked layout, f32 or bf16);
+ * forward and the `dx` product then run on the pack. Pack after the weight has its final values (a pack
+ * is a copy: changing the weight later needs `pack` again, which `merge_and_unload` of the models does).
  * @tparam T scalar type.
  */
 template <class T>
@@ -75,7 +81,12 @@ class Linear {
                       m_config.d_in);
     check_shape(site(), "y", y, x.rows(), m_config.d_out);
     check_no_alias(site(), x, y);
-    gemm<T>(Op::N, Op::T, T(1), x, weight(), T(0), y);
+    if (m_pack) {  // the bias is added in the packed product's epilogue (no second pass over y)
+      check_pack();
+      m_pack->forward(x, y, m_config.bias ? bias().data() : nullptr);
+      return;
+    }
+    product(x, y);
     if (m_config.bias) y.rowwise() += bias().row(0);
   }
 
@@ -91,11 +102,43 @@ class Linear {
     if (m_config.bias && m_store->trainable(m_bias)) m_store->grad_matrix(m_bias) += dy.colwise().sum();
     if (dx) {
       check_shape(site(), "dx", *dx, x.rows(), m_config.d_in);
-      gemm<T>(Op::N, Op::N, T(1), dy, weight(), T(0), *dx);
+      input_grad(dy, *dx);
     }
   }
 
   void set_training(bool /*on*/) {}
+
+  /// Packs the frozen weight for forward and `dx` (see core/weight_pack.hpp); `ConfigError` when the weight
+  /// is trainable or packing is not available here (no oneDNN, or bf16 on a CPU without bf16 units).
+  void pack(PackDtype dtype) {
+    check_bound();
+    PEMOE_CHECK_CONFIG(!m_store->trainable(m_weight), site(),
+                       ": only a frozen weight can be packed (its values must not change); freeze it first");
+    m_pack = make_weight_pack<T>(weight(), dtype);
+  }
+  /// y = x·Wᵀ without the bias, on the pack when there is one (adapters that scale the base output while it
+  /// is in cache call this on panels).   x (N, d_in) -> y (N, d_out)
+  void product(ConstMatrixRef<T> x, MatrixRef<T> y) const {
+    if (m_pack) {
+      check_pack();
+      m_pack->forward(x, y);
+    } else {
+      gemm<T>(Op::N, Op::T, T(1), x, weight(), T(0), y);
+    }
+  }
+  /// dx = dy·W + beta·dx, on the pack when there is one.   dy (N, d_out) -> dx (N, d_in)
+  void input_grad(ConstMatrixRef<T> dy, MatrixRef<T> dx, T beta = T(0)) const {
+    if (m_pack) {
+      check_pack();
+      m_pack->backward_input(dy, dx, beta);
+    } else {
+      gemm<T>(Op::N, Op::N, T(1), dy, weight(), beta, dx);
+    }
+  }
+  /// Drops the pack: products use the weight in the store again.
+  void unpack() { m_pack.reset(); }
+  /// The pack, or null.
+  const WeightPack<T>* packed() const { return m_pack.get(); }
 
   /// The weight `(d_out, d_in)`.
   MatrixMap<T> weight() const { return m_store->matrix(m_weight); }
@@ -114,12 +157,18 @@ class Linear {
   void check_bound() const {
     PEMOE_CHECK_CONFIG(m_store != nullptr, "Linear: call register_params() before forward/backward");
   }
+  void check_pack() const {
+    PEMOE_CHECK_CONFIG(!m_store->trainable(m_weight), site(),
+                       ": the weight was made trainable after it was packed; call unpack() (or pack() again "
+                       "after freezing it)");
+  }
 
   LinearConfig m_config;
   ParamStore<T>* m_store = nullptr;
   std::string m_name;
   ParamId m_weight = 0;
   ParamId m_bias = 0;
+  std::shared_ptr<const WeightPack<T>> m_pack;  // shared: copies of the layer share one pack
 };
 
 }  // namespace pemoe

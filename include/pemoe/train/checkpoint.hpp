@@ -168,15 +168,18 @@ class Checkpoint {
   nlohmann::json m_meta = nlohmann::json::object();
 };
 
-/// Puts every parameter value of `store` as `param.<name>` (exact bits).
+/// Puts every parameter value of `store` as `param.<name>` (exact bits); released parameters (only a packed
+/// copy left, see `ParamStore::release_values_if`) are skipped.
 template <class T>
 void save_params(Checkpoint& c, const ParamStore<T>& store) {
-  for (const auto& e : store.entries()) c.put("param." + e.name, e.shape, store.values().data() + e.offset);
+  for (const auto& e : store.entries())
+    if (!e.released) c.put("param." + e.name, e.shape, store.values().data() + e.offset);
 }
-/// Restores every parameter from `param.<name>`; `IoError` naming a missing one.
+/// Restores every parameter (but released ones) from `param.<name>`; `IoError` naming a missing one.
 template <class T>
 void load_params(const Checkpoint& c, ParamStore<T>& store) {
   for (const auto& e : store.entries()) {
+    if (e.released) continue;
     PEMOE_CHECK_AS(IoError, c.contains("param." + e.name), "Checkpoint: no value for parameter '", e.name,
                    "' (was it saved from the same model and adapters?)");
     c.get("param." + e.name, store.values().data() + e.offset, e.size);

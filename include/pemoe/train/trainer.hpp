@@ -441,7 +441,7 @@ class Trainer {
   void save_checkpoint(const std::string& dir) const {
     Checkpoint c;
     for (const auto& e : m_store.entries())
-      if (e.trainable || m_o.save_frozen)
+      if (!e.released && (e.trainable || m_o.save_frozen))
         c.put("param." + e.name, e.shape, m_store.values().data() + e.offset);
     m_opt.save(c, m_store, "opt.");
     c.meta()["step"] = m_step;
@@ -466,7 +466,7 @@ class Trainer {
                        opt, "', this trainer uses '", m_opt.name(), "'");
     for (const auto& e : m_store.entries()) {
       const std::string key = "param." + e.name;
-      if (!e.trainable && !c.contains(key)) continue;
+      if (e.released || (!e.trainable && !c.contains(key))) continue;
       PEMOE_CHECK_AS(IoError, c.contains(key), "Trainer: checkpoint '", dir, "' has no value for parameter '",
                      e.name, "' (saved from another model or adapter, or with other trainable parameters?)");
       c.get(key, m_store.values().data() + e.offset, e.size);

@@ -1,0 +1,107 @@
+// The GEMM seam at GPT-2-124M's training shapes (B·T = 256 rows), on every backend this build has:
+//   eigen        Eigen's GEMM (the header-only default)
+//   dnnl         oneDNN matmul primitives (f32; PEMOE_WITH_DNNL)
+//   packed_f32   a frozen weight packed once (WeightPack, f32)
+//   packed_bf16  the same in bf16 with f32 accumulation (CPUs with AVX512-BF16 or AMX only)
+// For a linear d_in -> d_out three products: fwd y = x·Wᵀ (N,T), dx = dy·W (N,N), dW = dyᵀ·x (T,N); a frozen
+// weight needs the first two only (packed backends run those). Plus the square 2048³ product that
+// `hf_gpt2_bench.py --mode gemm` times with torch.mm, and (2048, 768, 3072).
+// The peer, in the same sitting: bench/peers/torch_gemm_shapes.py (torch.mm at the same shapes).
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "bench_common.hpp"
+#include "pemoe/core/gemm.hpp"
+#include "pemoe/core/weight_pack.hpp"
+
+namespace {
+
+using pemoe::GemmBackend;
+using pemoe::Index;
+using pemoe::Matrix;
+using pemoe::Op;
+
+enum class Product { fwd, dx, dw };
+
+struct Shape {
+  Index rows, d_in, d_out;
+};
+
+void run_gemm(benchmark::State& state, Shape s, Product p, GemmBackend backend) {
+  pemoe::set_gemm_backend(backend);
+  const Matrix<float> x = pemoe::bench::random_matrix(s.rows, s.d_in, 1);
+  const Matrix<float> W = pemoe::bench::random_matrix(s.d_out, s.d_in, 2);
+  const Matrix<float> dy = pemoe::bench::random_matrix(s.rows, s.d_out, 3);
+  Matrix<float> out(p == Product::fwd  ? s.rows
+                    : p == Product::dx ? s.rows
+                                       : s.d_out,
+                    p == Product::fwd ? s.d_out : s.d_in);
+  for (auto _ : state) {
+    if (p == Product::fwd)
+      pemoe::gemm<float>(Op::N, Op::T, 1.0f, x, W, 0.0f, out);
+    else if (p == Product::dx)
+      pemoe::gemm<float>(Op::N, Op::N, 1.0f, dy, W, 0.0f, out);
+    else
+      pemoe::gemm<float>(Op::T, Op::N, 1.0f, dy, x, 1.0f, out);
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  pemoe::bench::set_gflops(state, 2.0 * s.rows * s.d_in * s.d_out);
+  pemoe::set_gemm_backend(pemoe::have_dnnl() ? GemmBackend::dnnl : GemmBackend::eigen);
+}
+
+void run_packed(benchmark::State& state, Shape s, Product p, pemoe::PackDtype dtype) {
+  const Matrix<float> x = pemoe::bench::random_matrix(s.rows, s.d_in, 1);
+  const Matrix<float> W = pemoe::bench::random_matrix(s.d_out, s.d_in, 2);
+  const Matrix<float> dy = pemoe::bench::random_matrix(s.rows, s.d_out, 3);
+  const auto pack = pemoe::make_weight_pack<float>(W, dtype);
+  Matrix<float> out(s.rows, p == Product::fwd ? s.d_out : s.d_in);
+  for (auto _ : state) {
+    if (p == Product::fwd)
+      pack->forward(x, out);
+    else
+      pack->backward_input(dy, out, 0.0f);
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  pemoe::bench::set_gflops(state, 2.0 * s.rows * s.d_in * s.d_out);
+}
+
+std::string shape_name(Shape s) {
+  return std::to_string(s.rows) + "x" + std::to_string(s.d_in) + "x" + std::to_string(s.d_out);
+}
+
+const int registered = [] {
+  const std::vector<Shape> shapes = {{256, 768, 2304},  {256, 768, 768},   {256, 768, 3072},
+                                     {256, 3072, 768},  {256, 768, 50257}, {2048, 768, 3072},
+                                     {2048, 2048, 2048}};
+  const std::vector<std::pair<Product, const char*>> products = {
+      {Product::fwd, "fwd"}, {Product::dx, "dx"}, {Product::dw, "dW"}};
+  std::vector<GemmBackend> backends = {GemmBackend::eigen};
+  if (pemoe::have_dnnl()) backends.push_back(GemmBackend::dnnl);
+  for (const auto& s : shapes)
+    for (const auto& [p, pname] : products) {
+      for (auto b : backends)
+        benchmark::RegisterBenchmark(
+            ("gemm/" + std::string(pname) + "/" + shape_name(s) + "/" + pemoe::gemm_backend_name(b)).c_str(),
+            [s, p = p, b](benchmark::State& st) { run_gemm(st, s, p, b); })
+            ->Unit(benchmark::kMillisecond)
+            ->UseRealTime();
+      if (p == Product::dw) continue;  // a frozen weight has no dW product
+      for (auto d : {pemoe::PackDtype::f32, pemoe::PackDtype::bf16}) {
+        if (!pemoe::weight_pack_available<float>(d)) continue;
+        benchmark::RegisterBenchmark(
+            ("gemm/" + std::string(pname) + "/" + shape_name(s) + "/packed_" + pemoe::pack_dtype_name(d))
+                .c_str(),
+            [s, p = p, d](benchmark::State& st) { run_packed(st, s, p, d); })
+            ->Unit(benchmark::kMillisecond)
+            ->UseRealTime();
+      }
+    }
+  return 0;
+}();
+
+}  // namespace
+
+PEMOE_BENCHMARK_MAIN()

@@ -1,0 +1,161 @@
+/// @file packed_weight.hpp
+/// @brief oneDNN implementation of a packed frozen weight (see core/weight_pack.hpp for the concept).
+///
+/// W (d_out, d_in) is reordered twice, once per product, into the blocked layout oneDNN's matmul chooses
+/// for it: Wᵀ as the (d_in, d_out) right operand of y = x·Wᵀ, and W as the (d_out, d_in) right operand of
+/// dx = dy·W. In bf16 the left operand (x or dy) is rounded to bf16 on the way in (one pass, round to
+/// nearest even); the product accumulates in f32 and is written in f32.
+#pragma once
+
+#include <oneapi/dnnl/dnnl.hpp>
+
+#include <Eigen/Core>
+#include <cstddef>
+#include <memory>
+
+#include "pemoe/core/dnnl/matmul.hpp"
+#include "pemoe/core/error.hpp"
+#include "pemoe/core/tensor.hpp"
+
+namespace pemoe::dnnl_backend {
+
+/// This thread's buffer for a bf16 copy of a left operand.
+inline Eigen::bfloat16* bf16_buffer(std::size_t elements) {
+  thread_local std::unique_ptr<Eigen::bfloat16[]> buf;
+  thread_local std::size_t size = 0;
+  if (elements > size) {
+    buf.reset(new Eigen::bfloat16[elements]);
+    size = elements;
+  }
+  return buf.get();
+}
+
+/// A frozen W (d_out, d_in) packed for y = x·Wᵀ and dx = dy·W, in f32 or bf16 (f32 accumulation).
+class PackedWeight {
+ public:
+  /// Packs W. `rows_hint` is the number of rows the products will mostly have (the layout oneDNN picks
+  /// may depend on it; any row count works).
+  PackedWeight(ConstMatrixRef<float> W, bool bf16, Index rows_hint = 256)
+      : m_bf16(bf16), m_d_out(W.rows()), m_d_in(W.cols()) {
+    // forward: op(B) = Wᵀ, (d_in, d_out), element (i, o) at W[o, i]: strides (1, ld)
+    m_fwd = pack(W.data(), m_d_in, m_d_out, 1, W.outerStride(), rows_hint, 1);
+    // backward: op(B) = W, (d_out, d_in), strides (ld, 1)
+    m_bwd = pack(W.data(), m_d_out, m_d_in, W.outerStride(), 1, rows_hint, 2);
+  }
+
+  /// y = x·Wᵀ (+ b, added by the product's epilogue while the tile is in registers, when `bias` is given:
+  /// d_out values).   x (N, d_in) -> y (N, d_out)
+  void forward(ConstMatrixRef<float> x, MatrixRef<float> y, const float* bias = nullptr) const {
+    run(m_fwd, x, y, 0.0f, bias);
+  }
+  /// dx = dy·W + beta·dx.   dy (N, d_out) -> dx (N, d_in)
+  void backward_input(ConstMatrixRef<float> dy, MatrixRef<float> dx, float beta) const {
+    run(m_bwd, dy, dx, beta);
+  }
+
+  /// W (d_out, d_in) back from the forward pack (bf16-rounded when packed in bf16).
+  Matrix<float> unpack() const {
+    Matrix<float> W(m_d_out, m_d_in);
+    const auto& eng = engine();
+    dnnl::memory src(m_fwd.md, eng, m_fwd.data);
+    dnnl::memory dst(strided_desc(m_d_in, m_d_out, 1, m_d_in, dnnl::memory::data_type::f32), eng, W.data());
+    dnnl::reorder(src, dst).execute(stream(), src, dst);
+    stream().wait();
+    return W;
+  }
+
+  std::size_t bytes() const { return m_fwd.bytes + m_bwd.bytes; }
+  bool bf16() const { return m_bf16; }
+  Index d_out() const { return m_d_out; }
+  Index d_in() const { return m_d_in; }
+
+ private:
+  struct Packed {
+    dnnl::memory::desc md;
+    std::unique_ptr<unsigned char[]> storage;
+    unsigned char* data = nullptr;  // 64-byte aligned inside storage
+    std::size_t bytes = 0;
+    Index k = 0, n = 0, rows_hint = 0;
+    int which = 0;  // 1 forward, 2 backward (part of the primitive cache key)
+  };
+
+  dnnl::memory::data_type wdt() const {
+    return m_bf16 ? dnnl::memory::data_type::bf16 : dnnl::memory::data_type::f32;
+  }
+
+  Packed pack(const float* w, Index k, Index n, Index rs, Index cs, Index rows_hint, int which) const {
+    using dt = dnnl::memory::data_type;
+    using tag = dnnl::memory::format_tag;
+    const dnnl::matmul::desc d(dnnl::memory::desc({rows_hint, k}, wdt(), tag::ab),
+                               dnnl::memory::desc({k, n}, wdt(), tag::any),
+                               dnnl::memory::desc({rows_hint, n}, dt::f32, tag::ab));
+    const dnnl::matmul::primitive_desc pd(d, matmul_attr(1.0f, 0.0f), engine());
+    Packed p;
+    p.md = pd.weights_desc();
+    p.bytes = p.md.get_size();
+    p.storage.reset(new unsigned char[p.bytes + 64]);
+    p.data = reinterpret_cast<unsigned char*>((reinterpret_cast<std::uintptr_t>(p.storage.get()) + 63) &
+                                              ~std::uintptr_t(63));
+    p.k = k;
+    p.n = n;
+    p.rows_hint = rows_hint;
+    p.which = which;
+    const auto& eng = engine();
+    dnnl::memory src(strided_desc(k, n, rs, cs, dt::f32), eng, const_cast<float*>(w));
+    dnnl::memory dst(p.md, eng, p.data);
+    dnnl::reorder(src, dst).execute(stream(), src, dst);
+    stream().wait();
+    return p;
+  }
+
+  void run(const Packed& p, ConstMatrixRef<float> a, MatrixRef<float> c, float beta,
+           const float* bias = nullptr) const {
+    using dt = dnnl::memory::data_type;
+    const Index m = a.rows();
+    PEMOE_CHECK_SHAPE(a.cols() == p.k && c.rows() == m && c.cols() == p.n, "packed weight product: (", m,
+                      ", ", a.cols(), ")·(", p.k, ", ", p.n, ") into (", c.rows(), ", ", c.cols(), ")");
+    if (m == 0) return;
+    const void* src = a.data();
+    Index a_rs = a.outerStride();
+    if (m_bf16) {  // round the left operand to bf16, contiguous
+      Eigen::bfloat16* buf = bf16_buffer(static_cast<std::size_t>(m * p.k));
+      Eigen::Map<Eigen::Matrix<Eigen::bfloat16, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> dst(buf, m,
+                                                                                                      p.k);
+      dst = a.cast<Eigen::bfloat16>();
+      src = buf;
+      a_rs = p.k;
+    }
+    MatmulKey key = make_key();
+    key.m = m;
+    key.n = p.n;
+    key.k = p.k;
+    key.a_rs = a_rs;
+    key.a_cs = 1;
+    key.c_rs = c.outerStride();
+    key.a_dt = key.b_dt = static_cast<int>(wdt());
+    key.c_dt = static_cast<int>(dt::f32);
+    // The packed layout is a function of (k, n, dtype, rows_hint, which); those identify it in the cache.
+    key.b_layout = (static_cast<std::uint64_t>(p.rows_hint) << 2) | static_cast<std::uint64_t>(p.which);
+    key.alpha = 1.0f;
+    key.beta = beta;
+    key.post = bias ? 1 : 0;
+    const CachedMatmul& mm = MatmulCache::instance().get(key, [&] {
+      if (bias) {
+        const dnnl::matmul::desc d(strided_desc(m, p.k, a_rs, 1, wdt()), p.md,
+                                   strided_desc(1, p.n, p.n, 1, dt::f32),
+                                   strided_desc(m, p.n, key.c_rs, 1, dt::f32));
+        return dnnl::matmul::primitive_desc(d, matmul_attr(1.0f, beta), engine());
+      }
+      const dnnl::matmul::desc d(strided_desc(m, p.k, a_rs, 1, wdt()), p.md,
+                                 strided_desc(m, p.n, key.c_rs, 1, dt::f32));
+      return dnnl::matmul::primitive_desc(d, matmul_attr(1.0f, beta), engine());
+    });
+    execute(mm, src, p.data, c.data(), bias);
+  }
+
+  bool m_bf16;
+  Index m_d_out, m_d_in;
+  Packed m_fwd, m_bwd;
+};
+
+}  // namespace pemoe::dnnl_backend

@@ -1,0 +1,123 @@
+/// @file weight_pack.hpp
+/// @brief `WeightPack`: a frozen weight reordered once for the two products a frozen linear layer needs.
+///
+/// A frozen `Linear` (the base of every adapter) computes y = x·Wᵀ forward and dx = dy·W backward with
+/// the same W (d_out, d_in) at every step. A fast GEMM reorders ("packs") W into its blocked layout on every
+/// call; a `WeightPack` does it once, in f32 or in bf16 (inputs rounded to bf16, products accumulated in
+/// f32), and serves both products from the packed copies. The oneDNN backend provides it
+/// (core/dnnl/packed_weight.hpp, `PEMOE_WITH_DNNL`); `make_weight_pack` says what is missing elsewhere.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <string>
+
+#include "pemoe/core/error.hpp"
+#include "pemoe/core/tensor.hpp"
+#ifdef PEMOE_WITH_DNNL
+#include "pemoe/core/dnnl/packed_weight.hpp"
+#endif
+
+namespace pemoe {
+
+/// The element type of a packed weight.
+enum class PackDtype {
+  f32,  ///< exact: the same products as the unpacked weight, up to summation order
+  bf16  ///< inputs and weight rounded to bfloat16 (8-bit mantissa), f32 accumulation; needs bf16 units
+};
+
+/// "f32" or "bf16".
+inline const char* pack_dtype_name(PackDtype d) {
+  return d == PackDtype::bf16 ? "bf16" : "f32";
+}
+
+/// Parses "f32" / "bf16" (ConfigError naming the allowed values otherwise).
+inline PackDtype pack_dtype_from_string(const std::string& s) {
+  if (s == "f32") return PackDtype::f32;
+  if (s == "bf16") return PackDtype::bf16;
+  throw ConfigError("unknown packed weight dtype '" + s + "'; allowed: f32, bf16");
+}
+
+/**
+ * @brief A frozen weight W (d_out, d_in), packed for y = x·Wᵀ and dx = dy·W.
+ *
+ * Shapes: forward x (N, d_in) → y (N, d_out); backward_input dy (N, d_out) → dx (N, d_in). Any N.
+ * Cost: 2·N·d_in·d_out flops per product; memory `bytes()` (two packed copies: 8 bytes an element in f32,
+ * 4 in bf16, i.e. a bf16 pack is the size of the f32 weight it can replace).
+ */
+template <class T>
+class WeightPack {
+ public:
+  virtual ~WeightPack() = default;
+  /// y = x·Wᵀ (+ b when `bias` points at d_out values, added in the product's epilogue); overwrites y.
+  virtual void forward(ConstMatrixRef<T> x, MatrixRef<T> y, const T* bias = nullptr) const = 0;
+  /// dx = dy·W + beta·dx.
+  virtual void backward_input(ConstMatrixRef<T> dy, MatrixRef<T> dx, T beta) const = 0;
+  /// The unpacked weight (d_out, d_in) (exact in f32; the bf16-rounded weight in bf16).
+  virtual Matrix<T> unpack() const = 0;
+  /// Bytes held by the packed copies.
+  virtual std::size_t bytes() const = 0;
+  virtual PackDtype dtype() const = 0;
+  virtual Index d_out() const = 0;
+  virtual Index d_in() const = 0;
+};
+
+/// Whether `make_weight_pack` can make a pack of `dtype` here (oneDNN built in; bf16 also needs a CPU with
+/// AVX512-BF16 or AMX units). `why`, when given, receives the reason when not.
+template <class T>
+bool weight_pack_available(PackDtype dtype, std::string* why = nullptr) {
+  auto no = [&](const std::string& reason) {
+    if (why) *why = reason;
+    return false;
+  };
+  if constexpr (!std::is_same_v<T, float>) {
+    (void)dtype;
+    return no("packed weights are f32 or bf16; this model computes in double (use float)");
+  } else {
+#ifdef PEMOE_WITH_DNNL
+    if (dtype == PackDtype::bf16 && !dnnl_backend::cpu_has_bf16())
+      return no("this CPU has no bf16 units (oneDNN dispatches to " + dnnl_backend::isa_name() +
+                "; bf16 needs avx512_core_bf16 or AMX), and emulated bf16 would be slower than f32: "
+                "use f32 here");
+    return true;
+#else
+    (void)dtype;
+    return no(
+        "this build has no oneDNN backend: link the CMake target pemoe::dnnl (Debian: apt-get "
+        "install libdnnl-dev)");
+#endif
+  }
+}
+
+/// Packs the frozen weight W (d_out, d_in); throws `ConfigError` with the reason where
+/// `weight_pack_available` says no.
+template <class T>
+std::shared_ptr<const WeightPack<T>> make_weight_pack(ConstMatrixRef<T> W, PackDtype dtype) {
+  std::string why;
+  PEMOE_CHECK_CONFIG(weight_pack_available<T>(dtype, &why), "cannot pack a weight as ",
+                     pack_dtype_name(dtype), ": ", why);
+#ifdef PEMOE_WITH_DNNL
+  if constexpr (std::is_same_v<T, float>) {
+    struct Pack final : WeightPack<float> {
+      explicit Pack(ConstMatrixRef<float> w, bool bf16) : packed(w, bf16) {}
+      void forward(ConstMatrixRef<float> x, MatrixRef<float> y, const float* bias) const override {
+        packed.forward(x, y, bias);
+      }
+      void backward_input(ConstMatrixRef<float> dy, MatrixRef<float> dx, float beta) const override {
+        packed.backward_input(dy, dx, beta);
+      }
+      Matrix<float> unpack() const override { return packed.unpack(); }
+      std::size_t bytes() const override { return packed.bytes(); }
+      PackDtype dtype() const override { return packed.bf16() ? PackDtype::bf16 : PackDtype::f32; }
+      Index d_out() const override { return packed.d_out(); }
+      Index d_in() const override { return packed.d_in(); }
+      dnnl_backend::PackedWeight packed;
+    };
+    return std::make_shared<const Pack>(W, dtype == PackDtype::bf16);
+  }
+#endif
+  (void)W;
+  return nullptr;  // unreachable: weight_pack_available said no above
+}
+
+}  // namespace pemoe
