@@ -3,10 +3,10 @@
 #pragma once
 
 #define PEMOE_VERSION_MAJOR 0
-#define PEMOE_VERSION_MINOR 1
+#define PEMOE_VERSION_MINOR 2
 #define PEMOE_VERSION_PATCH 0
 
 namespace pemoe {
 /// The library version as "major.minor.patch".
-inline constexpr const char* version_string = "0.1.0";
+inline constexpr const char* version_string = "0.2.0";
 }  // namespace pemoe
