@@ -68,6 +68,32 @@ void run_packed(benchmark::State& state, Shape s, Product p, pemoe::PackDtype dt
   pemoe::bench::set_gflops(state, 2.0 * s.rows * s.d_in * s.d_out);
 }
 
+// The small-extent products that gemm sends to pemoe's skinny kernels (one extent ≤ 16: E experts, a LoRA
+// rank), against the same product forced onto oneDNN: does the skinny dispatch still pay with oneDNN on?
+// (m, n, k) with op(A) (m, k), op(B) (k, n); `kernel` 0: gemm (skinny), 1: oneDNN directly.
+struct Skinny {
+  const char* name;
+  Op oa, ob;
+  Index m, n, k;
+};
+void run_skinny(benchmark::State& state, Skinny s, int kernel) {
+  const Index ar = s.oa == Op::N ? s.m : s.k, ac = s.oa == Op::N ? s.k : s.m;
+  const Index br = s.ob == Op::N ? s.k : s.n, bc = s.ob == Op::N ? s.n : s.k;
+  const Matrix<float> A = pemoe::bench::random_matrix(ar, ac, 1), B = pemoe::bench::random_matrix(br, bc, 2);
+  Matrix<float> C = Matrix<float>::Zero(s.m, s.n);
+  for (auto _ : state) {
+#ifdef PEMOE_WITH_DNNL
+    if (kernel == 1)
+      pemoe::dnnl_backend::gemm_f32(s.oa == Op::T, s.ob == Op::T, 1.0f, A, B, 0.0f, C);
+    else
+#endif
+      pemoe::gemm<float>(s.oa, s.ob, 1.0f, A, B, 0.0f, C);
+    benchmark::DoNotOptimize(C.data());
+    benchmark::ClobberMemory();
+  }
+  pemoe::bench::set_gflops(state, 2.0 * s.m * s.n * s.k);
+}
+
 std::string shape_name(Shape s) {
   return std::to_string(s.rows) + "x" + std::to_string(s.d_in) + "x" + std::to_string(s.d_out);
 }
@@ -99,6 +125,23 @@ const int registered = [] {
             ->UseRealTime();
       }
     }
+  const Skinny skinny[] = {{"router_logits_x.Wgt_2048x8x768", Op::N, Op::T, 2048, 8, 768},  // (t, d)·(E, d)ᵀ
+                           {"lora_h_x.At_2048x8x768", Op::N, Op::T, 2048, 8, 768},      // (t, d)·(r, d)ᵀ
+                           {"lora_dA_dht.x_8x768x2048", Op::T, Op::N, 8, 768, 2048},    // (t, r)ᵀ·(t, d)
+                           {"lora_dB_dyt.h_3072x8x2048", Op::T, Op::N, 3072, 8, 2048},  // (t, d_out)ᵀ·(t, r)
+                           {"mix_h.B_2048x3072x8", Op::N, Op::T, 2048, 3072, 8},  // (t, r)·(d_out, r)ᵀ
+                           {"mov_merge_g.L_2048x3072x8", Op::N, Op::N, 2048, 3072, 8}};  // (t, E)·(E, d)
+  for (const Skinny& k : skinny) {
+    benchmark::RegisterBenchmark((std::string("skinny/") + k.name + "/pemoe_skinny").c_str(),
+                                 [k](benchmark::State& st) { run_skinny(st, k, 0); })
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
+    if (pemoe::have_dnnl())
+      benchmark::RegisterBenchmark((std::string("skinny/") + k.name + "/dnnl").c_str(),
+                                   [k](benchmark::State& st) { run_skinny(st, k, 1); })
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime();
+  }
   return 0;
 }();
 

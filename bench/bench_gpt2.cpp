@@ -69,7 +69,8 @@ void BM_GPT2Train(benchmark::State& state, bool full, GemmBackend backend, int p
   ParamStore<float> store;
   Rng rng(0);
   model->register_params(store, rng);
-  if (pack) model->pack_frozen(pack == 2 ? PackDtype::bf16 : PackDtype::f32);
+  // bf16: the packs replace the f32 backbone weights (release_f32), as a user asking for bf16 would run it
+  if (pack) model->pack_frozen(pack == 2 ? PackDtype::bf16 : PackDtype::f32, pack == 2);
   model->set_training(true);
   model->set_batch(kB, kT);
   AdamWConfig oc;

@@ -26,7 +26,7 @@ for t in $THREADS; do
         # one process per variant: peak RSS is per process
         for v in config_d_frozen_molora/eigen config_d_frozen_molora/dnnl config_d_frozen_molora/dnnl_packed_f32 \
                  config_d_frozen_molora/dnnl_packed_bf16 config_a_full/eigen config_a_full/dnnl; do
-          ./build/bench/pemoe_bench_gpt2 --benchmark_filter="$v\$" --benchmark_format=json \
+          ./build/bench/pemoe_bench_gpt2 --benchmark_filter="$v/" --benchmark_format=json \
             > "$OUT/gpt2_pemoe_${v//\//_}_t$t.json" 2>/dev/null || true
         done
         python3 "$PEERS/hf_gpt2_bench.py" --mode train --config d --threads "$t" > "$OUT/gpt2_torch_d_t$t.json"

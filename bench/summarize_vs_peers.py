@@ -24,9 +24,13 @@ for t in sorted({re.search(r"_t(\d+)\.", p).group(1) for p in glob.glob(os.path.
     if pem:
         torch_rows = [json.loads(l) for l in open(os.path.join(out, f"gemm_torch_t{t}.jsonl")) if l.strip()]
         peer = {(r["shape"], r["product"], r["dtype"]): r["gflops"] for r in torch_rows}
-        cells = {}
+        cells, skinny = {}, {}
         for b in pem:
-            _, prod, shape, backend = b["name"].split("/")[:4]
+            parts = b["name"].split("/")
+            if parts[0] == "skinny":
+                skinny.setdefault(parts[1], {})[parts[2]] = b["real_time"]
+                continue
+            _, prod, shape, backend = parts[:4]
             cells[(shape, prod, backend)] = b["GFLOPS"]
         print(f"## GEMM seam, GFLOP/s, {t} thread(s)\n")
         print("| shape (rows×d_in×d_out) | product | Eigen | oneDNN f32 | packed f32 | torch.mm f32 | best f32 / torch "
@@ -42,6 +46,14 @@ for t in sorted({re.search(r"_t(\d+)\.", p).group(1) for p in glob.glob(os.path.
                   if tf else f"| {shape} | {prod} | {f(g('eigen'))} | {f(g('dnnl'))} | {f(g('packed_f32'))} | – | – | "
                   f"{f(g('packed_bf16'))} | – |")
         print()
+        if skinny:
+            print(f"### Small-extent products (one extent ≤ 16), ms, {t} thread(s): pemoe's skinny kernels vs oneDNN\n")
+            print("| product | skinny kernel | oneDNN | oneDNN / skinny |")
+            print("|---|---|---|---|")
+            for name, v in skinny.items():
+                a, d = v.get("pemoe_skinny"), v.get("dnnl")
+                print(f"| {name} | {a:.3f} | {d:.3f} | {d / a:.2f}× |" if a and d else f"| {name} | {a} | {d} | – |")
+            print()
     # ---- GPT-2 ----
     rows = []
     for p in sorted(glob.glob(os.path.join(out, f"gpt2_pemoe_*_t{t}.json"))):

@@ -6,6 +6,7 @@
 #include <limits>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "../cli.hpp"
@@ -56,6 +57,12 @@ int run_generate(const GenerateCliOptions& o) {
   Rng rng(0);
   auto model = load_gpt2<T>(o.model, store, rng, o.adapter);
   model->set_training(false);
+  if constexpr (std::is_same_v<T, float>) {
+    if (o.dtype == "bf16") {  // inference: everything frozen, the linear weights kept only as bf16 packs
+      store.set_all_trainable(false);
+      model->pack_frozen(PackDtype::bf16, true);
+    }
+  }
   GenerateOptions g = o.gen;
   g.do_sample = o.sample;
   g.use_cache = !o.no_cache;
@@ -127,9 +134,11 @@ void setup(CLI::App& cmd) {
          "--no-cache", o->no_cache,
          "recompute the whole sequence at every step instead of using the key/value cache (slow; a check)")
       ->disable_flag_override();
-  cmd.add_option("--dtype", o->dtype, "compute in f32 (default) or f64")
+  cmd.add_option("--dtype", o->dtype,
+                 "compute in f32 (default) or f64; bf16: f32 with the weights of every linear layer and of the "
+                 "head packed in bf16 (f32 accumulation; needs oneDNN and a CPU with AVX512-BF16 or AMX)")
       ->type_name("D")
-      ->check(one_of({"f32", "f64"}));
+      ->check(one_of({"f32", "f64", "bf16"}));
   cmd.footer(
       "Prints the generated token ids of each prompt, comma-separated, one line per --prompt-ids (a stop\n"
       "token, when emitted, is the last id of its line). There is no tokenizer yet: prompts are ids.\n"

@@ -15,6 +15,7 @@
 
 #include "pemoe/core/dnnl/matmul.hpp"
 #include "pemoe/core/error.hpp"
+#include "pemoe/core/profile.hpp"
 #include "pemoe/core/tensor.hpp"
 
 namespace pemoe::dnnl_backend {
@@ -111,6 +112,7 @@ class PackedWeight {
   void run(const Packed& p, ConstMatrixRef<float> a, MatrixRef<float> c, float beta,
            const float* bias = nullptr) const {
     using dt = dnnl::memory::data_type;
+    const profile::Scope scope("gemm_packed");
     const Index m = a.rows();
     PEMOE_CHECK_SHAPE(a.cols() == p.k && c.rows() == m && c.cols() == p.n, "packed weight product: (", m,
                       ", ", a.cols(), ")·(", p.k, ", ", p.n, ") into (", c.rows(), ", ", c.cols(), ")");
