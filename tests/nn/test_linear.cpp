@@ -135,7 +135,9 @@ TEST_CASE("Dropout gradient passes the checker (mask regenerated in backward)") 
         d.backward(x, c, dy, dx);
       });
   INFO(r.report());
-  CHECK(r.ok(1e-7));
+  // 1e-6: the central difference of this linear map is exact up to rounding, which FMA contraction (the
+  // -march=native build of pemoe_test_dnnl) moves to ≈ 1.4e-7 relative
+  CHECK(r.ok(1e-6));
 }
 
 TEST_CASE("Dropout: inverted scaling, identity in eval, rate, replayable, gradient uses the mask") {
