@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Command 2 of the README (and of CI): install what is missing, check formatting, build everything with
 # -Wall -Wextra -Werror, run every test through ctest, then build and run the tests again under
-# AddressSanitizer + UndefinedBehaviorSanitizer, and build the docs (Doxygen warnings are errors).
+# AddressSanitizer + UndefinedBehaviorSanitizer, build the docs (Doxygen warnings are errors) and create the
+# Conan package.
 # Exits non-zero on the first failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,8 +10,8 @@ jobs=$(nproc)
 bash scripts/install_deps.sh
 
 echo "== clang-format"
-# The tracked sources in a git checkout, every source under include/ tools/ tests/ bench/ examples/ in a
-# tarball (git is not needed).
+# The tracked sources in a git checkout, every source under include/ tools/ tests/ bench/ examples/ docs/
+# test_package/ in a tarball (git is not needed).
 bash scripts/cpp_sources.sh | xargs -0 -r clang-format --dry-run -Werror
 
 echo "== build (Release, -Werror) and test"
@@ -30,5 +31,11 @@ ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 
 echo "== docs (Doxygen)"
 cmake --build build --target docs
+
+echo "== packaging"
+# The Conan 2 package, created offline against the Debian packages in a throw-away CONAN_HOME; its
+# test_package/ builds and runs. (The vcpkg port, the source tarball and the version check are ctest tests
+# above: "package: ...".)
+bash scripts/conan_create.sh
 
 echo "pemoe: all checks passed"
