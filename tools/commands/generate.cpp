@@ -134,9 +134,10 @@ void setup(CLI::App& cmd) {
          "--no-cache", o->no_cache,
          "recompute the whole sequence at every step instead of using the key/value cache (slow; a check)")
       ->disable_flag_override();
-  cmd.add_option("--dtype", o->dtype,
-                 "compute in f32 (default) or f64; bf16: f32 with the weights of every linear layer and of the "
-                 "head packed in bf16 (f32 accumulation; needs oneDNN and a CPU with AVX512-BF16 or AMX)")
+  cmd.add_option(
+         "--dtype", o->dtype,
+         "compute in f32 (default) or f64; bf16: f32 with the weights of every linear layer and of the "
+         "head packed in bf16 (f32 accumulation; needs oneDNN and a CPU with AVX512-BF16 or AMX)")
       ->type_name("D")
       ->check(one_of({"f32", "f64", "bf16"}));
   cmd.footer(
