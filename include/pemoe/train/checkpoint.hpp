@@ -168,8 +168,8 @@ class Checkpoint {
   nlohmann::json m_meta = nlohmann::json::object();
 };
 
-/// Puts every parameter value of `store` as `param.<name>` (exact bits); released parameters (only a packed
-/// copy left, see `ParamStore::release_values_if`) are skipped.
+/// Puts every parameter value of the store under "param." and its name (exact bits), skipping released
+/// parameters (see ParamStore::release_values_if: only a packed copy of them is left).
 template <class T>
 void save_params(Checkpoint& c, const ParamStore<T>& store) {
   for (const auto& e : store.entries())
