@@ -20,5 +20,5 @@ string(REGEX REPLACE "([][+.*()^$?|\\])" "\\\\\\1" _pemoe_root "${PROJECT_SOURCE
 set(CPACK_SOURCE_IGNORE_FILES
     "/\\.git/" "/\\.git$" "/\\.cache/" "/__pycache__/" "\\.pyc$" "\\.swp$" "~$"
     "^${_pemoe_root}/build[^/]*/" "^${_pemoe_root}/cmake-build[^/]*/" "^${_pemoe_root}/out/"
-    "^${_pemoe_root}/test_package/build/" "^${_pemoe_root}/CMakeUserPresets\\.json$")
+    "^${_pemoe_root}/test_package/build/" "^${_pemoe_root}/CMakeUserPresets\\.json$" "^${_pemoe_root}/bench-results/")
 include(CPack)
