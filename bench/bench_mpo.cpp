@@ -3,7 +3,8 @@
 //   BM_Decompose/rows/cols/max_bond    TT-SVD + symmetric gauge of a (rows, cols) weight (PyTorch (out, in));
 //                                      T5-base wi 3072×768 ([4,4,8,6,4]×[3,4,4,4,4]) and T5-large /
 //                                      GPT-2-medium 4096×1024 ([4,4,8,8,4]×[4,4,4,4,4]); max_bond 0 = full
-//                                      rank.
+//                                      rank. Label: the SVD backend ("lapack" with pemoe::lapack, else
+//                                      "eigen"). The peer is TensorLy's tensor_train_matrix, one thread.
 //   BM_DenseGemm/N/rows/cols           y = x·Wᵀ with the dense W through pemoe::gemm (the baseline)
 //   BM_ApplyRebuild/N/rows/cols/chi    y = x·Wᵀ, W rebuilt from the cores every call (the MPOE forward)
 //   BM_ApplyContraction/N/rows/cols/chi  x contracted through the cores, W never formed
@@ -45,6 +46,7 @@ void BM_Decompose(benchmark::State& state) {
   }
   state.counters["mpo_params"] = double(params);
   state.counters["dense_params"] = double(rows * cols);
+  state.SetLabel(decompose_uses_lapack() ? "lapack" : "eigen");
 }
 
 Mpo<float> make_mpo(Index rows, Index cols, Index chi) {

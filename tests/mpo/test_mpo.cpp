@@ -230,6 +230,49 @@ TEST_CASE("gauges: symmetric blocks are isometry·Λ^½, mixed-canonical cores a
   CHECK(std::sqrt(c2) == Approx(W.norm()).epsilon(1e-12));
 }
 
+TEST_CASE("truncated gauges: symmetric blocks are isometry·Λ^½ (own spectra), mixed is orthonormal") {
+  // Truncation at a later bond changes the Schmidt values of the earlier ones: those bonds are re-gauged by
+  // the right-to-left sweep, the bonds from the last truncated one on take theirs from the TT-SVD sweep.
+  const MpoShape s{{2, 3, 4, 2, 2}, {2, 2, 3, 2, 2}};  // 96 × 48, full bonds 1, 4, 24, 16, 4, 1
+  const auto W = testing::random_matrix<double>(96, 48, 12);
+  for (Index chi : {2, 3, 8, 20}) {
+    TruncationPolicy pol;
+    pol.max_bond = chi;
+    const auto sym = decompose<double>(W, s, pol, MpoGauge::symmetric);
+    const auto mix = decompose<double>(W, s, pol, MpoGauge::mixed_canonical);
+    const Matrix<double> Wt = reconstruct(sym);
+    CHECK(testing::max_abs_diff(reconstruct(mix), Wt) < 1e-12);
+    CHECK(sym.truncation_error == Approx((Wt - W).norm()).epsilon(1e-8));
+    for (Index k = 1; k < s.n_cores(); ++k) {
+      INFO("max_bond " << chi << ", bond " << k);
+      const Eigen::VectorXd sv = singular_values(unfolding(Wt, s, k));
+      const Matrix<double> L = left_block(sym, k), R = right_block(sym, k);
+      REQUIRE(L.cols() <= sv.size());
+      const Matrix<double> LtL = L.transpose() * L, RRt = R * R.transpose();
+      Matrix<double> lam = Matrix<double>::Zero(L.cols(), L.cols());
+      for (Index i = 0; i < L.cols(); ++i) lam(i, i) = sv(i);
+      CHECK(testing::max_abs_diff(LtL, lam) < 1e-10 * sv(0));
+      CHECK(testing::max_abs_diff(RRt, lam) < 1e-10 * sv(0));
+    }
+    const Index c = s.central();
+    for (Index k = 0; k < s.n_cores(); ++k) {
+      if (k == c) continue;
+      const auto v = detail::views(mix.cores)[std::size_t(k)];
+      const Matrix<double> G = k < c ? Matrix<double>(v.left().transpose() * v.left())
+                                     : Matrix<double>(v.right() * v.right().transpose());
+      CHECK(testing::max_abs_diff(G, Matrix<double>::Identity(G.rows(), G.cols())) < 1e-12);
+    }
+  }
+}
+
+TEST_CASE("decompose's SVD backend is the one this binary was built for") {
+#ifdef PEMOE_TEST_EXPECT_LAPACK
+  CHECK(decompose_uses_lapack());
+#else
+  CHECK_FALSE(decompose_uses_lapack());
+#endif
+}
+
 TEST_CASE("symmetric gauge survives zero singular values (guarded inverse)") {
   // A rank-2 matrix: most Schmidt values are exactly zero, the reference's Λ^{-1/2} would be inf.
   const MpoShape s{{2, 4, 2}, {2, 3, 2}};

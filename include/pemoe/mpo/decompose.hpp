@@ -22,6 +22,7 @@
 #include "pemoe/core/gemm.hpp"
 #include "pemoe/core/tensor.hpp"
 #include "pemoe/mpo/detail/mpo_chain.hpp"
+#include "pemoe/mpo/detail/svd_step.hpp"
 #include "pemoe/mpo/shape.hpp"
 
 namespace pemoe {
@@ -125,31 +126,17 @@ struct Mpo {
   bool padded() const { return shape.rows() != rows || shape.cols() != cols; }
 };
 
-namespace detail {
-
-using MatD = Eigen::MatrixXd;  // column-major, the layout Eigen's decompositions work in
-using RowMatD = Matrix<double>;
-
-/// Thin left SVD: A (rows×cols) = U·diag(s)·Vᵀ with U (rows × m), m = min(rows, cols). QR-preconditioned
-/// (an LQ of a wide A, a QR of a tall A, then a divide-and-conquer SVD of the small triangle).
-inline void left_svd(const RowMatD& A, MatD& U, Eigen::VectorXd& s) {
-  const Index rows = A.rows(), cols = A.cols();
-  if (rows <= cols) {
-    Eigen::HouseholderQR<MatD> qr(A.transpose());  // Aᵀ = Q R  =>  A = Rᵀ Qᵀ
-    const MatD L =
-        qr.matrixQR().topRows(rows).template triangularView<Eigen::Upper>().toDenseMatrix().transpose();
-    Eigen::BDCSVD<MatD> svd(L, Eigen::ComputeFullU);
-    U = svd.matrixU();
-    s = svd.singularValues();
-  } else {
-    Eigen::HouseholderQR<MatD> qr(A);
-    const MatD R = qr.matrixQR().topRows(cols).template triangularView<Eigen::Upper>();
-    Eigen::BDCSVD<MatD> svd(R, Eigen::ComputeFullU);
-    const MatD Q = qr.householderQ() * MatD::Identity(rows, cols);
-    U = Q * svd.matrixU();
-    s = svd.singularValues();
-  }
+/// Whether this build's `decompose` factors with LAPACK (`PEMOE_WITH_LAPACK`, the CMake target
+/// `pemoe::lapack`) rather than with Eigen (the header-only default). Both give the same MPO to rounding.
+constexpr bool decompose_uses_lapack() {
+#ifdef PEMOE_WITH_LAPACK
+  return true;
+#else
+  return false;
+#endif
 }
+
+namespace detail {
 
 /// Right SVD with a square U: A (rows×cols) = U·diag(s)·Vt, U (rows×rows), s (rows, zero-padded when
 /// rows > cols), Vt (rows × cols, zero rows appended when rows > cols; only if `want_v`).
@@ -197,9 +184,18 @@ inline Index choose_rank(const Eigen::VectorXd& s, const TruncationPolicy& polic
   return r;
 }
 
-/// Row-major (rows, cols) copy of a column-major matrix block.
-inline RowMatD to_row(const MatD& m) {
-  return RowMatD(m);
+/// The cheapest split core of the two-sided sweep: the last core c with Π_{m<c} i_m j_m ≤ Π_{m≥c} i_m j_m.
+/// Every left step before it factors a wide matrix and every right step after it a tall one, so no step
+/// forms an orthonormal factor of its long side.
+inline Index cheapest_split(const MpoShape& shape) {
+  const Index n = shape.n_cores();
+  const Index total = shape.rows() * shape.cols();
+  Index c = 0, left = 1;
+  for (Index k = 1; k < n; ++k) {
+    left *= shape.row_modes[k - 1] * shape.col_modes[k - 1];
+    if (left <= total / left) c = k;
+  }
+  return c;
 }
 
 template <class T>
@@ -218,16 +214,32 @@ xt::xtensor<T, 4> make_core(const double* data, Index d0, Index i, Index j, Inde
  * Algorithm:
  * 1. Zero-pad W to `(shape.rows(), shape.cols())`, reshape it row-major to (i_1..i_n, j_1..j_n) and
  *    permute to the interleaved order (i_1, j_1, …, i_n, j_n).
- * 2. Sweep k = 0..n-2: SVD of the remainder reshaped to `(d_k·i_k·j_k, ·)` (QR-preconditioned,
- *    divide-and-conquer), keep r = d_{k+1} values by `policy` (truncating *during* the sweep, as TensorLy
- *    and Oseledets do, which gives the error bound; at full rank it equals the reference's
- *    decompose-then-slice), core_k = U_r, remainder = U_rᵀ·remainder. The last remainder is core_{n-1}.
- * 3. Re-gauge (`MpoGauge`): a right-to-left SVD sweep yields, per bond, U_k and the Schmidt values Λ_k.
+ * 2. Sweep k = 0..n-2: SVD of the remainder reshaped to `(d_k·i_k·j_k, ·)` (a Householder QR of the long
+ *    side, then a divide-and-conquer SVD of the small triangle), keep r = d_{k+1} values by `policy`
+ *    (truncating *during* the sweep, as TensorLy and Oseledets do, which gives the error bound; at full
+ *    rank it equals the reference's decompose-then-slice), core_k = U_r, remainder = U_rᵀ·remainder. The
+ *    last remainder is core_{n-1}.
+ * 3. Re-gauge (`MpoGauge`): the remainder after step k is Σ_r·V_rᵀ, so every bond k with no truncation
+ *    at a later bond already has its Schmidt basis (U = I, Λ_k = the kept spectrum) and the symmetric
+ *    gauge is a diagonal scaling there; a right-to-left SVD sweep yields U_k and Λ_k at the other bonds.
+ *
+ * At full rank (`policy` keeps every value, which depends on the shape only) the symmetric and
+ * mixed-canonical gauges use a two-sided sweep instead: left steps up to a split core c, right steps
+ * (SVD of the remainder reshaped to `(·, i_k·j_k·d_{k+1})`, core_k = V_rᵀ, remainder = remainder·V_r) from
+ * the last core down to c+1. That is the mixed-canonical form centred on c with every bond's Schmidt
+ * values, and no step has to form an orthonormal factor of its long side (c = `central()` for
+ * mixed_canonical, else the core where the unfoldings turn from wide to tall). The result is the same
+ * MPO (to rounding and the signs of singular vectors); the spectra are the singular values of the
+ * unfoldings either way.
  *
  * Precision: computed in double for any T (cores are cast to T at the end), so a float matrix is exact to
  * float rounding. Shapes: `W.rows() ≤ shape.rows()`, `W.cols() ≤ shape.cols()` (else `ShapeError`).
- * Complexity: dominated by the central unfoldings, ≈ 4·|W|·d_k flops per step (T5 3072×768 full rank:
- * a few GFLOP, about a second). Memory: a few copies of W in double.
+ * Complexity: dominated by the central unfoldings, one Householder QR and one GEMM each, ≈ 4·|W|·d_k
+ * flops (T5 3072×768 at full rank: ≈ 5.4 GFLOP, about 0.2 s on one core with -march=native). A step whose
+ * U (or V) is square leaves its remainder unrotated when another step on its side follows and rotates
+ * that step's core instead (a small product in place of a pass over W). With `PEMOE_WITH_LAPACK` (CMake
+ * target `pemoe::lapack`) the SVDs of the small triangles run in LAPACK's dgesdd, else in Eigen's BDCSVD.
+ * Memory: a few copies of W in double.
  * @see `reconstruct`, `mpo_apply`, `fix_auxiliary_central`.
  */
 template <class T>
@@ -247,93 +259,165 @@ Mpo<T> decompose(ConstMatrixRef<T> W, const MpoShape& shape, const TruncationPol
   out.cols = W.cols();
   out.gauge = gauge;
 
-  std::vector<double> res = detail::interleave_as<double, T>(W, shape, detail::interleave_map(shape));
+  const std::vector<double> tensor =
+      detail::interleave_as<double, T>(W, shape, detail::interleave_map(shape));
   {
     double s2 = 0;
-    for (double v : res) s2 += v * v;
+    for (double v : tensor) s2 += v * v;
     out.norm = std::sqrt(s2);
   }
+  auto free_k = [&](Index k) { return shape.row_modes[k] * shape.col_modes[k]; };
 
-  // ---- 2. left-to-right TT-SVD: A[k] is the left unfolding (d_k·i_k·j_k, d_{k+1}), left-orthonormal.
-  std::vector<RowMatD> A(static_cast<std::size_t>(n));
+  // ---- 2. the sweep. G[k] holds core k in row-major order (its left unfolding (d_k·i·j, d_{k+1})).
+  const std::vector<Index> full = shape.bond_dims();
+  const bool keeps_all =
+      policy.rel_cutoff == 0.0 && policy.max_bond >= *std::max_element(full.begin(), full.end());
+  Index c = n - 1;  // cores < c come from left steps, cores > c from right steps, core c is the remainder
+  if (keeps_all && gauge == MpoGauge::mixed_canonical) c = shape.central();
+  if (keeps_all && gauge == MpoGauge::symmetric) c = detail::cheapest_split(shape);
+  std::vector<RowMatD> G(static_cast<std::size_t>(n));
   std::vector<Index> d(static_cast<std::size_t>(n + 1), 1);
+  out.spectra.resize(static_cast<std::size_t>(n - 1));
+  std::vector<Eigen::VectorXd> spectra(static_cast<std::size_t>(n - 1));  // in double (out.spectra: T)
   double discarded2 = 0;
-  Index cols_total = static_cast<Index>(res.size());
-  for (Index k = 0; k + 1 < n; ++k) {
-    const Index rk = d[k] * shape.row_modes[k] * shape.col_modes[k];
-    const Index ck = cols_total / rk;
-    const RowMatD M = Eigen::Map<const RowMatD>(res.data(), rk, ck);
-    MatD U;
-    Eigen::VectorXd s;
-    detail::left_svd(M, U, s);
-    out.spectra.emplace_back(s.data(), s.data() + s.size());
-    const Index r = detail::choose_rank(s, policy, discarded2);
-    A[k] = U.leftCols(r);
-    RowMatD next(r, ck);  // U_rᵀ·M
-    gemm<double>(Op::T, Op::N, 1.0, A[k], M, 0.0, next);
-    res.assign(next.data(), next.data() + next.size());
-    d[k + 1] = r;
-    cols_total = r * ck;
+  Index last_truncated = 0;  // the last bond whose rank was cut (0: none)
+  auto rank = [&](const Eigen::VectorXd& s) { return detail::choose_rank(s, policy, discarded2); };
+  detail::SvdStep step;
+  RowMatD rem;  // the remainder, row-major; `x` points at it (or at the tensor before the first step)
+  const double* x = tensor.data();
+  Index size = static_cast<Index>(tensor.size());
+  // A left (right) step whose U (V) is square and orthogonal leaves its remainder unrotated when another step
+  // on the same side follows (`turn` holds U or Vᵀ): that step's SVD of the unrotated matrix has the same
+  // values, and its core is rotated into the true basis by a small product (T5: saves two passes over W).
+  RowMatD turn;
+  for (Index k = 0; k < c; ++k) {
+    const Index rows = d[k] * free_k(k);
+    detail::left_step(x, rows, size / rows, rank, k + 1 < c, step);
+    spectra[static_cast<std::size_t>(k)] = step.s;
+    d[k + 1] = step.r;
+    if (step.r < step.s.size()) last_truncated = k + 1;
+    if (turn.size()) {  // core = (turnᵀ ⊗ I)·U: turnᵀ times the (d_k, i·j·r) view
+      G[k].resize(rows, step.r);
+      gemm<double>(Op::T, Op::N, 1.0, turn,
+                   Eigen::Map<const RowMatD>(step.core.data(), d[k], free_k(k) * step.r), 0.0,
+                   Eigen::Map<RowMatD>(G[k].data(), d[k], free_k(k) * step.r));
+    } else if (step.next.size() == 0) {
+      G[k] = step.core;
+    } else {
+      G[k] = std::move(step.core);
+    }
+    if (step.next.size() == 0) {  // deferred: x stays
+      turn = std::move(step.core);
+      continue;
+    }
+    turn.resize(0, 0);
+    rem = std::move(step.next);
+    x = rem.data();
+    size = rem.size();
   }
-  A[n - 1] = Eigen::Map<const RowMatD>(res.data(), static_cast<Index>(res.size()), 1);
+  turn.resize(0, 0);
+  for (Index k = n - 1; k > c; --k) {
+    const Index cols = free_k(k) * d[k + 1];
+    detail::right_step(x, size / cols, cols, rank, k - 1 > c, step);
+    spectra[static_cast<std::size_t>(k - 1)] = step.s;
+    d[k] = step.r;
+    if (turn.size()) {  // core = Vᵀ·(I ⊗ turnᵀ): the (r·i·j, d_{k+1}) view times turnᵀ
+      G[k].resize(step.r, cols);
+      gemm<double>(Op::N, Op::T, 1.0,
+                   Eigen::Map<const RowMatD>(step.core.data(), step.r * free_k(k), d[k + 1]), turn, 0.0,
+                   Eigen::Map<RowMatD>(G[k].data(), step.r * free_k(k), d[k + 1]));
+    } else if (step.next.size() == 0) {
+      G[k] = step.core;  // V_rᵀ (d_k, i·j·d_{k+1}): the same buffer as the left unfolding
+    } else {
+      G[k] = std::move(step.core);
+    }
+    if (step.next.size() == 0) {
+      turn = std::move(step.core);
+      continue;
+    }
+    turn.resize(0, 0);
+    rem = std::move(step.next);
+    x = rem.data();
+    size = rem.size();
+  }
+  if (x == tensor.data())
+    G[c] = Eigen::Map<const RowMatD>(x, size, 1);  // n = 1: no step ran
+  else
+    G[c] = std::move(rem);
   out.truncation_error = std::sqrt(discarded2);
+  for (std::size_t b = 0; b < spectra.size(); ++b)
+    out.spectra[b].assign(spectra[b].data(), spectra[b].data() + spectra[b].size());
+  auto left_of = [&](Index k) { return Eigen::Map<RowMatD>(G[k].data(), d[k] * free_k(k), d[k + 1]); };
+  auto right_of = [&](Index k) { return Eigen::Map<RowMatD>(G[k].data(), d[k], free_k(k) * d[k + 1]); };
 
   // ---- 3. gauge
-  std::vector<RowMatD> G(static_cast<std::size_t>(n));  // final cores, left unfolding (d_k·i·j, d_{k+1})
-  auto free_k = [&](Index k) { return shape.row_modes[k] * shape.col_modes[k]; };
-  if (gauge == MpoGauge::left_canonical) {
-    G = A;
-  } else {
-    const Index c = shape.central();
-    const Index stop = gauge == MpoGauge::symmetric ? 1 : c + 1;
-    std::vector<MatD> Uk(static_cast<std::size_t>(n + 1));
-    std::vector<Eigen::VectorXd> Sk(static_cast<std::size_t>(n + 1));
-    RowMatD cur = A[n - 1];  // left unfolding of the current right-end core
-    for (Index k = n - 1; k >= stop; --k) {
+  if (gauge == MpoGauge::mixed_canonical && c != shape.central()) {
+    // Truncated: a right-to-left SVD sweep of the left-canonical MPO down to the centre.
+    const Index centre = shape.central();
+    MatD Uk;
+    Eigen::VectorXd Sk;
+    RowMatD cur = left_of(n - 1);
+    for (Index k = n - 1; k > centre; --k) {
       const RowMatD right = Eigen::Map<const RowMatD>(cur.data(), d[k], free_k(k) * d[k + 1]);
       MatD Vt;
-      const bool want_v = gauge == MpoGauge::mixed_canonical;
-      detail::right_svd(right, Uk[k], Sk[k], want_v ? &Vt : nullptr);
-      if (want_v) G[k] = Eigen::Map<const RowMatD>(RowMatD(Vt).data(), d[k] * free_k(k), d[k + 1]);
+      detail::right_svd(right, Uk, Sk, &Vt);
+      G[k] = Vt;
       // cur_{k-1} = A[k-1]·U_k·diag(S_k)
-      RowMatD US = Uk[k] * Sk[k].asDiagonal();
-      cur.resize(A[k - 1].rows(), d[k]);
-      gemm<double>(Op::N, Op::N, 1.0, A[k - 1], US, 0.0, cur);
+      const RowMatD US = Uk * Sk.asDiagonal();
+      cur.resize(d[k - 1] * free_k(k - 1), d[k]);
+      gemm<double>(Op::N, Op::N, 1.0, left_of(k - 1), US, 0.0, cur);
     }
-    if (gauge == MpoGauge::mixed_canonical) {
-      for (Index k = 0; k < c; ++k) G[k] = A[k];
-      G[c] = cur;
-    } else {
-      Uk[0] = MatD::Ones(1, 1);
-      Sk[0] = Eigen::VectorXd::Ones(1);
-      Uk[n] = MatD::Ones(1, 1);
-      Sk[n] = Eigen::VectorXd::Ones(1);
-      auto sqrt_and_inv = [](const Eigen::VectorXd& s, Index other_dim, Eigen::VectorXd& sq,
-                             Eigen::VectorXd& isq) {
-        const double tol = (s.size() ? s.maxCoeff() : 0.0) * double(std::max<Index>(s.size(), other_dim)) *
-                           std::numeric_limits<double>::epsilon();
-        sq.resize(s.size());
-        isq.resize(s.size());
-        for (Index i = 0; i < s.size(); ++i) {
-          sq(i) = std::sqrt(std::max(s(i), 0.0));
-          isq(i) = s(i) > tol ? 1.0 / sq(i) : 0.0;
-        }
-      };
-      for (Index k = 0; k < n; ++k) {
-        Eigen::VectorXd sq_l, isq_l, sq_r, isq_r;
-        sqrt_and_inv(Sk[k], free_k(k) * d[k + 1], sq_l, isq_l);
-        sqrt_and_inv(Sk[k + 1], free_k(k) * d[k], sq_r, isq_r);
-        // X = U_kᵀ · A_k (right unfolding (d_k, i·j·d_{k+1}))
-        const Eigen::Map<const RowMatD> Ar(A[k].data(), d[k], free_k(k) * d[k + 1]);
+    G[centre] = std::move(cur);
+  } else if (gauge == MpoGauge::symmetric) {
+    // Schmidt bases U_k (empty: the identity) and values Λ_k of every bond; bonds ≥ last_truncated are
+    // exact from the sweep, the others need a right-to-left SVD sweep.
+    std::vector<MatD> Uk(static_cast<std::size_t>(n + 1));
+    std::vector<Eigen::VectorXd> Sk(static_cast<std::size_t>(n + 1), Eigen::VectorXd::Ones(1));
+    for (Index k = std::max<Index>(last_truncated, 1); k < n; ++k)
+      Sk[k] = spectra[static_cast<std::size_t>(k - 1)].head(d[k]);
+    if (last_truncated >= 2) {  // c = n - 1 here: truncation implies the one-sided sweep
+      const Index t = last_truncated;
+      RowMatD cur = left_of(t - 1) * Sk[t].asDiagonal();  // A[t-1]·U_t·diag(S_t), U_t = I
+      for (Index k = t - 1; k >= 1; --k) {
+        const RowMatD right = Eigen::Map<const RowMatD>(cur.data(), d[k], free_k(k) * d[k + 1]);
+        detail::right_svd(right, Uk[k], Sk[k], nullptr);
+        const RowMatD US = Uk[k] * Sk[k].asDiagonal();
+        cur.resize(d[k - 1] * free_k(k - 1), d[k]);
+        gemm<double>(Op::N, Op::N, 1.0, left_of(k - 1), US, 0.0, cur);
+      }
+    }
+    auto sqrt_and_inv = [](const Eigen::VectorXd& s, Index other_dim, Eigen::VectorXd& sq,
+                           Eigen::VectorXd& isq) {
+      const double tol = (s.size() ? s.maxCoeff() : 0.0) * double(std::max<Index>(s.size(), other_dim)) *
+                         std::numeric_limits<double>::epsilon();
+      sq.resize(s.size());
+      isq.resize(s.size());
+      for (Index i = 0; i < s.size(); ++i) {
+        sq(i) = std::sqrt(std::max(s(i), 0.0));
+        isq(i) = s(i) > tol ? 1.0 / sq(i) : 0.0;
+      }
+    };
+    // G_k = diag(l_k)·U_kᵀ·X_k·U_{k+1}·diag(r_k): X_k = A_k, l = Λ_k^{-1/2}, r = Λ_{k+1}^{1/2} left of the
+    // split core c; X_c = C, l = Λ_c^{-1/2}, r = Λ_{c+1}^{-1/2}; X_k = B_k, l = Λ_k^{1/2}, r = Λ_{k+1}^{-1/2}
+    // right of it (the guarded inverse as documented on `MpoGauge::symmetric`).
+    for (Index k = 0; k < n; ++k) {
+      Eigen::VectorXd sq_l, isq_l, sq_r, isq_r;
+      sqrt_and_inv(Sk[k], free_k(k) * d[k + 1], sq_l, isq_l);
+      sqrt_and_inv(Sk[k + 1], free_k(k) * d[k], sq_r, isq_r);
+      const Eigen::VectorXd& l = k <= c ? isq_l : sq_l;
+      const Eigen::VectorXd& r = k < c ? sq_r : isq_r;
+      if (Uk[k].size()) {
         RowMatD X(d[k], free_k(k) * d[k + 1]);
-        gemm<double>(Op::T, Op::N, 1.0, RowMatD(Uk[k]), Ar, 0.0, X);
-        for (Index a = 0; a < d[k]; ++a) X.row(a) *= isq_l(a);
-        // Y = X (left unfolding) · U_{k+1} · diag(√S_{k+1})
-        const Eigen::Map<const RowMatD> Xl(X.data(), d[k] * free_k(k), d[k + 1]);
+        gemm<double>(Op::T, Op::N, 1.0, RowMatD(Uk[k]), right_of(k), 0.0, X);
+        G[k] = std::move(X);
+      }
+      right_of(k).array().colwise() *= l.array();
+      if (Uk[k + 1].size()) {
         RowMatD Y(d[k] * free_k(k), d[k + 1]);
-        gemm<double>(Op::N, Op::N, 1.0, Xl, RowMatD(Uk[k + 1] * sq_r.asDiagonal()), 0.0, Y);
+        gemm<double>(Op::N, Op::N, 1.0, left_of(k), RowMatD(Uk[k + 1]), 0.0, Y);
         G[k] = std::move(Y);
       }
+      left_of(k).array().rowwise() *= r.transpose().array();
     }
   }
   out.cores.reserve(static_cast<std::size_t>(n));
