@@ -49,9 +49,12 @@
 #include "pemoe/adapters/mpoe.hpp"
 #include "pemoe/adapters/sparse_lora.hpp"
 
-// data: tokenizers
+// data: tokenizers, instruction data, batching, sampling
 #include "pemoe/data/bpe_tokenizer.hpp"
 #include "pemoe/data/byte_tokenizer.hpp"
+#include "pemoe/data/instruction.hpp"
+#include "pemoe/data/packing.hpp"
+#include "pemoe/data/sampler.hpp"
 
 // io
 #include "pemoe/io/dtype.hpp"
