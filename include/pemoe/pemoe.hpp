@@ -49,12 +49,13 @@
 #include "pemoe/adapters/mpoe.hpp"
 #include "pemoe/adapters/sparse_lora.hpp"
 
-// data: tokenizers, instruction data, batching, sampling
+// data: tokenizers, instruction data, batching, sampling, the offline task suite
 #include "pemoe/data/bpe_tokenizer.hpp"
 #include "pemoe/data/byte_tokenizer.hpp"
 #include "pemoe/data/instruction.hpp"
 #include "pemoe/data/packing.hpp"
 #include "pemoe/data/sampler.hpp"
+#include "pemoe/data/tasks.hpp"
 
 // io
 #include "pemoe/io/dtype.hpp"
