@@ -67,6 +67,7 @@
 #include "pemoe/models/gpt2.hpp"
 #include "pemoe/models/gpt2_hf.hpp"
 #include "pemoe/models/linear_site.hpp"
+#include "pemoe/models/lm_eval.hpp"
 #include "pemoe/models/target_modules.hpp"
 
 // train

@@ -44,6 +44,8 @@ struct GPT2Config {
   double layer_norm_epsilon = 1e-5;
   std::string activation_function = "gelu_new";
   double resid_pdrop = 0.1, embd_pdrop = 0.1, attn_pdrop = 0.1;
+  Index bos_token_id = 50256;  ///< Hugging Face's `bos_token_id` (generation only; GPT-2's <|endoftext|>)
+  Index eos_token_id = 50256;  ///< Hugging Face's `eos_token_id` (generation only)
 
   Index inner() const { return n_inner > 0 ? n_inner : 4 * n_embd; }
 
@@ -76,6 +78,8 @@ struct GPT2Config {
     get_double("resid_pdrop", c.resid_pdrop);
     get_double("embd_pdrop", c.embd_pdrop);
     get_double("attn_pdrop", c.attn_pdrop);
+    get_index("bos_token_id", c.bos_token_id);
+    get_index("eos_token_id", c.eos_token_id);
     if (j.contains("activation_function"))
       c.activation_function = j["activation_function"].get<std::string>();
     gelu_kind_from_hf(c.activation_function);  // validates
@@ -106,6 +110,8 @@ struct GPT2Config {
             {"resid_pdrop", resid_pdrop},
             {"embd_pdrop", embd_pdrop},
             {"attn_pdrop", attn_pdrop},
+            {"bos_token_id", bos_token_id},
+            {"eos_token_id", eos_token_id},
             {"tie_word_embeddings", true},
             {"scale_attn_weights", true}};
   }
@@ -603,6 +609,30 @@ class GPT2 {
       if (m_blocks[std::size_t(i)].has_mpoe())
         v.push_back(
             {"transformer.h." + std::to_string(i) + ".mlp.mpoe", &m_blocks[std::size_t(i)].mpoe().router()});
+    return v;
+  }
+  /**
+   * @brief The router caches of the forward call that filled `c`, one per entry of `routers()` and in its
+   * order: `routers()[i]` routed the tokens of `router_caches(c)[i]` (its `probs` (B·T, E), `topk_idx`,
+   * `valid`). For routing statistics: `expert_load` per layer, the mean routing probability per task.
+   */
+  std::vector<const typename Router<T>::Cache*> router_caches(const Cache& c) {
+    std::vector<const typename Router<T>::Cache*> v;
+    PEMOE_CHECK_CONFIG(c.blocks.size() == m_blocks.size(),
+                       "GPT2: router_caches needs the cache of a forward call");
+    for (Index i = 0; i < m_config.n_layer; ++i) {
+      auto& b = m_blocks[std::size_t(i)];
+      const auto& bc = c.blocks[std::size_t(i)];
+      const std::pair<LinearSite<T>*, const typename LinearSite<T>::Cache*> sites[] = {
+          {&b.attn().c_attn(), &bc.attn.c_attn},
+          {&b.attn().c_proj(), &bc.attn.c_proj},
+          {b.has_mpoe() ? nullptr : &b.c_fc(), &bc.fc},
+          {b.has_mpoe() ? nullptr : &b.mlp_c_proj(), &bc.proj}};
+      for (const auto& [site, cache] : sites)
+        if (site && site->router()) v.push_back(LinearSite<T>::router_cache(*cache));
+    }
+    for (Index i = 0; i < m_config.n_layer; ++i)
+      if (m_blocks[std::size_t(i)].has_mpoe()) v.push_back(&c.blocks[std::size_t(i)].mpoe.router);
     return v;
   }
 

@@ -1,0 +1,394 @@
+// pemoe example: fine-tune one frozen GPT-2 with every adapter method pemoe has, on the same data, for the
+// same number of steps, from the same seed, and compare them.
+//
+// The model is the one examples/pretrain_gpt2.cpp saved (a byte-level GPT-2 that has seen text and the task
+// families `upper` and `count`). It is fine-tuned on task families it has not seen (by default: addition,
+// word reversal, letter sorting, and three ISO-code lookups) with, in turn:
+//   full     full fine-tuning (every parameter)
+//   lora     LoRA (Hu et al. 2021) at every linear site
+//   ia3      (IA)³ (Liu et al. 2022) at PEFT's GPT-2 sites (c_attn, mlp.c_proj)
+//   mov      MoV: a soft mixture of (IA)³ vectors (Zadouri et al. 2023) at the same sites
+//   molora   MoLoRA: a soft mixture of LoRA experts (Zadouri et al. 2023) at every linear site
+//   sparse   MoLA: top-2 LoRA experts with the ▽ allocation, more experts in higher layers (Gao et al. 2024)
+//   mpoe     MPOE: the MLPs become MPO expert banks sharing their central tensors (Gao et al. 2022), Switch
+//            top-1 routing, with the gradient mask on the central tensors
+// It writes, under --out: results.md (the table), results.csv, <method>/metrics.csv (the Trainer's rows),
+// loss_train.png and loss_eval.png (loss curves of every method), and for every MoE method
+// <method>/routing.png (task × expert mean routing probability) and <method>/expert_load.png (per-layer
+// expert load on the evaluation data).
+//
+//   ./build/examples/pemoe_finetune_compare --model runs/gpt2-tiny --out runs/compare   (about 9 minutes)
+//   ./build/examples/pemoe_finetune_compare --help
+#include <CLI/CLI.hpp>
+#include <pemoe/data/byte_tokenizer.hpp>
+#include <pemoe/data/instruction.hpp>
+#include <pemoe/data/packing.hpp>
+#include <pemoe/data/sampler.hpp>
+#include <pemoe/data/tasks.hpp>
+#include <pemoe/models/gpt2_hf.hpp>
+#include <pemoe/models/lm_eval.hpp>
+#include <pemoe/moe/mola_allocation.hpp>
+#include <pemoe/train/adamw.hpp>
+#include <pemoe/train/gradient_mask.hpp>
+#include <pemoe/train/trainer.hpp>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "plot/plot.hpp"  // pemoe_plot (tools/plot): CSV + PNG
+
+using namespace pemoe;
+namespace fs = std::filesystem;
+
+static std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> v;
+  std::stringstream in(s);
+  for (std::string item; std::getline(in, item, ',');)
+    if (!item.empty()) v.push_back(item);
+  return v;
+}
+
+int main(int argc, char** argv) {
+  // ---- 1. flags ----------------------------------------------------------------------------------------
+  CLI::App app{"Fine-tune a frozen GPT-2 with every adapter method on held-out task families and compare."};
+  std::string model_dir = "runs/gpt2-tiny", out_dir = "runs/compare";
+  std::string method_list = "full,lora,ia3,mov,molora,sparse,mpoe";
+  std::string task_list = "add,reverse,sort,country_code,currency_code,language_code";
+  std::string lr_list = "full=5e-4,lora=2e-3,ia3=1e-2,mov=1e-2,molora=2e-3,sparse=2e-3,mpoe=1e-3";
+  long steps = 300, batch = 16, experts = 4, rank = 8, expert_rank = 4, top_k = 2, warmup = 20;
+  long train_per_task = 2000, eval_per_task = 50, eval_every = 50, max_new_tokens = 16;
+  std::string mola_shape = "2468";
+  double mask_p = 0.5;
+  std::uint64_t seed = 7;
+  std::string progress = "auto";
+  app.add_option("--model", model_dir,
+                 "the pretrained model (Hugging Face GPT-2 directory, byte-level vocabulary)")
+      ->capture_default_str();
+  app.add_option("--out", out_dir, "output directory")->capture_default_str();
+  app.add_option("--methods", method_list,
+                 "methods to run, in order (full, lora, ia3, mov, molora, sparse, mpoe)")
+      ->capture_default_str();
+  app.add_option("--tasks", task_list, "task families to fine-tune and evaluate on")->capture_default_str();
+  app.add_option("--lr", lr_list, "peak learning rate per method (method=value,...)")->capture_default_str();
+  app.add_option("--steps", steps, "optimizer steps per method")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--batch", batch, "examples per step")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--warmup", warmup, "linear warm-up steps before the cosine decay")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--rank", rank, "LoRA rank")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--experts", experts, "experts per site (MoV, MoLoRA, MPOE)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--expert-rank", expert_rank, "rank of each LoRA expert (MoLoRA, sparse)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--top-k", top_k, "experts per token of the sparse mixture")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--mola-shape", mola_shape,
+                 "experts of the sparse mixture per quarter of the layers (MoLA ▽: 2468)")
+      ->capture_default_str();
+  app.add_option("--mask-p", mask_p, "MPOE: probability that a step freezes the central tensors")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+  app.add_option("--train-per-task", train_per_task, "training examples per task family")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--eval-per-task", eval_per_task, "held-out examples per family for loss and exact match")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--eval-every", eval_every, "evaluate the loss every K steps (0 = only at the end)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--max-new-tokens", max_new_tokens, "longest generated answer")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--seed", seed, "seed of the data, the adapters' initialisation and the sampler")
+      ->capture_default_str();
+  app.add_option("--progress", progress, "progress display: auto, terminal, lines, off")
+      ->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+
+  try {
+    const std::vector<std::string> methods = split_list(method_list), tasks = split_list(task_list);
+    std::map<std::string, double> lr_of;
+    for (const auto& kv : split_list(lr_list)) {
+      const auto eq = kv.find('=');
+      if (eq == std::string::npos) throw ConfigError("--lr: '" + kv + "' is not method=value");
+      lr_of[kv.substr(0, eq)] = std::stod(kv.substr(eq + 1));
+    }
+    for (const auto& m : methods)
+      if (!lr_of.count(m)) throw ConfigError("--lr has no learning rate for method '" + m + "'");
+
+    // ---- 2. data: the task families, tokenised once; the loss is on the answers only ---------------------
+    const GPT2Config gcfg = read_gpt2_config(model_dir);
+    ByteTokenizer tok({"<|endoftext|>"});
+    if (gcfg.vocab_size != Index(tok.vocab_size()))
+      throw ConfigError("the model in '" + model_dir + "' has a vocabulary of " +
+                        std::to_string(gcfg.vocab_size) +
+                        " tokens; this example needs the byte-level model of pemoe_pretrain_gpt2 (257)");
+    const std::int64_t eos = tok.special_id("<|endoftext|>");
+    const PromptTemplate tmpl;
+    TaskSuiteConfig suite;
+    suite.seed = seed;
+    suite.train_per_task = std::size_t(train_per_task);
+    std::vector<std::vector<TokenizedExample>> train(tasks.size());  // per task family
+    std::vector<std::vector<InstructionExample>> eval_ex(tasks.size());
+    std::vector<std::vector<TokenizedExample>> eval_tok_of(tasks.size());
+    std::vector<TokenizedExample> eval_tok;  // every family's
+    std::vector<Index> train_sizes;
+    for (std::size_t k = 0; k < tasks.size(); ++k) {
+      const TaskSplit split = make_task(tasks[k], suite);
+      for (const auto& ex : split.train)
+        train[k].push_back(tokenize_example(ex, tok, tmpl, LossOn::response, eos));
+      eval_ex[k].assign(split.eval.begin(),
+                        split.eval.begin() + long(std::min(split.eval.size(), std::size_t(eval_per_task))));
+      for (const auto& ex : eval_ex[k])
+        eval_tok_of[k].push_back(tokenize_example(ex, tok, tmpl, LossOn::response, eos));
+      eval_tok.insert(eval_tok.end(), eval_tok_of[k].begin(), eval_tok_of[k].end());
+      train_sizes.push_back(Index(train[k].size()));
+      std::printf("task %-14s %5zu train, %3zu eval   e.g. %s | %s -> %s\n", tasks[k].c_str(),
+                  train[k].size(), eval_ex[k].size(), split.train[0].instruction.c_str(),
+                  split.train[0].input.c_str(), split.train[0].output.c_str());
+    }
+    fs::create_directories(out_dir);
+    long backbone = 0;  // parameters of the pretrained model itself (counted without allocating them)
+    {
+      auto plan = ParamStore<float>::declaration_only();
+      GPT2<float> plain(gcfg);
+      Rng r(0);
+      plain.register_params(plan, r);
+      backbone = long(plan.num_values());
+    }
+
+    // ---- 3. one run per method -------------------------------------------------------------------------
+    struct Result {
+      std::string method;
+      long trainable = 0;
+      double share = 0, eval_loss = 0, tokens_per_s = 0, mean_em = 0;
+      std::vector<double> em;  // per task family
+    };
+    std::vector<Result> results;
+    std::vector<plot::PlotSeries> train_curves, eval_curves;
+    for (const std::string& method : methods) {
+      std::printf("\n=== %s ===\n", method.c_str());
+      // 3a. the model with the method's adapters, then the pretrained weights
+      GPT2<float> gpt(gcfg);
+      AdapterSpec spec;
+      TargetModules targets;
+      targets.all_linear = true;
+      std::vector<Index> experts_per_layer;
+      if (method == "lora") {
+        spec.kind = AdapterKind::lora;
+        spec.lora.r = rank;
+        spec.lora.alpha = 2.0 * double(rank);
+      } else if (method == "ia3" || method == "mov") {
+        spec.kind = method == "ia3" ? AdapterKind::ia3 : AdapterKind::mov;
+        spec.mov.n_experts = experts;
+        targets.all_linear = false;
+        targets.names = {"c_attn", "mlp.c_proj"};  // PEFT's IA3 default for GPT-2
+      } else if (method == "molora") {
+        spec.kind = AdapterKind::molora;
+        spec.experts = LoraExpertsConfig::for_ai(experts, expert_rank);
+      } else if (method == "sparse") {
+        spec.kind = AdapterKind::sparse;
+        spec.experts = LoraExpertsConfig::mola(experts, top_k, expert_rank);
+        for (const LayerExperts& l : mola_allocation(mola_shape, gcfg.n_layer, top_k, expert_rank))
+          experts_per_layer.push_back(l.n_experts);
+      } else if (method == "mpoe") {
+        MpoeConfig mc;
+        mc.d_model = gcfg.n_embd;
+        mc.d_ff = gcfg.inner();
+        mc.n_experts = experts;
+        mc.activation = gcfg.activation_function;
+        mc.bias = true;  // GPT-2's MLP has biases
+        gpt.use_mpoe(mc);
+      } else if (method != "full") {
+        throw ConfigError("unknown method '" + method +
+                          "'; allowed: full, lora, ia3, mov, molora, sparse, mpoe");
+      }
+      if (spec.kind != AdapterKind::none) gpt.inject(spec, targets, experts_per_layer);
+      ParamStore<float> params;
+      Rng rng(seed);
+      gpt.register_params(params, rng);
+      load_gpt2_weights(gpt, model_dir);
+      Result res;
+      res.method = method;
+      res.trainable = long(params.num_trainable());
+      res.share = 100.0 * double(res.trainable) / double(backbone);
+      std::printf("trainable parameters: %ld (%.2f%% of the model's %ld)\n", res.trainable, res.share,
+                  backbone);
+
+      // 3b. training: batches of B examples drawn evenly from the families, padded to the longest
+      MultiDatasetSampler sampler(train_sizes, std::vector<double>(tasks.size(), 1.0), seed);
+      GPT2<float>::Cache cache;
+      TrainerCallbacks cb;
+      cb.micro_batch = [&](long, long) {
+        std::vector<TokenizedExample> rows;
+        for (long b = 0; b < batch; ++b) {
+          const SampleRef s = sampler.next();
+          rows.push_back(train[std::size_t(s.dataset)][std::size_t(s.index)]);
+        }
+        const TokenBatch tb = pad_batch(rows, 0, eos);
+        const double loss = forward_batch(gpt, tb, cache) + cache.aux_loss;
+        gpt.backward(cache);
+        return MicroBatchResult{loss, double(tb.num_tokens())};
+      };
+      cb.eval = [&](long) {
+        gpt.set_training(false);
+        const double l = mean_loss(gpt, eval_tok, 4 * batch, eos);
+        gpt.set_training(true);
+        return std::map<std::string, double>{{"loss", l}};
+      };
+      GradientMaskConfig gm;
+      gm.p_b = mask_p;
+      GradientMask mask(gm, Rng(seed).split("gradient mask"));
+      if (method == "mpoe") cb.update_mask = gradient_mask_hook(mask, params);
+      plot::PlotSeries train_curve{method, {}, {}}, eval_curve{method, {}, {}};
+      cb.on_log = [&](const StepRecord& r) {
+        train_curve.x.push_back(double(r.step));
+        train_curve.y.push_back(r.loss);
+        if (r.eval.count("loss")) {
+          eval_curve.x.push_back(double(r.step));
+          eval_curve.y.push_back(r.eval.at("loss"));
+        }
+      };
+      AdamWConfig ocfg;
+      ocfg.lr = lr_of[method];
+      ocfg.weight_decay = method == "full" ? 0.01 : 0.0;
+      AdamW<float> opt(ocfg, ParamGroups::standard());
+      ScheduleConfig scfg;
+      scfg.kind = ScheduleKind::cosine;
+      scfg.warmup_steps = warmup;
+      scfg.total_steps = steps;
+      fs::create_directories(out_dir + "/" + method);
+      TrainerOptions topt;
+      topt.total_steps = steps;
+      topt.max_grad_norm = 1.0;
+      topt.eval_every = eval_every > 0 ? eval_every : steps;
+      topt.log_every = std::max(1L, steps / 60);
+      topt.metrics_csv = out_dir + "/" + method + "/metrics.csv";
+      topt.progress = TrainerOptions::parse_progress(progress);
+      gpt.set_training(true);
+      Trainer<float> trainer(params, opt, Schedule(scfg), topt, cb);
+      const TrainSummary summary = trainer.train();
+      gpt.set_training(false);
+      res.eval_loss = summary.last_eval_loss;
+      res.tokens_per_s = summary.tokens / summary.seconds;
+      train_curves.push_back(train_curve);
+      eval_curves.push_back(eval_curve);
+
+      // 3c. exact match: greedy answers to the held-out prompts, checked by the task's own checker
+      for (std::size_t k = 0; k < tasks.size(); ++k) {
+        const std::vector<std::string> answers =
+            greedy_answers(gpt, eval_ex[k], tok, tmpl, eos, Index(max_new_tokens), 4 * batch);
+        double right = 0;
+        for (std::size_t i = 0; i < answers.size(); ++i)
+          right += check_answer(tasks[k], eval_ex[k][i], answers[i]);
+        res.em.push_back(100.0 * right / double(answers.size()));
+        res.mean_em += res.em.back() / double(tasks.size());
+        std::printf("  %-14s exact match %5.1f%%   e.g. %s -> \"%s\" (want \"%s\")\n", tasks[k].c_str(),
+                    res.em.back(), eval_ex[k][0].input.c_str(), answers[0].c_str(),
+                    eval_ex[k][0].output.c_str());
+      }
+
+      // 3d. routing: which experts each task family uses (mean routing probability on its eval examples),
+      // and the load of every layer's MLP router
+      const auto routers = gpt.routers();
+      if (!routers.empty()) {
+        std::vector<double> heat;
+        int cols = 0;
+        std::vector<std::vector<double>> load(routers.size());
+        for (std::size_t k = 0; k < tasks.size(); ++k) {
+          forward_batch(gpt, pad_batch(eval_tok_of[k], 0, eos), cache);
+          cols = 0;
+          const auto mean = mean_routing(gpt, cache);
+          for (std::size_t i = 0; i < mean.size(); ++i) {
+            heat.insert(heat.end(), mean[i].begin(), mean[i].end());
+            cols += int(mean[i].size());
+            const bool top_k_routed = routers[i].second->config().mode != GateMode::soft;
+            const std::vector<double> l =
+                top_k_routed ? expert_load(*routers[i].second, *gpt.router_caches(cache)[i]) : mean[i];
+            load[i].resize(l.size());
+            for (std::size_t e = 0; e < l.size(); ++e) load[i][e] += l[e] / double(tasks.size());
+          }
+        }
+        plot::HeatmapOptions ho;
+        ho.title = method + ": mean routing probability, task x expert (all routers, model order)";
+        ho.row_label = "task";
+        ho.col_label = "router expert";
+        plot::plot_heatmap(out_dir + "/" + method + "/routing", heat, int(tasks.size()), cols, ho);
+        std::vector<std::string> labels;
+        std::vector<double> values;
+        std::set<std::string> layers_done;
+        for (std::size_t i = 0; i < routers.size(); ++i) {  // one MLP router per layer
+          const std::string& name = routers[i].first;
+          const std::string layer = name.substr(0, name.find(".", std::string("transformer.h.").size()));
+          if (name.find(".mlp.") == std::string::npos || !layers_done.insert(layer).second) continue;
+          for (std::size_t e = 0; e < load[i].size(); ++e) {
+            labels.push_back("L" + layer.substr(layer.rfind('.') + 1) + " E" + std::to_string(e));
+            values.push_back(load[i][e]);
+          }
+        }
+        plot::BarPlotOptions bo;
+        bo.title = method + ": expert load of each layer's MLP router on the eval data";
+        bo.x_label = "layer, expert";
+        bo.y_label = "share of the tokens";
+        if (!values.empty()) plot::plot_bars(out_dir + "/" + method + "/expert_load", labels, values, bo);
+      }
+      results.push_back(res);
+    }
+
+    // ---- 4. the table and the plots --------------------------------------------------------------------
+    std::ostringstream md;
+    md << "| method | trainable params | % of model | eval loss |";
+    for (const auto& t : tasks) md << " EM " << t << " |";
+    md << " mean EM | train tokens/s |\n|---|---:|---:|---:|";
+    for (std::size_t k = 0; k < tasks.size(); ++k) md << "---:|";
+    md << "---:|---:|\n";
+    std::ofstream csv(out_dir + "/results.csv");
+    csv << "method,trainable,percent,eval_loss";
+    for (const auto& t : tasks) csv << ",em_" << t;
+    csv << ",mean_em,tokens_per_s\n";
+    char buf[128];
+    for (const Result& r : results) {
+      std::snprintf(buf, sizeof buf, "| %s | %ld | %.2f | %.4f |", r.method.c_str(), r.trainable, r.share,
+                    r.eval_loss);
+      md << buf;
+      csv << r.method << "," << r.trainable << "," << r.share << "," << r.eval_loss;
+      for (double e : r.em) {
+        std::snprintf(buf, sizeof buf, " %.1f |", e);
+        md << buf;
+        csv << "," << e;
+      }
+      std::snprintf(buf, sizeof buf, " **%.1f** | %.0f |\n", r.mean_em, r.tokens_per_s);
+      md << buf;
+      csv << "," << r.mean_em << "," << r.tokens_per_s << "\n";
+    }
+    std::ofstream(out_dir + "/results.md") << md.str();
+    plot::LinePlotOptions po;
+    po.x_label = "step";
+    po.y_label = "cross-entropy of the answers (nats / byte)";
+    po.title = "fine-tuning: training loss";
+    plot::plot_lines(out_dir + "/loss_train", train_curves, po);
+    po.title = "fine-tuning: held-out loss";
+    plot::plot_lines(out_dir + "/loss_eval", eval_curves, po);
+    std::printf(
+        "\n%s\ntable:  %s/results.md (and results.csv)\nplots:  %s/loss_train.png, %s/loss_eval.png, "
+        "%s/<method>/routing.png, %s/<method>/expert_load.png\n",
+        md.str().c_str(), out_dir.c_str(), out_dir.c_str(), out_dir.c_str(), out_dir.c_str(),
+        out_dir.c_str());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
