@@ -61,7 +61,7 @@ int main(int argc, char** argv) {
   std::string method_list = "full,lora,ia3,mov,molora,sparse,mpoe";
   std::string task_list = "add,reverse,sort,country_code,currency_code,language_code";
   std::string lr_list = "full=5e-4,lora=2e-3,ia3=1e-2,mov=1e-2,molora=2e-3,sparse=2e-3,mpoe=1e-3";
-  long steps = 300, batch = 16, experts = 4, rank = 8, expert_rank = 4, top_k = 2, warmup = 20;
+  long steps = 400, batch = 32, experts = 4, rank = 8, expert_rank = 4, top_k = 2, warmup = 20;
   long train_per_task = 2000, eval_per_task = 50, eval_every = 50, max_new_tokens = 16;
   std::string mola_shape = "2468";
   double mask_p = 0.5;
@@ -147,12 +147,29 @@ int main(int argc, char** argv) {
     std::vector<Index> train_sizes;
     for (std::size_t k = 0; k < tasks.size(); ++k) {
       const TaskSplit split = make_task(tasks[k], suite);
-      for (const auto& ex : split.train)
-        train[k].push_back(tokenize_example(ex, tok, tmpl, LossOn::response, eos));
-      eval_ex[k].assign(split.eval.begin(),
-                        split.eval.begin() + long(std::min(split.eval.size(), std::size_t(eval_per_task))));
-      for (const auto& ex : eval_ex[k])
-        eval_tok_of[k].push_back(tokenize_example(ex, tok, tmpl, LossOn::response, eos));
+      // Examples longer than the model's context cannot be trained or answered whole: they are left out,
+      // and counted.
+      std::size_t too_long = 0;
+      for (const auto& ex : split.train) {
+        TokenizedExample t = tokenize_example(ex, tok, tmpl, LossOn::response, eos);
+        if (Index(t.ids.size()) > gcfg.n_positions)
+          ++too_long;
+        else
+          train[k].push_back(std::move(t));
+      }
+      for (const auto& ex : split.eval) {
+        if (eval_ex[k].size() == std::size_t(eval_per_task)) break;
+        TokenizedExample t = tokenize_example(ex, tok, tmpl, LossOn::response, eos);
+        if (Index(t.ids.size()) + max_new_tokens > gcfg.n_positions) {
+          ++too_long;
+          continue;
+        }
+        eval_ex[k].push_back(ex);
+        eval_tok_of[k].push_back(std::move(t));
+      }
+      if (too_long > 0)
+        std::printf("task %s: %zu examples left out, longer than the model's context of %ld tokens\n",
+                    tasks[k].c_str(), too_long, long(gcfg.n_positions));
       eval_tok.insert(eval_tok.end(), eval_tok_of[k].begin(), eval_tok_of[k].end());
       train_sizes.push_back(Index(train[k].size()));
       std::printf("task %-14s %5zu train, %3zu eval   e.g. %s | %s -> %s\n", tasks[k].c_str(),

@@ -40,8 +40,8 @@ int main(int argc, char** argv) {
   // ---- 1. flags ----------------------------------------------------------------------------------------
   CLI::App app{"Pretrain a small byte-level GPT-2 on fortune-cookie text plus part of pemoe's task suite."};
   std::string out_dir = "runs/gpt2-tiny", corpus = "/usr/share/games/fortunes", task_list = "upper,count";
-  long steps = 600, batch = 16, seq_len = 128, n_layer = 4, n_head = 4, n_embd = 256, warmup = 30;
-  long eval_every = 100, eval_blocks = 32, train_per_task = 4000;
+  long steps = 2000, batch = 16, seq_len = 128, n_layer = 4, n_head = 4, n_embd = 256, warmup = 30;
+  long eval_every = 200, eval_blocks = 32, train_per_task = 4000;
   double lr = 1e-3, weight_decay = 0.1, task_fraction = 0.25, max_grad_norm = 1.0;
   std::uint64_t seed = 1;
   std::string progress = "auto";

@@ -4,7 +4,7 @@
 set -euo pipefail
 packages=(g++ cmake ninja-build libeigen3-dev libxtensor-dev xtl-dev catch2 libbenchmark-dev nlohmann-json3-dev
           libcli11-dev libpng-dev doxygen libgomp1 clang-format libdnnl-dev liblapacke-dev libopenblas-dev
-          wamerican iso-codes)  # the last two: data of the offline task suite (data/tasks.hpp)
+          wamerican iso-codes fortunes fortunes-min)  # data: the task suite (data/tasks.hpp), the examples' text
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
