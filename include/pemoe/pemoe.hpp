@@ -75,6 +75,7 @@
 #include "pemoe/train/adamw.hpp"
 #include "pemoe/train/checkpoint.hpp"
 #include "pemoe/train/clip.hpp"
+#include "pemoe/train/finetune_config.hpp"
 #include "pemoe/train/gradient_mask.hpp"
 #include "pemoe/train/param_groups.hpp"
 #include "pemoe/train/schedule.hpp"
