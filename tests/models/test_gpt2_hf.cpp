@@ -16,15 +16,15 @@ using namespace pemoe;
 
 namespace {
 
-const std::string kDir = PEMOE_TEST_DATA_DIR "/gpt2/";
+const std::string kHfDir = PEMOE_TEST_DATA_DIR "/gpt2/";
 
-struct Batch {
+struct HfBatch {
   Index B = 0, T = 0;
   std::vector<std::int64_t> ids, labels;
 };
-Batch read_batch(const std::string& name) {
-  const auto f = SafetensorsFile::load(kDir + name + "/batch.safetensors");
-  Batch b;
+HfBatch read_batch(const std::string& name) {
+  const auto f = SafetensorsFile::load(kHfDir + name + "/batch.safetensors");
+  HfBatch b;
   b.B = f.info("input_ids").shape[0];
   b.T = f.info("input_ids").shape[1];
   b.ids = f.to_vector<std::int64_t>("input_ids");
@@ -69,10 +69,10 @@ void compare_with_hf(const std::string& model, const std::string& adapter = "") 
   const double tol = std::is_same_v<T, double> ? 1e-9 : 1e-4;
   ParamStore<T> s;
   Rng rng(0);
-  auto m = load_gpt2<T>(kDir + model, s, rng, adapter.empty() ? "" : kDir + model + "_" + adapter);
-  const Batch b = read_batch(model);
+  auto m = load_gpt2<T>(kHfDir + model, s, rng, adapter.empty() ? "" : kHfDir + model + "_" + adapter);
+  const HfBatch b = read_batch(model);
   const auto exp =
-      SafetensorsFile::load(kDir + model + (adapter.empty() ? "" : "_" + adapter) + "/expected.safetensors");
+      SafetensorsFile::load(kHfDir + model + (adapter.empty() ? "" : "_" + adapter) + "/expected.safetensors");
   m->set_training(false);
   m->set_batch(b.B, b.T);
   typename GPT2<T>::Cache c;
@@ -124,10 +124,10 @@ TEST_CASE("GPT-2 with a PEFT IA3 adapter agrees with PEFT (c_attn output, mlp.c_
 TEST_CASE("GPT-2 fp16 and bf16 checkpoints load converted; saving writes the same names, shapes and dtypes") {
   ParamStore<float> s32, s16, sb;
   Rng rng(0);
-  auto m32 = load_gpt2<float>(kDir + "tiny", s32, rng);
+  auto m32 = load_gpt2<float>(kHfDir + "tiny", s32, rng);
   TensorDtypes d16;
-  auto m16 = load_gpt2<float>(kDir + "tiny_fp16", s16, rng, "", nullptr, &d16);
-  auto mb = load_gpt2<float>(kDir + "tiny_bf16", sb, rng);
+  auto m16 = load_gpt2<float>(kHfDir + "tiny_fp16", s16, rng, "", nullptr, &d16);
+  auto mb = load_gpt2<float>(kHfDir + "tiny_bf16", sb, rng);
   for (std::size_t i = 0; i < s32.values().size(); ++i) {
     CHECK(s16.values()[i] == Approx(s32.values()[i]).epsilon(1e-3).margin(1e-4));
     CHECK(sb.values()[i] == Approx(s32.values()[i]).epsilon(8e-3).margin(1e-3));
@@ -135,7 +135,7 @@ TEST_CASE("GPT-2 fp16 and bf16 checkpoints load converted; saving writes the sam
   const std::string out = (std::filesystem::temp_directory_path() / "pemoe_gpt2_save").string();
   std::filesystem::remove_all(out);
   save_gpt2(*m16, out, d16);
-  const auto a = SafetensorsFile::load(kDir + "tiny_fp16/model.safetensors");
+  const auto a = SafetensorsFile::load(kHfDir + "tiny_fp16/model.safetensors");
   const auto b = SafetensorsFile::load(out + "/model.safetensors");
   REQUIRE(a.size() == b.size());
   for (const auto& n : a.names()) {
@@ -155,11 +155,11 @@ TEST_CASE("GPT-2 PEFT adapters save in PEFT's layout and load back unchanged") {
     ParamStore<float> s;
     Rng rng(0);
     PeftAdapterConfig a;
-    auto m = load_gpt2<float>(kDir + "tiny", s, rng, kDir + "tiny_" + kind, &a);
+    auto m = load_gpt2<float>(kHfDir + "tiny", s, rng, kHfDir + "tiny_" + kind, &a);
     const std::string out = (std::filesystem::temp_directory_path() / ("pemoe_peft_" + kind)).string();
     std::filesystem::remove_all(out);
     save_peft_adapter(*m, a, out);
-    const auto want = SafetensorsFile::load(kDir + "tiny_" + kind + "/adapter_model.safetensors");
+    const auto want = SafetensorsFile::load(kHfDir + "tiny_" + kind + "/adapter_model.safetensors");
     const auto got = SafetensorsFile::load(out + "/adapter_model.safetensors");
     REQUIRE(want.size() == got.size());
     for (const auto& n : want.names()) {
@@ -177,11 +177,11 @@ TEST_CASE("GPT-2 PEFT adapters save in PEFT's layout and load back unchanged") {
 
 TEST_CASE("GPT-2 loading errors name the tensor: missing, wrong shape, unexpected, wrong dtype") {
   const std::string dir = (std::filesystem::temp_directory_path() / "pemoe_gpt2_bad").string();
-  const auto src = SafetensorsFile::load(kDir + "tiny/model.safetensors");
+  const auto src = SafetensorsFile::load(kHfDir + "tiny/model.safetensors");
   auto write = [&](auto&& edit) {
     std::filesystem::remove_all(dir);
     std::filesystem::create_directories(dir);
-    std::filesystem::copy_file(kDir + "tiny/config.json", dir + "/config.json");
+    std::filesystem::copy_file(kHfDir + "tiny/config.json", dir + "/config.json");
     SafetensorsWriter w;
     for (const auto& n : src.names()) edit(w, n);
     w.save(dir + "/model.safetensors");
@@ -232,8 +232,8 @@ TEST_CASE("GPT-2 loading errors name the tensor: missing, wrong shape, unexpecte
 TEST_CASE("GPT-2 is causal: changing token t+1 never changes the logits at t") {
   ParamStore<float> s;
   Rng rng(0);
-  auto m = load_gpt2<float>(kDir + "tiny", s, rng);
-  Batch b = read_batch("tiny");
+  auto m = load_gpt2<float>(kHfDir + "tiny", s, rng);
+  HfBatch b = read_batch("tiny");
   m->set_batch(b.B, b.T);
   GPT2<float>::Cache c1, c2;
   m->forward(b.ids, {}, c1);
@@ -259,10 +259,10 @@ TEST_CASE("GPT-2 MoE adapters (MoV, MoLoRA with a per-layer E, sparse top-2) sav
     if (kind == AdapterKind::molora) a.experts_per_layer = {2, 5};
     ParamStore<float> s;
     Rng rng(0);
-    auto m = std::make_unique<GPT2<float>>(read_gpt2_config(kDir + "tiny"));
+    auto m = std::make_unique<GPT2<float>>(read_gpt2_config(kHfDir + "tiny"));
     m->inject(a.spec, a.targets, a.experts_per_layer);
     m->register_params(s, rng);
-    load_gpt2_weights(*m, kDir + "tiny");
+    load_gpt2_weights(*m, kHfDir + "tiny");
     Rng fill(9);
     for (const auto& e : s.entries())
       if (!GPT2<float>::is_backbone(e.name)) fill.fill_normal(s.value(s.id(e.name)), e.size, 0.0, 0.2);
@@ -271,12 +271,12 @@ TEST_CASE("GPT-2 MoE adapters (MoV, MoLoRA with a per-layer E, sparse top-2) sav
     save_peft_adapter(*m, a, out);
     ParamStore<float> s2;
     PeftAdapterConfig back;
-    auto m2 = load_gpt2<float>(kDir + "tiny", s2, rng, out, &back);
+    auto m2 = load_gpt2<float>(kHfDir + "tiny", s2, rng, out, &back);
     CHECK(back.spec.kind == kind);
     CHECK(back.experts_per_layer == a.experts_per_layer);
     if (kind != AdapterKind::mov) CHECK(back.spec.experts.router.aux.balance_coef == 0.01);
     CHECK(s2.values() == s.values());
-    const Batch b = read_batch("tiny");
+    const HfBatch b = read_batch("tiny");
     m->set_batch(b.B, b.T);
     m2->set_batch(b.B, b.T);
     GPT2<float>::Cache c1, c2;
@@ -305,23 +305,23 @@ TEST_CASE("GPT-2 with MPOE expert banks in place of the MLPs starts as the pretr
   for (bool full_rank : {true, false}) {
     ParamStore<double> s;
     Rng rng(0);
-    GPT2<double> m(read_gpt2_config(kDir + "tiny"));
+    GPT2<double> m(read_gpt2_config(kHfDir + "tiny"));
     MpoeConfig mc;
     mc.n_experts = 4;
     mc.n_cores = 3;
     if (!full_rank) mc.max_bond = 4;
     m.use_mpoe(mc);
     m.register_params(s, rng);
-    load_gpt2_weights(m, kDir + "tiny");
+    load_gpt2_weights(m, kHfDir + "tiny");
     CHECK(m.linear_sites().size() == 4);  // only the attention sites remain linear
     CHECK(s.contains("transformer.h.1.mlp.mpoe.wi.mpo.central"));
     CHECK(s.entry(s.id("transformer.h.0.mlp.mpoe.wi.mpo.central")).trainable);
     CHECK_FALSE(s.entry(s.id("transformer.h.0.attn.c_attn.weight")).trainable);
-    const Batch b = read_batch("tiny");
+    const HfBatch b = read_batch("tiny");
     m.set_batch(b.B, b.T);
     GPT2<double>::Cache c;
     const double loss = m.forward(b.ids, b.labels, c);
-    const auto exp = SafetensorsFile::load(kDir + "tiny/expected.safetensors");
+    const auto exp = SafetensorsFile::load(kHfDir + "tiny/expected.safetensors");
     if (full_rank) {  // identical experts with gate value 1: exactly the dense MLP, up to the MPO rounding
       CHECK(loss == Approx(exp.to_vector<double>("loss")[0]).epsilon(1e-9));
       check_close("mpoe logits", c.logits.data(), exp.to_vector<double>("logits"), 1e-8);
