@@ -91,7 +91,7 @@ int diff(const DiffOptions& o) {
   return differ == 0 && problems.empty() ? 0 : 1;
 }
 
-void setup(CLI::App& cmd) {
+void setup_diff(CLI::App& cmd) {
   auto o = std::make_shared<DiffOptions>();
   const double inf = std::numeric_limits<double>::infinity();
   cmd.add_option("A", o->a, "the reference .safetensors file")->required()->type_name("A");
@@ -117,8 +117,8 @@ void setup(CLI::App& cmd) {
   set_action(cmd, [o] { return diff(*o); });
 }
 
-[[maybe_unused]] const bool registered =
-    register_command({"diff", "compare the tensors and metadata of two safetensors files", setup});
+[[maybe_unused]] const bool registered_diff =
+    register_command({"diff", "compare the tensors and metadata of two safetensors files", setup_diff});
 
 }  // namespace
 }  // namespace pemoe::cli

@@ -90,7 +90,7 @@ CLI::Validator probability() {
       "");
 }
 
-void setup(CLI::App& cmd) {
+void setup_generate(CLI::App& cmd) {
   auto o = std::make_shared<GenerateCliOptions>();
   const long long big = std::numeric_limits<long long>::max();
   cmd.add_option("--model", o->model, "a Hugging Face GPT-2 directory (config.json, model.safetensors)")
@@ -154,8 +154,8 @@ void setup(CLI::App& cmd) {
   });
 }
 
-[[maybe_unused]] const bool registered = register_command(
-    {"generate", "continue token-id prompts with a Hugging Face GPT-2 (+ PEFT adapter)", setup});
+[[maybe_unused]] const bool registered_generate = register_command(
+    {"generate", "continue token-id prompts with a Hugging Face GPT-2 (+ PEFT adapter)", setup_generate});
 
 }  // namespace
 }  // namespace pemoe::cli

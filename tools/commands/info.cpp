@@ -34,7 +34,7 @@ int info(const InfoOptions& o) {
   return 0;
 }
 
-void setup(CLI::App& cmd) {
+void setup_info(CLI::App& cmd) {
   auto o = std::make_shared<InfoOptions>();
   cmd.add_option("FILE", o->path, "a .safetensors file")->required()->type_name("FILE");
   cmd.footer(
@@ -43,8 +43,8 @@ void setup(CLI::App& cmd) {
   set_action(cmd, [o] { return info(*o); });
 }
 
-[[maybe_unused]] const bool registered =
-    register_command({"info", "list the tensors and metadata of a safetensors file", setup});
+[[maybe_unused]] const bool registered_info =
+    register_command({"info", "list the tensors and metadata of a safetensors file", setup_info});
 
 }  // namespace
 }  // namespace pemoe::cli

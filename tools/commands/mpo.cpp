@@ -403,7 +403,7 @@ void setup_expand(CLI::App& cmd) {
   set_action(cmd, [o] { return mpo_expand(*o); });
 }
 
-void setup(CLI::App& cmd) {
+void setup_mpo(CLI::App& cmd) {
   cmd.require_subcommand(0, 1);
   setup_compress(
       *cmd.add_subcommand("compress", "decompose every tensor whose name matches REGEX into MPO cores"));
@@ -423,8 +423,8 @@ void setup(CLI::App& cmd) {
       "Run 'pemoe mpo compress --help' or 'pemoe mpo expand --help' for the options.");
 }
 
-[[maybe_unused]] const bool registered = register_command(
-    {"mpo", "matrix product operator (MPO) compression of the 2-d weights of a safetensors file", setup});
+[[maybe_unused]] const bool registered_mpo = register_command(
+    {"mpo", "matrix product operator (MPO) compression of the 2-d weights of a safetensors file", setup_mpo});
 
 }  // namespace
 }  // namespace pemoe::cli

@@ -116,7 +116,7 @@ int score(const ScoreOptions& o) {
   return 0;
 }
 
-void setup(CLI::App& cmd) {
+void setup_score(CLI::App& cmd) {
   auto o = std::make_shared<ScoreOptions>();
   cmd.add_option("--model", o->model, "a Hugging Face GPT-2 directory (config.json, model.safetensors)")
       ->required()
@@ -146,8 +146,8 @@ void setup(CLI::App& cmd) {
   set_action(cmd, [o] { return o->dtype == "f64" ? score<double>(*o) : score<float>(*o); });
 }
 
-[[maybe_unused]] const bool registered = register_command(
-    {"score", "logits, loss and gradients of a Hugging Face GPT-2 (+ PEFT adapter) on a batch", setup});
+[[maybe_unused]] const bool registered_score = register_command(
+    {"score", "logits, loss and gradients of a Hugging Face GPT-2 (+ PEFT adapter) on a batch", setup_score});
 
 }  // namespace
 }  // namespace pemoe::cli

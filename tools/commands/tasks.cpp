@@ -73,7 +73,7 @@ int run_tasks(const TasksOptions& o) {
   return 0;
 }
 
-void setup(CLI::App& cmd) {
+void setup_tasks(CLI::App& cmd) {
   auto o = std::make_shared<TasksOptions>();
   cmd.add_option("--out", o->out, "the directory to write the jsonl files to (created if missing)")
       ->required()
@@ -106,8 +106,8 @@ void setup(CLI::App& cmd) {
   set_action(cmd, [o] { return run_tasks(*o); });
 }
 
-[[maybe_unused]] const bool registered =
-    register_command({"tasks", "write the offline task suite (exactly checkable tasks) as jsonl", setup});
+[[maybe_unused]] const bool registered_tasks =
+    register_command({"tasks", "write the offline task suite (exactly checkable tasks) as jsonl", setup_tasks});
 
 }  // namespace
 }  // namespace pemoe::cli
