@@ -106,8 +106,8 @@ void setup_tasks(CLI::App& cmd) {
   set_action(cmd, [o] { return run_tasks(*o); });
 }
 
-[[maybe_unused]] const bool registered_tasks =
-    register_command({"tasks", "write the offline task suite (exactly checkable tasks) as jsonl", setup_tasks});
+[[maybe_unused]] const bool registered_tasks = register_command(
+    {"tasks", "write the offline task suite (exactly checkable tasks) as jsonl", setup_tasks});
 
 }  // namespace
 }  // namespace pemoe::cli
