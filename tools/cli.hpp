@@ -35,6 +35,8 @@
 #include <utility>
 #include <vector>
 
+#include "pemoe/core/detail/edit_distance.hpp"
+
 namespace pemoe::cli {
 
 /// A mistake in the command line found after parsing (exit code 2).
@@ -93,27 +95,9 @@ inline std::string join(const std::vector<std::string>& items, const std::string
   return s;
 }
 
-/// Levenshtein distance (for "did you mean").
-inline std::size_t edit_distance(const std::string& x, const std::string& y) {
-  std::vector<std::size_t> prev(y.size() + 1), cur(y.size() + 1);
-  for (std::size_t j = 0; j <= y.size(); ++j) prev[j] = j;
-  for (std::size_t i = 1; i <= x.size(); ++i) {
-    cur[0] = i;
-    for (std::size_t j = 1; j <= y.size(); ++j)
-      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x[i - 1] == y[j - 1] ? 0 : 1)});
-    prev.swap(cur);
-  }
-  return prev[y.size()];
-}
-
 /// " (did you mean '--max-bond'?)" when one candidate is close to `word`, else " (known: a, b)".
 inline std::string suggestion(const std::string& word, const std::vector<std::string>& candidates) {
-  std::string best;
-  std::size_t best_d = 3;
-  for (const auto& c : candidates) {
-    const std::size_t d = edit_distance(word, c);
-    if (d < best_d) best_d = d, best = c;
-  }
+  const std::string best = pemoe::detail::closest_word(word, candidates);
   if (!best.empty()) return " (did you mean '" + best + "'?)";
   return candidates.empty() ? std::string() : " (known: " + join(candidates, ", ") + ")";
 }

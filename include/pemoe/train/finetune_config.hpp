@@ -15,6 +15,7 @@
 #include <utility>
 #include <vector>
 
+#include "pemoe/core/detail/edit_distance.hpp"
 #include "pemoe/core/error.hpp"
 #include "pemoe/data/instruction.hpp"
 #include "pemoe/data/tasks.hpp"
@@ -117,18 +118,6 @@ struct FinetuneConfig {
 
 namespace detail {
 
-inline std::size_t finetune_edit_distance(const std::string& x, const std::string& y) {
-  std::vector<std::size_t> prev(y.size() + 1), cur(y.size() + 1);
-  for (std::size_t j = 0; j <= y.size(); ++j) prev[j] = j;
-  for (std::size_t i = 1; i <= x.size(); ++i) {
-    cur[0] = i;
-    for (std::size_t j = 1; j <= y.size(); ++j)
-      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x[i - 1] == y[j - 1] ? 0 : 1)});
-    prev.swap(cur);
-  }
-  return prev[y.size()];
-}
-
 inline std::string join_words(const std::vector<std::string>& v) {
   std::string s;
   for (const auto& x : v) s += (s.empty() ? "" : ", ") + x;
@@ -146,12 +135,7 @@ class ConfigObject {
   void only(const std::vector<std::string>& allowed, const std::string& note = "") const {
     for (const auto& [k, v] : m_j.items()) {
       if (std::find(allowed.begin(), allowed.end(), k) != allowed.end()) continue;
-      std::string best;
-      std::size_t best_d = std::max<std::size_t>(2, k.size() / 3) + 1;
-      for (const auto& a : allowed) {
-        const std::size_t d = finetune_edit_distance(k, a);
-        if (d < best_d) best_d = d, best = a;
-      }
+      const std::string best = closest_word(k, allowed, std::max<std::size_t>(2, k.size() / 3) + 1);
       throw ConfigError("config: unknown key '" + key(k) + "'" +
                         (best.empty() ? "" : " (did you mean '" + key(best) + "'?)") + "; allowed keys" +
                         (m_path.empty() ? "" : " of '" + m_path + "'") + note + ": " + join_words(allowed));
