@@ -66,6 +66,40 @@ Decoded decode_png(const std::string& path) {
   return d;
 }
 
+bool is_white(Rgb c) {
+  return c == Rgb{255, 255, 255};
+}
+
+/// Whether every pixel of [x0, x1) × [y0, y1) is white.
+bool all_white(const Decoded& d, int x0, int y0, int x1, int y1) {
+  for (int y = y0; y < y1; ++y)
+    for (int x = x0; x < x1; ++x)
+      if (!is_white(d.at(x, y))) return false;
+  return true;
+}
+
+/// The runs of columns in [0, width) × [y0, y1) that hold a black (text) pixel, bridging the 1-px gaps
+/// between the characters of a word, as their widths: labels drawn over or against each other merge into
+/// one run wider than any label.
+std::vector<int> text_runs(const Decoded& d, int y0, int y1) {
+  std::vector<bool> ink(std::size_t(d.width), false);
+  for (int x = 0; x < d.width; ++x)
+    for (int y = y0; y < y1; ++y)
+      if (d.at(x, y) == Rgb{0, 0, 0}) ink[std::size_t(x)] = true;
+  std::vector<int> runs;
+  int start = -1, last = -10;
+  for (int x = 0; x < d.width; ++x) {
+    if (!ink[std::size_t(x)]) continue;
+    if (x - last > 2) {  // a gap of 2 px or more ends a run
+      if (start >= 0) runs.push_back(last - start + 1);
+      start = x;
+    }
+    last = x;
+  }
+  if (start >= 0) runs.push_back(last - start + 1);
+  return runs;
+}
+
 std::size_t count_color(const Decoded& d, Rgb c) {
   std::size_t n = 0;
   for (int y = 0; y < d.height; ++y)
@@ -189,7 +223,7 @@ TEST_CASE("plot_lines: CSV of every point and a compressed PNG with the curve in
 
 TEST_CASE("plot_heatmap: CSV matrix and cells in the colour map's colours") {
   const PlotFiles files = plot_heatmap("pemoe_test_heat", {0, 1, 2, 3, 4, std::nan("")}, 2, 3,
-                                       HeatmapOptions{"load", "layer", "expert", 20});
+                                       HeatmapOptions{"load", "layer", "expert", 20, {}, {}});
   const Decoded heat = decode_png(files.png);
   CHECK(heat.width == 70 + 3 * 20 + 110);
   CHECK(heat.height == 40 + 2 * 20 + 50);
@@ -235,4 +269,135 @@ TEST_CASE("plot_bars: CSV of label and value, one bar per value, negative bars b
   CHECK_THROWS_AS(plot_bars("x", {"a"}, {1, 2}), ConfigError);
   CHECK_THROWS_AS(plot_bars("x", {}, {}), ConfigError);
   CHECK_THROWS_AS(plot_bars("x", {"a"}, {std::nan("")}), ConfigError);
+}
+
+TEST_CASE("plot_heatmap: row and column names label the image and the CSV") {
+  HeatmapOptions opt;
+  opt.title = "routing";
+  opt.row_label = "task";
+  opt.cell = 20;
+  opt.row_names = {"sst2", "a task, with a comma"};
+  opt.col_names = {"e0", "e1", "e2"};
+  const PlotFiles files = plot_heatmap("pemoe_test_heat_names", {0, 1, 2, 3, 4, 5}, 2, 3, opt);
+  CHECK(read_text(files.csv) == "task,e0,e1,e2\nsst2,0,1,2\n\"a task, with a comma\",3,4,5\n");
+  const Decoded named = decode_png(files.png);
+  // The longest name (20 characters, 120 px) widens the left margin from 70 to 120 + 28 px.
+  const int left = 148;
+  CHECK(named.width == left + 3 * 20 + 110);
+  CHECK(named.at(left + 5, 40 + 5) == colormap(0));            // first cell moved right
+  CHECK(named.at(left + 2 * 20 + 5, 40 + 25) == colormap(1));  // last cell
+  CHECK(is_white(named.at(70 + 5, 40 + 5)));                   // where the first cell was without names
+  // The names are right-aligned, ending 6 px left of the cells, starting after the row label's column.
+  CHECK(!all_white(named, left - 30, 40, left - 6, 80));
+  CHECK(all_white(named, left - 5, 40, left, 80));
+  CHECK(all_white(named, 16, 40, 22, 80));
+  std::remove(files.csv.c_str());
+  std::remove(files.png.c_str());
+
+  // A name longer than 20 characters is shortened: the margin stays at its cap.
+  opt.row_names = {"a name much longer than twenty characters", "b"};
+  const PlotFiles capped = plot_heatmap("pemoe_test_heat_names", {0, 1, 2, 3, 4, 5}, 2, 3, opt);
+  CHECK(decode_png(capped.png).width == left + 3 * 20 + 110);
+  CHECK(read_text(capped.csv).find("\na name much longer than twenty characters,0,1,2\n") !=
+        std::string::npos);
+  std::remove(capped.csv.c_str());
+  std::remove(capped.png.c_str());
+
+  opt.row_names = {"only one"};
+  CHECK_THROWS_AS(plot_heatmap("x", {0, 1, 2, 3, 4, 5}, 2, 3, opt), ConfigError);
+  opt.row_names.clear();
+  opt.col_names = {"a", "b", "c", "d"};
+  CHECK_THROWS_AS(plot_heatmap("x", {0, 1, 2, 3, 4, 5}, 2, 3, opt), ConfigError);
+}
+
+TEST_CASE("plot_heatmap, plot_bars: many column names or bar labels do not overlap") {
+  std::vector<std::string> names;
+  for (int i = 0; i < 64; ++i) names.push_back("L" + std::to_string(i / 8) + " E" + std::to_string(i % 8));
+  HeatmapOptions opt;
+  opt.col_names = names;
+  opt.row_names = {"task"};
+  const PlotFiles heat = plot_heatmap("pemoe_test_heat_many", std::vector<double>(64, 1.0), 1, 64, opt);
+  const Decoded h = decode_png(heat.png);
+  {  // cells of 9 px (600 / 64): the 5-character names (30 px) fit only rotated, 7 px wide each
+    const int cell = 9, top = 40;
+    const auto runs = text_runs(h, top + cell + 2, h.height - 25);
+    CHECK(runs.size() >= 32);
+    CHECK(*std::max_element(runs.begin(), runs.end()) <= 7);
+    CHECK(h.height >= top + cell + 6 + 5 * 6);  // the bottom margin grew to hold them
+  }
+  std::remove(heat.csv.c_str());
+  std::remove(heat.png.c_str());
+
+  // Labels of 14 characters (83 px) every 10.9 px: the old rule (every 4th, 44 px apart) overlapped them.
+  std::vector<std::string> labels;
+  std::vector<double> values(64);
+  for (int i = 0; i < 64; ++i) {
+    // Only glyphs that span all 5 columns, so that a label is one run of text_runs.
+    labels.push_back("layer" + std::string(1, char('A' + i / 8)) + "_expert" +
+                     std::string(1, char('A' + i % 8)));
+    values[std::size_t(i)] = 1 + i % 8;
+  }
+  const PlotFiles bars = plot_bars("pemoe_test_bars_many", labels, values);
+  const Decoded b = decode_png(bars.png);
+  CHECK(b.width == 800);
+  CHECK(b.height == 500);
+  int axis = 0;  // the lowest row of bar pixels is the zero line
+  for (int y = 0; y < b.height; ++y)
+    for (int x = 0; x < b.width; ++x)
+      if (b.at(x, y) == series_color(0)) axis = y;
+  const auto runs = text_runs(b, axis + 5, b.height);
+  CHECK(runs.size() >= 16);
+  CHECK(*std::max_element(runs.begin(), runs.end()) <= 84);  // separate labels, none drawn over another
+  std::remove(bars.csv.c_str());
+  std::remove(bars.png.c_str());
+}
+
+TEST_CASE("titles wider than the image wrap onto a second line or end in dots, inside the image") {
+  const std::string long_title =
+      "finetune comparison: mean routing probability of every router, task x expert, all layers";
+  const std::string one_word(80, 'W');
+  PlotSeries s{"s", {0, 1}, {0, 1}};
+  for (const std::string& title : {long_title, one_word}) {
+    LinePlotOptions lo;
+    lo.title = title;
+    lo.width = 400;
+    lo.height = 300;
+    const PlotFiles lines = plot_lines("pemoe_test_title", {s}, lo);
+    const Decoded d = decode_png(lines.png);
+    CHECK(d.width == 400);
+    CHECK(d.height == 300);
+    CHECK(!all_white(d, 0, 0, 400, 24));  // the first line
+    CHECK(all_white(d, 0, 0, 10, 60));    // nothing cut off at the sides
+    CHECK(all_white(d, 390, 0, 400, 60));
+    const bool wrapped = title == long_title;
+    CHECK(all_white(d, 0, 26, 400, 38) == !wrapped);  // the second line
+    CHECK(is_white(d.at(80, 45)) == wrapped);         // the y axis starts 18 px lower when wrapped
+    std::remove(lines.csv.c_str());
+    std::remove(lines.png.c_str());
+
+    BarPlotOptions bo;
+    bo.title = title;
+    bo.width = 300;
+    const PlotFiles bars = plot_bars("pemoe_test_title", {"a", "b"}, {1, 2}, bo);
+    const Decoded db = decode_png(bars.png);
+    CHECK(db.width == 300);
+    CHECK(all_white(db, 0, 0, 10, 60));
+    CHECK(all_white(db, 290, 0, 300, 60));
+    std::remove(bars.csv.c_str());
+    std::remove(bars.png.c_str());
+
+    HeatmapOptions ho;
+    ho.title = title;
+    ho.cell = 20;
+    const PlotFiles heat = plot_heatmap("pemoe_test_title", {0, 1, 2, 3}, 2, 2, ho);
+    const Decoded dh = decode_png(heat.png);
+    CHECK(dh.width == 70 + 2 * 20 + 110);
+    const int top = wrapped ? 58 : 40;
+    CHECK(dh.height == top + 2 * 20 + 50);
+    CHECK(dh.at(70 + 5, top + 5) == colormap(0));  // the cells moved down under the second line
+    CHECK(all_white(dh, 0, 0, 10, top));
+    CHECK(all_white(dh, dh.width - 10, 0, dh.width, top));
+    std::remove(heat.csv.c_str());
+    std::remove(heat.png.c_str());
+  }
 }

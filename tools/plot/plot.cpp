@@ -88,6 +88,113 @@ void draw_text_vertical(RgbImage& img, int x, int y, const std::string& text, Rg
   }
 }
 
+/// Longest label (row/column name, bar label) drawn, in characters; longer ones end in '.'.
+constexpr std::size_t max_label_chars = 20;
+
+/// `text` cut to at most `max_chars` characters, its last kept one replaced by '.' when it was longer.
+std::string shorten(const std::string& text, std::size_t max_chars) {
+  if (text.size() <= max_chars) return text;
+  if (max_chars == 0) return {};
+  return text.substr(0, max_chars - 1) + ".";
+}
+
+/// `text` cut to at most `max_px` pixels at `scale`, ending in "..." when it was cut.
+std::string ellipsize(const std::string& text, int max_px, int scale) {
+  if (text_width(text, scale) <= max_px) return text;
+  const int fit = std::max(0, max_px / (6 * scale));  // characters that fit
+  if (fit <= 3) return std::string(static_cast<std::size_t>(fit), '.');
+  std::string head = text.substr(0, static_cast<std::size_t>(fit - 3));
+  while (!head.empty() && head.back() == ' ') head.pop_back();
+  return head + "...";
+}
+
+/// Widest of `texts` in pixels (scale 1).
+int max_text_width(const std::vector<std::string>& texts) {
+  int w = 0;
+  for (const auto& t : texts) w = std::max(w, text_width(t));
+  return w;
+}
+
+/// The title (drawn at scale 2) as the lines that fit an image `width` pixels wide (10 px free on either
+/// side): one line when it fits, else two broken at the last space that lets the first line fit (the
+/// second ending in "..." when still too long), else one line ending in "...".
+std::vector<std::string> title_lines(const std::string& title, int width) {
+  if (title.empty()) return {};
+  const int avail = std::max(0, width - 20);
+  if (text_width(title, 2) <= avail) return {title};
+  const std::size_t fit = static_cast<std::size_t>(avail / 12);
+  const std::size_t cut = title.rfind(' ', fit);  // the first line is title[0, cut), at most `fit` chars
+  if (cut != std::string::npos && cut > 0) {
+    std::string first = title.substr(0, cut), rest = title.substr(cut + 1);
+    while (!first.empty() && first.back() == ' ') first.pop_back();
+    const std::size_t start = rest.find_first_not_of(' ');
+    rest = start == std::string::npos ? std::string() : rest.substr(start);
+    if (!first.empty()) {
+      if (rest.empty()) return {first};
+      return {first, ellipsize(rest, avail, 2)};
+    }
+  }
+  return {ellipsize(title, avail, 2)};
+}
+
+/// The top margin above a plot area for a title of `lines` lines.
+int title_margin(std::size_t lines) {
+  return 40 + 18 * static_cast<int>(lines > 1 ? lines - 1 : 0);
+}
+
+/// Draws the title lines centred at the top of the image.
+void draw_title(RgbImage& img, const std::vector<std::string>& lines) {
+  for (std::size_t i = 0; i < lines.size(); ++i)
+    draw_text(img, (img.width() - text_width(lines[i], 2)) / 2, 10 + 18 * static_cast<int>(i), lines[i],
+              {0, 0, 0}, 2);
+}
+
+/// How the labels under a horizontal axis (one per slot of `slot` pixels) are drawn.
+struct AxisLabels {
+  int every = 1;          ///< only every `every`-th label (from the first) is drawn
+  bool vertical = false;  ///< rotated by 90°, reading bottom-up, ending just below the axis
+  std::size_t max_chars = max_label_chars;  ///< vertical labels are shortened to this
+  int extent = 7;                           ///< pixels the labels reach below their first row
+};
+
+/// Smallest k ≥ 1 with k · slot ≥ need.
+int every_for(double need, double slot) {
+  if (!(slot > 0)) return std::numeric_limits<int>::max();
+  const double k = std::ceil(need / slot - 1e-9);
+  return k < 1 ? 1 : k > 1e9 ? 1000000000 : static_cast<int>(k);
+}
+
+/// Chooses how to draw `labels` under slots `slot` px wide: horizontally, every k-th with k the smallest
+/// that leaves 4 px between labels; or (when `allow_vertical`, k > 1 and vertical labels, 7 px wide, fit
+/// more of them) vertically, shortened to `vertical_px` pixels (at least 4 characters, else horizontal).
+AxisLabels place_labels(const std::vector<std::string>& labels, double slot, bool allow_vertical,
+                        int vertical_px) {
+  AxisLabels a;
+  a.every = every_for(max_text_width(labels) + 3, slot);
+  const std::size_t vchars =
+      std::min<std::size_t>(max_label_chars, std::size_t(std::max(0, vertical_px / 6)));
+  const int every_v = every_for(9, slot);
+  if (allow_vertical && a.every > 1 && every_v < a.every && vchars >= 4) {
+    a.vertical = true;
+    a.every = every_v;
+    a.max_chars = vchars;
+    std::size_t longest = 0;
+    for (const auto& l : labels) longest = std::max(longest, std::min(l.size(), vchars));
+    a.extent = static_cast<int>(longest) * 6;
+  }
+  return a;
+}
+
+/// Draws label `text` centred on x = `cx` with its top at y = `y` (as placed by `place_labels`).
+void draw_axis_label(RgbImage& img, const AxisLabels& a, int cx, int y, const std::string& text) {
+  if (a.vertical) {
+    const std::string s = shorten(text, a.max_chars);
+    draw_text_vertical(img, cx - 3, y + 4 + 6 * static_cast<int>(s.size()), s);
+  } else {
+    draw_text(img, cx - text_width(text) / 2, y, text);
+  }
+}
+
 /// A line of thickness ~2 px from (x0, y0) to (x1, y1) (Bresenham).
 void draw_line(RgbImage& img, int x0, int y0, int x1, int y1, Rgb c, bool thick = true) {
   const int dx = std::abs(x1 - x0), dy = -std::abs(y1 - y0);
@@ -199,7 +306,7 @@ struct Frame {
   }
 };
 
-void draw_frame(RgbImage& img, const Frame& f, bool xticks, bool log_y, const std::string& title,
+void draw_frame(RgbImage& img, const Frame& f, bool xticks, bool log_y, const std::vector<std::string>& title,
                 const std::string& x_label, const std::string& y_label) {
   const Rgb grid{225, 225, 225}, axis{0, 0, 0};
   if (xticks)
@@ -222,7 +329,7 @@ void draw_frame(RgbImage& img, const Frame& f, bool xticks, bool log_y, const st
   }
   draw_line(img, f.left, f.top, f.left, f.bottom, axis, false);
   draw_line(img, f.left, f.bottom, f.right, f.bottom, axis, false);
-  draw_text(img, (img.width() - text_width(title, 2)) / 2, 10, title, axis, 2);
+  draw_title(img, title);
   draw_text(img, (f.left + f.right - text_width(x_label)) / 2, img.height() - 20, x_label);
   draw_text_vertical(img, 8, (f.top + f.bottom + text_width(y_label)) / 2, y_label);
 }
@@ -280,8 +387,10 @@ PlotFiles plot_lines(const std::string& stem_path, const std::vector<PlotSeries>
     ymax += 0.5;
   }
   const double pad = 0.04 * (ymax - ymin);
-  const Frame f{80, opt.width - 20, 40, opt.height - 50, xmin, xmax, ymin - pad, ymax + pad};
-  draw_frame(img, f, true, opt.log_y, opt.title, opt.x_label, opt.y_label);
+  const auto title = title_lines(opt.title, opt.width);
+  const Frame f{80,         opt.width - 20, title_margin(title.size()), opt.height - 50, xmin, xmax,
+                ymin - pad, ymax + pad};
+  draw_frame(img, f, true, opt.log_y, title, opt.x_label, opt.y_label);
 
   for (std::size_t k = 0; k < series.size(); ++k) {
     const auto& s = series[k];
@@ -319,20 +428,41 @@ PlotFiles plot_heatmap(const std::string& stem_path, const std::vector<double>& 
                          values.size() == static_cast<std::size_t>(rows) * static_cast<std::size_t>(cols),
                      "plot_heatmap '", stem, "': ", values.size(), " values do not fill ", rows, "x", cols,
                      " cells");
+  PEMOE_CHECK_CONFIG(opt.row_names.empty() || opt.row_names.size() == static_cast<std::size_t>(rows),
+                     "plot_heatmap '", stem, "': ", opt.row_names.size(), " row names for ", rows, " rows");
+  PEMOE_CHECK_CONFIG(opt.col_names.empty() || opt.col_names.size() == static_cast<std::size_t>(cols),
+                     "plot_heatmap '", stem, "': ", opt.col_names.size(), " column names for ", cols,
+                     " columns");
+  // The labels drawn: the names (shortened) or the indices.
+  std::vector<std::string> row_text(static_cast<std::size_t>(rows)), col_text(static_cast<std::size_t>(cols));
+  for (int r = 0; r < rows; ++r)
+    row_text[std::size_t(r)] =
+        opt.row_names.empty() ? std::to_string(r) : shorten(opt.row_names[std::size_t(r)], max_label_chars);
+  for (int c = 0; c < cols; ++c)
+    col_text[std::size_t(c)] =
+        opt.col_names.empty() ? std::to_string(c) : shorten(opt.col_names[std::size_t(c)], max_label_chars);
+
   const long long cell = opt.cell > 0 ? opt.cell : std::clamp(600 / std::max(rows, cols), 4, 48);
-  const long long left = 70, top = 40;
-  const long long width = left + cols * cell + 110, height = top + rows * cell + 50;
+  // Left margin: the row label (x 8..15), 6 px, the right-aligned row names, 6 px.
+  const long long left = std::max(70, max_text_width(row_text) + 28);
+  const long long width = left + cols * cell + 110;
+  const auto title = title_lines(opt.title, static_cast<int>(std::min<long long>(width, RgbImage::max_side)));
+  const AxisLabels col_place = place_labels(col_text, static_cast<double>(std::min<long long>(cell, 1 << 20)),
+                                            !opt.col_names.empty(), 6 * static_cast<int>(max_label_chars));
+  const long long top = title_margin(title.size()), bottom = 50 + std::max(0, col_place.extent - 7);
+  const long long height = top + rows * cell + bottom;
   PEMOE_CHECK_CONFIG(
       width <= RgbImage::max_side && height <= RgbImage::max_side && width * height <= RgbImage::max_pixels,
       "plot_heatmap '", stem, "': ", rows, "x", cols, " cells of ", cell, " px need a ", width, "x", height,
       " image, larger than the limit (each side ", RgbImage::max_side, ", ", RgbImage::max_pixels,
       " pixels); use a smaller cell or fewer cells");
   std::string csv = csv_text(opt.row_label.empty() ? "row" : opt.row_label);
-  for (int c = 0; c < cols; ++c) csv += "," + std::to_string(c);
+  for (int c = 0; c < cols; ++c)
+    csv += "," + (opt.col_names.empty() ? std::to_string(c) : csv_text(opt.col_names[std::size_t(c)]));
   csv += "\n";
   double lo = std::numeric_limits<double>::infinity(), hi = -lo;
   for (int r = 0; r < rows; ++r) {
-    csv += std::to_string(r);
+    csv += opt.row_names.empty() ? std::to_string(r) : csv_text(opt.row_names[std::size_t(r)]);
     for (int c = 0; c < cols; ++c) {
       const double v =
           values[static_cast<std::size_t>(r) * static_cast<std::size_t>(cols) + static_cast<std::size_t>(c)];
@@ -355,16 +485,14 @@ PlotFiles plot_heatmap(const std::string& stem_path, const std::vector<double>& 
       const Rgb col = std::isfinite(v) ? colormap(hi > lo ? (v - lo) / (hi - lo) : 0.5) : Rgb{160, 160, 160};
       img.fill_rect(l + c * cs, t + r * cs, l + (c + 1) * cs, t + (r + 1) * cs, col);
     }
-  const int every_r = std::max(1, 12 / cs + 1), every_c = std::max(1, 24 / cs + 1);
+  const int every_r = every_for(9, cs);
   for (int r = 0; r < rows; r += every_r) {
-    const std::string s = std::to_string(r);
+    const std::string& s = row_text[std::size_t(r)];
     draw_text(img, l - 6 - text_width(s), t + r * cs + cs / 2 - 3, s);
   }
-  for (int c = 0; c < cols; c += every_c) {
-    const std::string s = std::to_string(c);
-    draw_text(img, l + c * cs + cs / 2 - text_width(s) / 2, t + rows * cs + 6, s);
-  }
-  draw_text(img, (img.width() - text_width(opt.title, 2)) / 2, 10, opt.title, {0, 0, 0}, 2);
+  for (int c = 0; c < cols; c += col_place.every)
+    draw_axis_label(img, col_place, l + c * cs + cs / 2, t + rows * cs + 6, col_text[std::size_t(c)]);
+  draw_title(img, title);
   draw_text(img, l + (cols * cs - text_width(opt.col_label)) / 2, img.height() - 20, opt.col_label);
   draw_text_vertical(img, 8, t + (rows * cs + text_width(opt.row_label)) / 2, opt.row_label);
   // colour bar
@@ -401,11 +529,22 @@ PlotFiles plot_bars(const std::string& stem_path, const std::vector<std::string>
   RgbImage img(opt.width, opt.height);
   if (hi == lo) hi = lo + 1;
   const double pad = 0.05 * (hi - lo);
-  const Frame f{
-      80, opt.width - 20, 40, opt.height - 50, 0, 1, lo < 0 ? lo - pad : 0.0, hi > 0 ? hi + pad : 0.0};
-  draw_frame(img, f, false, false, opt.title, opt.x_label, opt.y_label);
-  const double slot = double(f.right - f.left) / double(values.size());
-  const int every = std::max(1, static_cast<int>(std::ceil(36.0 / slot)));  // label spacing in bars
+  const auto title = title_lines(opt.title, opt.width);
+  const int top = title_margin(title.size()), left = 80, right = opt.width - 20;
+  const double slot = double(right - left) / double(values.size());
+  std::vector<std::string> shown(labels.size());
+  for (std::size_t i = 0; i < labels.size(); ++i) shown[i] = shorten(labels[i], max_label_chars);
+  // Vertical labels may take what leaves the bars at least 80 px of height.
+  const AxisLabels place = place_labels(shown, slot, true, opt.height - top - 50 - 80);
+  const Frame f{left,
+                right,
+                top,
+                opt.height - 50 - std::max(0, place.extent - 7),
+                0,
+                1,
+                lo < 0 ? lo - pad : 0.0,
+                hi > 0 ? hi + pad : 0.0};
+  draw_frame(img, f, false, false, title, opt.x_label, opt.y_label);
   for (std::size_t i = 0; i < values.size(); ++i) {
     const int x0 = f.left + static_cast<int>(std::lround(slot * (double(i) + 0.15)));
     const int x1 = std::max(x0 + 1, f.left + static_cast<int>(std::lround(slot * (double(i) + 0.85))));
@@ -413,8 +552,8 @@ PlotFiles plot_bars(const std::string& stem_path, const std::vector<std::string>
       const int y0 = f.py(0.0), y1 = f.py(values[i]);
       img.fill_rect(x0, std::min(y0, y1), x1, std::max(y0, y1) + 1, series_color(0));
     }
-    if (static_cast<int>(i) % every == 0)
-      draw_text(img, (x0 + x1) / 2 - text_width(labels[i]) / 2, f.bottom + 6, labels[i]);
+    if (i % static_cast<std::size_t>(place.every) == 0)
+      draw_axis_label(img, place, (x0 + x1) / 2, f.bottom + 6, shown[i]);
   }
   draw_line(img, f.left, f.py(0.0), f.right, f.py(0.0), {0, 0, 0}, false);
   PlotFiles files{stem + ".csv", stem + ".png"};

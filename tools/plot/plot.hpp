@@ -4,7 +4,9 @@
 /// compressed PNG (libpng). Library `pemoe_plot`; not part of the header-only library.
 ///
 /// Text in the images uses a built-in 5×7 pixel font (digits, letters shown upper-case, common
-/// punctuation). Sizes are checked before any image is allocated (`RgbImage`).
+/// punctuation). Sizes are checked before any image is allocated (`RgbImage`). A title wider than the
+/// image is broken onto a second line at a space (the plot moves down; line plots and bar charts keep
+/// their image size, a heatmap's image grows), and what still does not fit ends in "...".
 #pragma once
 
 #include <string>
@@ -32,9 +34,18 @@ struct LinePlotOptions {
 struct HeatmapOptions {
   std::string title, row_label, col_label;
   int cell = 0;  ///< pixel size of a cell; 0 chooses one that fits ~600 px (4..48)
+  /// Names of the rows (e.g. tasks), drawn right-aligned left of the rows; the left margin grows to fit
+  /// the longest (names longer than 20 characters are drawn as 19 and a '.'). Empty: the row indices.
+  std::vector<std::string> row_names;
+  /// Names of the columns (e.g. experts), drawn under the columns: horizontally when they fit, else
+  /// rotated (reading bottom-up, shortened like the row names; the bottom margin grows), every k-th one
+  /// when even that does not fit. Empty: the column indices, horizontally, every k-th one.
+  std::vector<std::string> col_names;
 };
 
-/// Options of `plot_bars`.
+/// Options of `plot_bars`. Labels longer than 20 characters are drawn as 19 and a '.'; when they do not
+/// fit under their bars side by side they are drawn rotated (reading bottom-up; the bars get shorter to
+/// make room), and only every k-th one (k the smallest that fits) when even that does not fit.
 struct BarPlotOptions {
   std::string title, x_label, y_label;
   int width = 800;   ///< image width in pixels, at least 200
@@ -59,10 +70,15 @@ PlotFiles plot_lines(const std::string& stem, const std::vector<PlotSeries>& ser
 
 /**
  * @brief Writes `values` (rows × cols, row-major; e.g. layers × experts of routing probability or load)
- * as `<stem>.csv` (a header row of column indices, then one row per row: its index and its values) and as
- * a heatmap `<stem>.png` with a colour bar giving the value range; non-finite cells are grey.
- * Throws `pemoe::ConfigError` when the values do not fill the cells or the image would exceed
- * `RgbImage`'s limits, `pemoe::IoError` when a file cannot be written.
+ * as `<stem>.csv` and as a heatmap `<stem>.png` with a colour bar giving the value range; non-finite
+ * cells are grey.
+ *
+ * The CSV has a header row (`row_label`, or "row" when empty, then one field per column: its name from
+ * `col_names`, or its index), then one line per row: its name from `row_names` (or its index) and its
+ * values. Names are written in full and quoted when they hold a comma, a quote or a line break.
+ * Throws `pemoe::ConfigError` when the values do not fill the cells, when `row_names` or `col_names` is
+ * non-empty and does not hold one name per row or column, or when the image would exceed `RgbImage`'s
+ * limits; `pemoe::IoError` when a file cannot be written.
  */
 PlotFiles plot_heatmap(const std::string& stem, const std::vector<double>& values, int rows, int cols,
                        const HeatmapOptions& options = {});
