@@ -60,7 +60,7 @@ struct PlotFiles {
 
 /**
  * @brief Writes a line plot of `series` (e.g. training and validation loss against the step):
- * `<stem>.csv` with the columns `series,x,y` (one row a point) and `<stem>.png`. Axes get "nice" ticks;
+ * `stem.csv` with the columns `series,x,y` (one row a point) and `stem.png`. Axes get "nice" ticks;
  * with `log_y` the y axis is logarithmic. A `stem` ending in ".png" or ".csv" loses that extension.
  * Throws `pemoe::ConfigError` for series of unequal length, when no series has a point to draw, or for an
  * image size out of range, `pemoe::IoError` when a file cannot be written. O(points + pixels).
@@ -70,7 +70,7 @@ PlotFiles plot_lines(const std::string& stem, const std::vector<PlotSeries>& ser
 
 /**
  * @brief Writes `values` (rows × cols, row-major; e.g. layers × experts of routing probability or load)
- * as `<stem>.csv` and as a heatmap `<stem>.png` with a colour bar giving the value range; non-finite
+ * as `stem.csv` and as a heatmap `stem.png` with a colour bar giving the value range; non-finite
  * cells are grey.
  *
  * The CSV has a header row (`row_label`, or "row" when empty, then one field per column: its name from
@@ -85,7 +85,7 @@ PlotFiles plot_heatmap(const std::string& stem, const std::vector<double>& value
 
 /**
  * @brief Writes a bar chart of `values` (e.g. the fraction of tokens routed to each expert) with one bar
- * per label: `<stem>.csv` (columns `label,value`) and `<stem>.png`. Bars start at 0, so negative values
+ * per label: `stem.csv` (columns `label,value`) and `stem.png`. Bars start at 0, so negative values
  * point down. Throws `pemoe::ConfigError` when labels and values differ in number, there is nothing or
  * nothing finite to draw, or the image size is out of range; `pemoe::IoError` when a file cannot be written.
  */
