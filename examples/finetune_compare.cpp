@@ -1,9 +1,10 @@
 // pemoe example: fine-tune one frozen GPT-2 with every adapter method pemoe has, on the same data, for the
-// same number of steps, from the same seed, and compare them.
+// same number of steps, from the same seed, and compare them (and with the model before fine-tuning).
 //
 // The model is the one examples/pretrain_gpt2.cpp saved (a byte-level GPT-2 that has seen text and the task
 // families `upper` and `count`). It is fine-tuned on task families it has not seen (by default: addition,
 // word reversal, letter sorting, and three ISO-code lookups) with, in turn:
+//   base     no fine-tuning: the pretrained model as it is (how far from solved the tasks are)
 //   full     full fine-tuning (every parameter)
 //   lora     LoRA (Hu et al. 2021) at every linear site
 //   ia3      (IA)³ (Liu et al. 2022) at PEFT's GPT-2 sites (c_attn, mlp.c_proj)
@@ -58,9 +59,9 @@ int main(int argc, char** argv) {
   // ---- 1. flags ----------------------------------------------------------------------------------------
   CLI::App app{"Fine-tune a frozen GPT-2 with every adapter method on held-out task families and compare."};
   std::string model_dir = "runs/gpt2-tiny", out_dir = "runs/compare";
-  std::string method_list = "full,lora,ia3,mov,molora,sparse,mpoe";
+  std::string method_list = "base,full,lora,ia3,mov,molora,sparse,mpoe";
   std::string task_list = "add,reverse,sort,country_code,currency_code,language_code";
-  std::string lr_list = "full=5e-4,lora=2e-3,ia3=1e-2,mov=1e-2,molora=2e-3,sparse=2e-3,mpoe=1e-3";
+  std::string lr_list = "full=5e-4,lora=5e-3,ia3=3e-2,mov=3e-2,molora=2e-3,sparse=2e-3,mpoe=1e-3";
   long steps = 400, batch = 32, experts = 4, rank = 8, expert_rank = 4, top_k = 2, warmup = 20;
   long train_per_task = 2000, eval_per_task = 50, eval_every = 50, max_new_tokens = 16;
   std::string mola_shape = "2468";
@@ -71,8 +72,9 @@ int main(int argc, char** argv) {
                  "the pretrained model (Hugging Face GPT-2 directory, byte-level vocabulary)")
       ->capture_default_str();
   app.add_option("--out", out_dir, "output directory")->capture_default_str();
-  app.add_option("--methods", method_list,
-                 "methods to run, in order (full, lora, ia3, mov, molora, sparse, mpoe)")
+  app.add_option(
+         "--methods", method_list,
+         "methods to run, in order (base = no fine-tuning, full, lora, ia3, mov, molora, sparse, mpoe)")
       ->capture_default_str();
   app.add_option("--tasks", task_list, "task families to fine-tune and evaluate on")->capture_default_str();
   app.add_option("--lr", lr_list, "peak learning rate per method (method=value,...)")->capture_default_str();
@@ -126,7 +128,8 @@ int main(int argc, char** argv) {
       lr_of[kv.substr(0, eq)] = std::stod(kv.substr(eq + 1));
     }
     for (const auto& m : methods)
-      if (!lr_of.count(m)) throw ConfigError("--lr has no learning rate for method '" + m + "'");
+      if (m != "base" && !lr_of.count(m))
+        throw ConfigError("--lr has no learning rate for method '" + m + "'");
 
     // ---- 2. data: the task families, tokenised once; the loss is on the answers only ---------------------
     const GPT2Config gcfg = read_gpt2_config(model_dir);
@@ -228,9 +231,9 @@ int main(int argc, char** argv) {
         mc.activation = gcfg.activation_function;
         mc.bias = true;  // GPT-2's MLP has biases
         gpt.use_mpoe(mc);
-      } else if (method != "full") {
+      } else if (method != "full" && method != "base") {
         throw ConfigError("unknown method '" + method +
-                          "'; allowed: full, lora, ia3, mov, molora, sparse, mpoe");
+                          "'; allowed: base, full, lora, ia3, mov, molora, sparse, mpoe");
       }
       if (spec.kind != AdapterKind::none) gpt.inject(spec, targets, experts_per_layer);
       ParamStore<float> params;
@@ -241,67 +244,75 @@ int main(int argc, char** argv) {
       res.method = method;
       res.trainable = long(params.num_trainable());
       res.share = 100.0 * double(res.trainable) / double(backbone);
-      std::printf("trainable parameters: %ld (%.2f%% of the model's %ld)\n", res.trainable, res.share,
-                  backbone);
+      if (method != "base")
+        std::printf("trainable parameters: %ld (%.2f%% of the model's %ld)\n", res.trainable, res.share,
+                    backbone);
 
-      // 3b. training: batches of B examples drawn evenly from the families, padded to the longest
-      MultiDatasetSampler sampler(train_sizes, std::vector<double>(tasks.size(), 1.0), seed);
       GPT2<float>::Cache cache;
-      TrainerCallbacks cb;
-      cb.micro_batch = [&](long, long) {
-        std::vector<TokenizedExample> rows;
-        for (long b = 0; b < batch; ++b) {
-          const SampleRef s = sampler.next();
-          rows.push_back(train[std::size_t(s.dataset)][std::size_t(s.index)]);
-        }
-        const TokenBatch tb = pad_batch(rows, 0, eos);
-        const double loss = forward_batch(gpt, tb, cache) + cache.aux_loss;
-        gpt.backward(cache);
-        return MicroBatchResult{loss, double(tb.num_tokens())};
-      };
-      cb.eval = [&](long) {
+      if (method == "base") {  // the pretrained model as it is: how far the tasks are from solved
         gpt.set_training(false);
-        const double l = mean_loss(gpt, eval_tok, 4 * batch, eos);
+        res.trainable = 0;
+        res.share = 0;
+        res.eval_loss = mean_loss(gpt, eval_tok, 4 * batch, eos);
+      } else {
+        // 3b. training: batches of B examples drawn evenly from the families, padded to the longest
+        MultiDatasetSampler sampler(train_sizes, std::vector<double>(tasks.size(), 1.0), seed);
+        TrainerCallbacks cb;
+        cb.micro_batch = [&](long, long) {
+          std::vector<TokenizedExample> rows;
+          for (long b = 0; b < batch; ++b) {
+            const SampleRef s = sampler.next();
+            rows.push_back(train[std::size_t(s.dataset)][std::size_t(s.index)]);
+          }
+          const TokenBatch tb = pad_batch(rows, 0, eos);
+          const double loss = forward_batch(gpt, tb, cache) + cache.aux_loss;
+          gpt.backward(cache);
+          return MicroBatchResult{loss, double(tb.num_tokens())};
+        };
+        cb.eval = [&](long) {
+          gpt.set_training(false);
+          const double l = mean_loss(gpt, eval_tok, 4 * batch, eos);
+          gpt.set_training(true);
+          return std::map<std::string, double>{{"loss", l}};
+        };
+        GradientMaskConfig gm;
+        gm.p_b = mask_p;
+        GradientMask mask(gm, Rng(seed).split("gradient mask"));
+        if (method == "mpoe") cb.update_mask = gradient_mask_hook(mask, params);
+        plot::PlotSeries train_curve{method, {}, {}}, eval_curve{method, {}, {}};
+        cb.on_log = [&](const StepRecord& r) {
+          train_curve.x.push_back(double(r.step));
+          train_curve.y.push_back(r.loss);
+          if (r.eval.count("loss")) {
+            eval_curve.x.push_back(double(r.step));
+            eval_curve.y.push_back(r.eval.at("loss"));
+          }
+        };
+        AdamWConfig ocfg;
+        ocfg.lr = lr_of[method];
+        ocfg.weight_decay = method == "full" ? 0.01 : 0.0;
+        AdamW<float> opt(ocfg, ParamGroups::standard());
+        ScheduleConfig scfg;
+        scfg.kind = ScheduleKind::cosine;
+        scfg.warmup_steps = warmup;
+        scfg.total_steps = steps;
+        fs::create_directories(out_dir + "/" + method);
+        TrainerOptions topt;
+        topt.total_steps = steps;
+        topt.max_grad_norm = 1.0;
+        topt.eval_every = eval_every > 0 ? eval_every : steps;
+        topt.log_every = std::max(1L, steps / 60);
+        topt.metrics_csv = out_dir + "/" + method + "/metrics.csv";
+        topt.progress = TrainerOptions::parse_progress(progress);
         gpt.set_training(true);
-        return std::map<std::string, double>{{"loss", l}};
-      };
-      GradientMaskConfig gm;
-      gm.p_b = mask_p;
-      GradientMask mask(gm, Rng(seed).split("gradient mask"));
-      if (method == "mpoe") cb.update_mask = gradient_mask_hook(mask, params);
-      plot::PlotSeries train_curve{method, {}, {}}, eval_curve{method, {}, {}};
-      cb.on_log = [&](const StepRecord& r) {
-        train_curve.x.push_back(double(r.step));
-        train_curve.y.push_back(r.loss);
-        if (r.eval.count("loss")) {
-          eval_curve.x.push_back(double(r.step));
-          eval_curve.y.push_back(r.eval.at("loss"));
-        }
-      };
-      AdamWConfig ocfg;
-      ocfg.lr = lr_of[method];
-      ocfg.weight_decay = method == "full" ? 0.01 : 0.0;
-      AdamW<float> opt(ocfg, ParamGroups::standard());
-      ScheduleConfig scfg;
-      scfg.kind = ScheduleKind::cosine;
-      scfg.warmup_steps = warmup;
-      scfg.total_steps = steps;
-      fs::create_directories(out_dir + "/" + method);
-      TrainerOptions topt;
-      topt.total_steps = steps;
-      topt.max_grad_norm = 1.0;
-      topt.eval_every = eval_every > 0 ? eval_every : steps;
-      topt.log_every = std::max(1L, steps / 60);
-      topt.metrics_csv = out_dir + "/" + method + "/metrics.csv";
-      topt.progress = TrainerOptions::parse_progress(progress);
-      gpt.set_training(true);
-      Trainer<float> trainer(params, opt, Schedule(scfg), topt, cb);
-      const TrainSummary summary = trainer.train();
-      gpt.set_training(false);
-      res.eval_loss = summary.last_eval_loss;
-      res.tokens_per_s = summary.tokens / summary.seconds;
-      train_curves.push_back(train_curve);
-      eval_curves.push_back(eval_curve);
+        Trainer<float> trainer(params, opt, Schedule(scfg), topt, cb);
+        const TrainSummary summary = trainer.train();
+        gpt.set_training(false);
+        res.eval_loss = summary.last_eval_loss;
+        res.tokens_per_s = summary.tokens / summary.seconds;
+        train_curves.push_back(train_curve);
+        eval_curves.push_back(eval_curve);
+      }
 
       // 3c. exact match: greedy answers to the held-out prompts, checked by the task's own checker
       for (std::size_t k = 0; k < tasks.size(); ++k) {
@@ -318,45 +329,66 @@ int main(int argc, char** argv) {
       }
 
       // 3d. routing: which experts each task family uses (mean routing probability on its eval examples),
-      // and the load of every layer's MLP router
+      // and the load of every layer's MLP router (the CSV files have the numbers)
       const auto routers = gpt.routers();
       if (!routers.empty()) {
+        // A short name per router: "L<layer> <site>", the site as qkv, o (attention), fc, proj (MLP), ffn
+        // (MPOE).
+        std::vector<std::string> short_names;
+        for (const auto& [name, router] : routers) {
+          const std::string rest = name.substr(std::string("transformer.h.").size());
+          const std::string layer = rest.substr(0, rest.find('.')), site = rest.substr(rest.find('.') + 1);
+          const std::map<std::string, std::string> site_names = {{"attn.c_attn", "qkv"},
+                                                                 {"attn.c_proj", "o"},
+                                                                 {"mlp.c_fc", "fc"},
+                                                                 {"mlp.c_proj", "proj"},
+                                                                 {"mlp.mpoe", "ffn"}};
+          short_names.push_back("L" + layer + " " + (site_names.count(site) ? site_names.at(site) : site));
+        }
+        // The plots show one router per layer: its first MLP router (c_fc, or the MLP's c_proj, or MPOE's).
+        std::vector<std::size_t> shown;
+        std::set<std::string> layers_done;
+        for (std::size_t i = 0; i < routers.size(); ++i)
+          if (routers[i].first.find(".mlp.") != std::string::npos &&
+              layers_done.insert(short_names[i].substr(0, short_names[i].find(' '))).second)
+            shown.push_back(i);
         std::vector<double> heat;
-        int cols = 0;
+        std::vector<std::string> col_names;
         std::vector<std::vector<double>> load(routers.size());
         for (std::size_t k = 0; k < tasks.size(); ++k) {
           forward_batch(gpt, pad_batch(eval_tok_of[k], 0, eos), cache);
-          cols = 0;
           const auto mean = mean_routing(gpt, cache);
-          for (std::size_t i = 0; i < mean.size(); ++i) {
+          const auto caches = gpt.router_caches(cache);
+          for (std::size_t i : shown) {
             heat.insert(heat.end(), mean[i].begin(), mean[i].end());
-            cols += int(mean[i].size());
+            for (std::size_t e = 0; k == 0 && e < mean[i].size(); ++e)
+              col_names.push_back(short_names[i] + " e" + std::to_string(e));
             const bool top_k_routed = routers[i].second->config().mode != GateMode::soft;
             const std::vector<double> l =
-                top_k_routed ? expert_load(*routers[i].second, *gpt.router_caches(cache)[i]) : mean[i];
+                top_k_routed ? expert_load(*routers[i].second, *caches[i]) : mean[i];
             load[i].resize(l.size());
             for (std::size_t e = 0; e < l.size(); ++e) load[i][e] += l[e] / double(tasks.size());
           }
         }
+        const int cols = int(col_names.size());
         plot::HeatmapOptions ho;
-        ho.title = method + ": mean routing probability, task x expert (all routers, model order)";
+        ho.title = method + ": mean routing probability per task family (each layer's MLP router)";
         ho.row_label = "task";
-        ho.col_label = "router expert";
+        ho.col_label = "router, expert";
+        ho.row_names = tasks;
+        ho.col_names = col_names;
         plot::plot_heatmap(out_dir + "/" + method + "/routing", heat, int(tasks.size()), cols, ho);
         std::vector<std::string> labels;
         std::vector<double> values;
-        std::set<std::string> layers_done;
-        for (std::size_t i = 0; i < routers.size(); ++i) {  // one MLP router per layer
-          const std::string& name = routers[i].first;
-          const std::string layer = name.substr(0, name.find(".", std::string("transformer.h.").size()));
-          if (name.find(".mlp.") == std::string::npos || !layers_done.insert(layer).second) continue;
+        for (std::size_t i : shown)
           for (std::size_t e = 0; e < load[i].size(); ++e) {
-            labels.push_back("L" + layer.substr(layer.rfind('.') + 1) + " E" + std::to_string(e));
+            labels.push_back(short_names[i] + " e" + std::to_string(e));
             values.push_back(load[i][e]);
           }
-        }
         plot::BarPlotOptions bo;
-        bo.title = method + ": expert load of each layer's MLP router on the eval data";
+        bo.title = method +
+                   ": expert load of each layer's MLP router on the eval data (top-k: share of the "
+                   "selections; soft: mean probability)";
         bo.x_label = "layer, expert";
         bo.y_label = "share of the tokens";
         if (!values.empty()) plot::plot_bars(out_dir + "/" + method + "/expert_load", labels, values, bo);
@@ -386,7 +418,10 @@ int main(int argc, char** argv) {
         md << buf;
         csv << "," << e;
       }
-      std::snprintf(buf, sizeof buf, " **%.1f** | %.0f |\n", r.mean_em, r.tokens_per_s);
+      if (r.method == "base")
+        std::snprintf(buf, sizeof buf, " **%.1f** | - |\n", r.mean_em);
+      else
+        std::snprintf(buf, sizeof buf, " **%.1f** | %.0f |\n", r.mean_em, r.tokens_per_s);
       md << buf;
       csv << "," << r.mean_em << "," << r.tokens_per_s << "\n";
     }
