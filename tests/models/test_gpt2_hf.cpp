@@ -71,8 +71,8 @@ void compare_with_hf(const std::string& model, const std::string& adapter = "") 
   Rng rng(0);
   auto m = load_gpt2<T>(kHfDir + model, s, rng, adapter.empty() ? "" : kHfDir + model + "_" + adapter);
   const HfBatch b = read_batch(model);
-  const auto exp =
-      SafetensorsFile::load(kHfDir + model + (adapter.empty() ? "" : "_" + adapter) + "/expected.safetensors");
+  const auto exp = SafetensorsFile::load(kHfDir + model + (adapter.empty() ? "" : "_" + adapter) +
+                                         "/expected.safetensors");
   m->set_training(false);
   m->set_batch(b.B, b.T);
   typename GPT2<T>::Cache c;
