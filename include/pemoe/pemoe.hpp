@@ -54,6 +54,7 @@
 #include "pemoe/data/byte_tokenizer.hpp"
 #include "pemoe/data/instruction.hpp"
 #include "pemoe/data/packing.hpp"
+#include "pemoe/data/dynmix.hpp"
 #include "pemoe/data/sampler.hpp"
 #include "pemoe/data/tasks.hpp"
 
