@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "pemoe/data/byte_tokenizer.hpp"  // TokenId
 #include "pemoe/data/instruction.hpp"
 #include "pemoe/data/packing.hpp"
 #include "pemoe/models/generate.hpp"
