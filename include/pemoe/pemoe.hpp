@@ -52,9 +52,9 @@
 // data: tokenizers, instruction data, batching, sampling, the offline task suite
 #include "pemoe/data/bpe_tokenizer.hpp"
 #include "pemoe/data/byte_tokenizer.hpp"
+#include "pemoe/data/dynmix.hpp"
 #include "pemoe/data/instruction.hpp"
 #include "pemoe/data/packing.hpp"
-#include "pemoe/data/dynmix.hpp"
 #include "pemoe/data/sampler.hpp"
 #include "pemoe/data/tasks.hpp"
 
