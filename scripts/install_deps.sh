@@ -3,8 +3,8 @@
 # Debian 12 packages only; nothing is downloaded at build time.
 set -euo pipefail
 packages=(g++ cmake ninja-build libeigen3-dev libxtensor-dev xtl-dev catch2 libbenchmark-dev nlohmann-json3-dev
-          libcli11-dev libpng-dev doxygen libgomp1 clang-format libdnnl-dev liblapacke-dev libopenblas-dev
-          wamerican iso-codes fortunes fortunes-min)  # data: the task suite (data/tasks.hpp), the examples' text
+          libcli11-dev libpng-dev doxygen libgomp1 clang-format libdnnl-dev ocl-icd-opencl-dev liblapacke-dev libopenblas-dev
+          wamerican iso-codes fortunes fortunes-min)  # ocl-icd-opencl-dev: dnnl-config.cmake requires OpenCL; data: the task suite (data/tasks.hpp), the examples' text
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

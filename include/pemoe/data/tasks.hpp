@@ -475,4 +475,19 @@ inline bool check_answer(const InstructionExample& ex, std::string_view answer) 
   return check_answer(ex.task, ex, answer);
 }
 
+/**
+ * @brief Dev examples of a family for dynamic data mixing's probes (`make_mixing_probes`): up to `n`
+ * held-out examples after the first `used` (those exact match reads), topped up from the start of the
+ * training split when the held-out split is too small (the look-up families). The router sees no example
+ * whose answer is scored.
+ */
+inline std::vector<InstructionExample> mixing_probe_examples(const TaskSplit& split, std::size_t used,
+                                                             std::size_t n) {
+  const std::size_t from = std::min(used, split.eval.size());
+  const std::size_t take = std::min(split.eval.size() - from, n);
+  std::vector<InstructionExample> out(split.eval.begin() + long(from), split.eval.begin() + long(from + take));
+  for (std::size_t i = 0; out.size() < n && i < split.train.size(); ++i) out.push_back(split.train[i]);
+  return out;
+}
+
 }  // namespace pemoe
