@@ -13,19 +13,29 @@
 //   sparse   MoLA: top-2 LoRA experts with the ▽ allocation, more experts in higher layers (Gao et al. 2024)
 //   mpoe     MPOE: the MLPs become MPO expert banks sharing their central tensors (Gao et al. 2022), Switch
 //            top-1 routing, with the gradient mask on the central tensors
-// It writes, under --out: results.md (the table), results.csv, <method>/metrics.csv (the Trainer's rows),
-// loss_train.png and loss_eval.png (loss curves of every method), and for every MoE method
-// <method>/routing.png (task × expert mean routing probability) and <method>/expert_load.png (per-layer
-// expert load on the evaluation data).
+// It writes, under --out: results.md (the table), results.csv, <run>/metrics.csv (the Trainer's rows),
+// loss_train.png and loss_eval.png (loss curves of every run), and for every MoE method <run>/routing.png
+// (task × expert mean routing probability) and <run>/expert_load.png (per-layer expert load on the
+// evaluation data).
+//
+// With --seeds 7,8,9 every run is repeated per seed (the seed draws the data, the adapters' initialisation
+// and the sampling) and results.md adds the mean ± standard deviation over the seeds. With --mixing the
+// task families are mixed by a data-mixing policy (dynamic gate-load mixing, Zhu et al. 2024, and its
+// baselines; see pemoe/data/dynmix.hpp) instead of evenly; each run with a policy writes
+// <run>/mixing_weights.png (the weights over training) and <run>/gate_load_distance.png.
 //
 //   ./build/examples/pemoe_finetune_compare --model runs/gpt2-tiny --out runs/compare   (about 9 minutes)
+//   ./build/examples/pemoe_finetune_compare --model runs/gpt2-tiny --out runs/mixing --methods sparse
+//       --mixing uniform,datasize,random,gate_load --seeds 7,8,9    (dynamic data mixing; one command line)
 //   ./build/examples/pemoe_finetune_compare --help
 #include <CLI/CLI.hpp>
 #include <pemoe/data/byte_tokenizer.hpp>
+#include <pemoe/data/dynmix.hpp>
 #include <pemoe/data/instruction.hpp>
 #include <pemoe/data/packing.hpp>
 #include <pemoe/data/sampler.hpp>
 #include <pemoe/data/tasks.hpp>
+#include <pemoe/models/dynmix_round.hpp>
 #include <pemoe/models/gpt2_hf.hpp>
 #include <pemoe/models/lm_eval.hpp>
 #include <pemoe/moe/mola_allocation.hpp>
@@ -33,6 +43,7 @@
 #include <pemoe/train/gradient_mask.hpp>
 #include <pemoe/train/trainer.hpp>
 
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -42,42 +53,46 @@
 #include <string>
 #include <vector>
 
-#include "plot/plot.hpp"  // pemoe_plot (tools/plot): CSV + PNG
+#include "plot/dynmix_report.hpp"  // the mixing weights and gate-load distance plots
+#include "plot/plot.hpp"           // pemoe_plot (tools/plot): CSV + PNG
 
 using namespace pemoe;
 namespace fs = std::filesystem;
-
-static std::vector<std::string> split_list(const std::string& s) {
-  std::vector<std::string> v;
-  std::stringstream in(s);
-  for (std::string item; std::getline(in, item, ',');)
-    if (!item.empty()) v.push_back(item);
-  return v;
-}
 
 int main(int argc, char** argv) {
   // ---- 1. flags ----------------------------------------------------------------------------------------
   CLI::App app{"Fine-tune a frozen GPT-2 with every adapter method on held-out task families and compare."};
   std::string model_dir = "runs/gpt2-tiny", out_dir = "runs/compare";
-  std::string method_list = "base,full,lora,ia3,mov,molora,sparse,mpoe";
-  std::string task_list = "add,reverse,sort,country_code,currency_code,language_code";
-  std::string lr_list = "full=5e-4,lora=5e-3,ia3=3e-2,mov=3e-2,molora=2e-3,sparse=2e-3,mpoe=1e-3";
+  // Lists are comma-separated on the command line (--methods lora,molora).
+  std::vector<std::string> methods = {"base", "full", "lora", "ia3", "mov", "molora", "sparse", "mpoe"};
+  std::vector<std::string> tasks = {"add",          "reverse",       "sort",
+                                    "country_code", "currency_code", "language_code"};
+  std::vector<std::string> lr_list = {"full=5e-4",   "lora=5e-3",   "ia3=3e-2", "mov=3e-2",
+                                      "molora=2e-3", "sparse=2e-3", "mpoe=1e-3"};
   long steps = 400, batch = 32, experts = 4, rank = 8, expert_rank = 4, top_k = 2, warmup = 20;
   long train_per_task = 2000, eval_per_task = 50, eval_every = 50, max_new_tokens = 16;
   std::string mola_shape = "2468";
   double mask_p = 0.5;
-  std::uint64_t seed = 7;
+  std::vector<std::string> seeds = {"7"}, policies = {"uniform"};
+  long mix_interval = 50, mix_eval_batches = 2;
+  double mix_eta = 10.0, mix_c = 0.05;
+  bool freeze_routers = false;
   std::string progress = "auto";
   app.add_option("--model", model_dir,
                  "the pretrained model (Hugging Face GPT-2 directory, byte-level vocabulary)")
       ->capture_default_str();
   app.add_option("--out", out_dir, "output directory")->capture_default_str();
   app.add_option(
-         "--methods", method_list,
+         "--methods", methods,
          "methods to run, in order (base = no fine-tuning, full, lora, ia3, mov, molora, sparse, mpoe)")
+      ->delimiter(',')
       ->capture_default_str();
-  app.add_option("--tasks", task_list, "task families to fine-tune and evaluate on")->capture_default_str();
-  app.add_option("--lr", lr_list, "peak learning rate per method (method=value,...)")->capture_default_str();
+  app.add_option("--tasks", tasks, "task families to fine-tune and evaluate on")
+      ->delimiter(',')
+      ->capture_default_str();
+  app.add_option("--lr", lr_list, "peak learning rate per method (method=value,...)")
+      ->delimiter(',')
+      ->capture_default_str();
   app.add_option("--steps", steps, "optimizer steps per method")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
@@ -113,25 +128,53 @@ int main(int argc, char** argv) {
   app.add_option("--max-new-tokens", max_new_tokens, "longest generated answer")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  app.add_option("--seed", seed, "seed of the data, the adapters' initialisation and the sampler")
+  app.add_option(
+         "--seeds,--seed", seeds,
+         "seeds (one run of every method per seed): the data, the adapters' initialisation, the sampler")
+      ->delimiter(',')
       ->capture_default_str();
+  app.add_option("--mixing", policies,
+                 "how the task families are mixed, one run per policy: uniform, datasize, random, "
+                 "random_onehot, sequential, gate_load (dynamic mixing by the routers' gate loads)")
+      ->delimiter(',')
+      ->capture_default_str();
+  app.add_option("--mix-interval", mix_interval, "steps between two updates of the mixing weights")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--mix-eval-batches", mix_eval_batches,
+                 "probe batches per family at each update (held-out examples exact match does not use)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--mix-eta", mix_eta, "step size eta of the gate_load update")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--mix-c", mix_c, "smoothing c toward uniform of the gate_load update")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+  app.add_flag("--freeze-routers", freeze_routers,
+               "freeze the routers while mixing (as the paper does with pretrained routers; pemoe's adapter "
+               "routers start untrained, so the default trains them)");
   app.add_option("--progress", progress, "progress display: auto, terminal, lines, off")
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
   try {
-    const std::vector<std::string> methods = split_list(method_list), tasks = split_list(task_list);
     std::map<std::string, double> lr_of;
-    for (const auto& kv : split_list(lr_list)) {
+    for (const auto& kv : lr_list) {
       const auto eq = kv.find('=');
       if (eq == std::string::npos) throw ConfigError("--lr: '" + kv + "' is not method=value");
       lr_of[kv.substr(0, eq)] = std::stod(kv.substr(eq + 1));
     }
+    for (const auto& p : policies) MixingConfig::from_json({{"policy", p}}, "--mixing");  // a clear error now
+    for (const auto& x : seeds)
+      if (x.find_first_not_of("0123456789") != std::string::npos)
+        throw ConfigError("--seeds: '" + x + "' is not a non-negative integer");
+    if (seeds.empty() || policies.empty()) throw ConfigError("--seeds and --mixing need at least one value");
     for (const auto& m : methods)
       if (m != "base" && !lr_of.count(m))
         throw ConfigError("--lr has no learning rate for method '" + m + "'");
 
-    // ---- 2. data: the task families, tokenised once; the loss is on the answers only ---------------------
+    // ---- 2. the model and its tokenizer ------------------------------------------------------------------
     const GPT2Config gcfg = read_gpt2_config(model_dir);
     ByteTokenizer tok({"<|endoftext|>"});
     if (gcfg.vocab_size != Index(tok.vocab_size()))
@@ -140,45 +183,6 @@ int main(int argc, char** argv) {
                         " tokens; this example needs the byte-level model of pemoe_pretrain_gpt2 (257)");
     const std::int64_t eos = tok.special_id("<|endoftext|>");
     const PromptTemplate tmpl;
-    TaskSuiteConfig suite;
-    suite.seed = seed;
-    suite.train_per_task = std::size_t(train_per_task);
-    std::vector<std::vector<TokenizedExample>> train(tasks.size());  // per task family
-    std::vector<std::vector<InstructionExample>> eval_ex(tasks.size());
-    std::vector<std::vector<TokenizedExample>> eval_tok_of(tasks.size());
-    std::vector<TokenizedExample> eval_tok;  // every family's
-    std::vector<Index> train_sizes;
-    for (std::size_t k = 0; k < tasks.size(); ++k) {
-      const TaskSplit split = make_task(tasks[k], suite);
-      // Examples longer than the model's context cannot be trained or answered whole: they are left out,
-      // and counted.
-      std::size_t too_long = 0;
-      for (const auto& ex : split.train) {
-        TokenizedExample t = tokenize_example(ex, tok, tmpl, LossOn::response, eos);
-        if (Index(t.ids.size()) > gcfg.n_positions)
-          ++too_long;
-        else
-          train[k].push_back(std::move(t));
-      }
-      for (const auto& ex : split.eval) {
-        if (eval_ex[k].size() == std::size_t(eval_per_task)) break;
-        TokenizedExample t = tokenize_example(ex, tok, tmpl, LossOn::response, eos);
-        if (Index(t.ids.size()) + max_new_tokens > gcfg.n_positions) {
-          ++too_long;
-          continue;
-        }
-        eval_ex[k].push_back(ex);
-        eval_tok_of[k].push_back(std::move(t));
-      }
-      if (too_long > 0)
-        std::printf("task %s: %zu examples left out, longer than the model's context of %ld tokens\n",
-                    tasks[k].c_str(), too_long, long(gcfg.n_positions));
-      eval_tok.insert(eval_tok.end(), eval_tok_of[k].begin(), eval_tok_of[k].end());
-      train_sizes.push_back(Index(train[k].size()));
-      std::printf("task %-14s %5zu train, %3zu eval   e.g. %s | %s -> %s\n", tasks[k].c_str(),
-                  train[k].size(), eval_ex[k].size(), split.train[0].instruction.c_str(),
-                  split.train[0].input.c_str(), split.train[0].output.c_str());
-    }
     fs::create_directories(out_dir);
     long backbone = 0;  // parameters of the pretrained model itself (counted without allocating them)
     {
@@ -189,230 +193,319 @@ int main(int argc, char** argv) {
       backbone = long(plan.num_values());
     }
 
-    // ---- 3. one run per method -------------------------------------------------------------------------
+    // ---- 3. one run per seed, method and mixing policy ---------------------------------------------------
     struct Result {
-      std::string method;
+      std::string run, method, policy;
+      std::uint64_t seed = 0;
       long trainable = 0;
       double share = 0, eval_loss = 0, tokens_per_s = 0, mean_em = 0;
       std::vector<double> em;  // per task family
     };
     std::vector<Result> results;
     std::vector<plot::PlotSeries> train_curves, eval_curves;
-    for (const std::string& method : methods) {
-      std::printf("\n=== %s ===\n", method.c_str());
-      // 3a. the model with the method's adapters, then the pretrained weights
-      GPT2<float> gpt(gcfg);
-      AdapterSpec spec;
-      TargetModules targets;
-      targets.all_linear = true;
-      std::vector<Index> experts_per_layer;
-      if (method == "lora") {
-        spec.kind = AdapterKind::lora;
-        spec.lora.r = rank;
-        spec.lora.alpha = 2.0 * double(rank);
-      } else if (method == "ia3" || method == "mov") {
-        spec.kind = method == "ia3" ? AdapterKind::ia3 : AdapterKind::mov;
-        spec.mov.n_experts = experts;
-        targets.all_linear = false;
-        targets.names = {"c_attn", "mlp.c_proj"};  // PEFT's IA3 default for GPT-2
-      } else if (method == "molora") {
-        spec.kind = AdapterKind::molora;
-        spec.experts = LoraExpertsConfig::for_ai(experts, expert_rank);
-      } else if (method == "sparse") {
-        spec.kind = AdapterKind::sparse;
-        spec.experts = LoraExpertsConfig::mola(experts, top_k, expert_rank);
-        for (const LayerExperts& l : mola_allocation(mola_shape, gcfg.n_layer, top_k, expert_rank))
-          experts_per_layer.push_back(l.n_experts);
-      } else if (method == "mpoe") {
-        MpoeConfig mc;
-        mc.d_model = gcfg.n_embd;
-        mc.d_ff = gcfg.inner();
-        mc.n_experts = experts;
-        mc.activation = gcfg.activation_function;
-        mc.bias = true;  // GPT-2's MLP has biases
-        gpt.use_mpoe(mc);
-      } else if (method != "full" && method != "base") {
-        throw ConfigError("unknown method '" + method +
-                          "'; allowed: base, full, lora, ia3, mov, molora, sparse, mpoe");
-      }
-      if (spec.kind != AdapterKind::none) gpt.inject(spec, targets, experts_per_layer);
-      ParamStore<float> params;
-      Rng rng(seed);
-      gpt.register_params(params, rng);
-      load_gpt2_weights(gpt, model_dir);
-      Result res;
-      res.method = method;
-      res.trainable = long(params.num_trainable());
-      res.share = 100.0 * double(res.trainable) / double(backbone);
-      if (method != "base")
-        std::printf("trainable parameters: %ld (%.2f%% of the model's %ld)\n", res.trainable, res.share,
-                    backbone);
-
-      GPT2<float>::Cache cache;
-      if (method == "base") {  // the pretrained model as it is: how far the tasks are from solved
-        gpt.set_training(false);
-        res.trainable = 0;
-        res.share = 0;
-        res.eval_loss = mean_loss(gpt, eval_tok, 4 * batch, eos);
-      } else {
-        // 3b. training: batches of B examples drawn evenly from the families, padded to the longest
-        MultiDatasetSampler sampler(train_sizes, std::vector<double>(tasks.size(), 1.0), seed);
-        TrainerCallbacks cb;
-        cb.micro_batch = [&](long, long) {
-          std::vector<TokenizedExample> rows;
-          for (long b = 0; b < batch; ++b) {
-            const SampleRef s = sampler.next();
-            rows.push_back(train[std::size_t(s.dataset)][std::size_t(s.index)]);
-          }
-          const TokenBatch tb = pad_batch(rows, 0, eos);
-          const double loss = forward_batch(gpt, tb, cache) + cache.aux_loss;
-          gpt.backward(cache);
-          return MicroBatchResult{loss, double(tb.num_tokens())};
-        };
-        cb.eval = [&](long) {
-          gpt.set_training(false);
-          const double l = mean_loss(gpt, eval_tok, 4 * batch, eos);
-          gpt.set_training(true);
-          return std::map<std::string, double>{{"loss", l}};
-        };
-        GradientMaskConfig gm;
-        gm.p_b = mask_p;
-        GradientMask mask(gm, Rng(seed).split("gradient mask"));
-        if (method == "mpoe") cb.update_mask = gradient_mask_hook(mask, params);
-        plot::PlotSeries train_curve{method, {}, {}}, eval_curve{method, {}, {}};
-        cb.on_log = [&](const StepRecord& r) {
-          train_curve.x.push_back(double(r.step));
-          train_curve.y.push_back(r.loss);
-          if (r.eval.count("loss")) {
-            eval_curve.x.push_back(double(r.step));
-            eval_curve.y.push_back(r.eval.at("loss"));
-          }
-        };
-        AdamWConfig ocfg;
-        ocfg.lr = lr_of[method];
-        ocfg.weight_decay = method == "full" ? 0.01 : 0.0;
-        AdamW<float> opt(ocfg, ParamGroups::standard());
-        ScheduleConfig scfg;
-        scfg.kind = ScheduleKind::cosine;
-        scfg.warmup_steps = warmup;
-        scfg.total_steps = steps;
-        fs::create_directories(out_dir + "/" + method);
-        TrainerOptions topt;
-        topt.total_steps = steps;
-        topt.max_grad_norm = 1.0;
-        topt.eval_every = eval_every > 0 ? eval_every : steps;
-        topt.log_every = std::max(1L, steps / 60);
-        topt.metrics_csv = out_dir + "/" + method + "/metrics.csv";
-        topt.progress = TrainerOptions::parse_progress(progress);
-        gpt.set_training(true);
-        Trainer<float> trainer(params, opt, Schedule(scfg), topt, cb);
-        const TrainSummary summary = trainer.train();
-        gpt.set_training(false);
-        res.eval_loss = summary.last_eval_loss;
-        res.tokens_per_s = summary.tokens / summary.seconds;
-        train_curves.push_back(train_curve);
-        eval_curves.push_back(eval_curve);
-      }
-
-      // 3c. exact match: greedy answers to the held-out prompts, checked by the task's own checker
+    for (const std::string& seed_text : seeds) {
+      const std::uint64_t seed = std::stoull(seed_text);
+      // 3a. data: the task families of this seed, tokenised once; the loss is on the answers only; the
+      // mixing probes are held-out examples that exact match does not read
+      TaskSuiteConfig suite;
+      suite.seed = seed;
+      suite.train_per_task = std::size_t(train_per_task);
+      std::vector<std::vector<TokenizedExample>> train(tasks.size());  // per task family
+      std::vector<std::vector<InstructionExample>> eval_ex(tasks.size());
+      std::vector<std::vector<TokenizedExample>> eval_tok_of(tasks.size());
+      std::vector<TokenizedExample> eval_tok;  // every family's
+      std::vector<Index> train_sizes;
+      std::vector<std::vector<TokenizedExample>> probe_ex(tasks.size());
       for (std::size_t k = 0; k < tasks.size(); ++k) {
-        const std::vector<std::string> answers =
-            greedy_answers(gpt, eval_ex[k], tok, tmpl, eos, Index(max_new_tokens), 4 * batch);
-        double right = 0;
-        for (std::size_t i = 0; i < answers.size(); ++i)
-          right += check_answer(tasks[k], eval_ex[k][i], answers[i]);
-        res.em.push_back(100.0 * right / double(answers.size()));
-        res.mean_em += res.em.back() / double(tasks.size());
-        std::printf("  %-14s exact match %5.1f%%   e.g. %s -> \"%s\" (want \"%s\")\n", tasks[k].c_str(),
-                    res.em.back(), eval_ex[k][0].input.c_str(), answers[0].c_str(),
-                    eval_ex[k][0].output.c_str());
+        const TaskSplit split = make_task(tasks[k], suite);
+        // Examples longer than the model's context cannot be trained or answered whole: they are left out,
+        // and counted.
+        std::size_t too_long = 0;
+        for (const auto& ex : split.train) {
+          TokenizedExample t = tokenize_example(ex, tok, tmpl, LossOn::response, eos);
+          if (Index(t.ids.size()) > gcfg.n_positions)
+            ++too_long;
+          else
+            train[k].push_back(std::move(t));
+        }
+        for (const auto& ex : split.eval) {
+          if (eval_ex[k].size() == std::size_t(eval_per_task)) break;
+          TokenizedExample t = tokenize_example(ex, tok, tmpl, LossOn::response, eos);
+          if (Index(t.ids.size()) + max_new_tokens > gcfg.n_positions) {
+            ++too_long;
+            continue;
+          }
+          eval_ex[k].push_back(ex);
+          eval_tok_of[k].push_back(std::move(t));
+        }
+        if (too_long > 0)
+          std::printf("task %s: %zu examples left out, longer than the model's context of %ld tokens\n",
+                      tasks[k].c_str(), too_long, long(gcfg.n_positions));
+        eval_tok.insert(eval_tok.end(), eval_tok_of[k].begin(), eval_tok_of[k].end());
+        train_sizes.push_back(Index(train[k].size()));
+        for (const auto& ex : mixing_probe_examples(split, std::size_t(eval_per_task),
+                                                    std::size_t(mix_eval_batches * batch))) {
+          TokenizedExample t = tokenize_example(ex, tok, tmpl, LossOn::response, eos);
+          if (Index(t.ids.size()) <= gcfg.n_positions) probe_ex[k].push_back(std::move(t));
+        }
+        std::printf("task %-14s %5zu train, %3zu eval   e.g. %s | %s -> %s\n", tasks[k].c_str(),
+                    train[k].size(), eval_ex[k].size(), split.train[0].instruction.c_str(),
+                    split.train[0].input.c_str(), split.train[0].output.c_str());
       }
+      const MixingProbes probes = make_mixing_probes(probe_ex, mix_eval_batches, Index(batch), eos);
+      for (const std::string& method : methods)
+        for (const std::string& policy : method == "base" ? std::vector<std::string>{"uniform"} : policies) {
+          // A run's name: the method, with the policy and the seed when several are compared.
+          const std::string run = method + (policies.size() > 1 && method != "base" ? "_" + policy : "") +
+                                  (seeds.size() > 1 ? "_s" + seed_text : "");
+          std::printf("\n=== %s ===\n", run.c_str());
+          // 3b. the model with the method's adapters, then the pretrained weights
+          GPT2<float> gpt(gcfg);
+          AdapterSpec spec;
+          TargetModules targets;
+          targets.all_linear = true;
+          std::vector<Index> experts_per_layer;
+          if (method == "lora") {
+            spec.kind = AdapterKind::lora;
+            spec.lora.r = rank;
+            spec.lora.alpha = 2.0 * double(rank);
+          } else if (method == "ia3" || method == "mov") {
+            spec.kind = method == "ia3" ? AdapterKind::ia3 : AdapterKind::mov;
+            spec.mov.n_experts = experts;
+            targets.all_linear = false;
+            targets.names = {"c_attn", "mlp.c_proj"};  // PEFT's IA3 default for GPT-2
+          } else if (method == "molora") {
+            spec.kind = AdapterKind::molora;
+            spec.experts = LoraExpertsConfig::for_ai(experts, expert_rank);
+          } else if (method == "sparse") {
+            spec.kind = AdapterKind::sparse;
+            spec.experts = LoraExpertsConfig::mola(experts, top_k, expert_rank);
+            for (const LayerExperts& l : mola_allocation(mola_shape, gcfg.n_layer, top_k, expert_rank))
+              experts_per_layer.push_back(l.n_experts);
+          } else if (method == "mpoe") {
+            MpoeConfig mc;
+            mc.d_model = gcfg.n_embd;
+            mc.d_ff = gcfg.inner();
+            mc.n_experts = experts;
+            mc.activation = gcfg.activation_function;
+            mc.bias = true;  // GPT-2's MLP has biases
+            gpt.use_mpoe(mc);
+          } else if (method != "full" && method != "base") {
+            throw ConfigError("unknown method '" + method +
+                              "'; allowed: base, full, lora, ia3, mov, molora, sparse, mpoe");
+          }
+          if (spec.kind != AdapterKind::none) gpt.inject(spec, targets, experts_per_layer);
+          ParamStore<float> params;
+          Rng rng(seed);
+          gpt.register_params(params, rng);
+          load_gpt2_weights(gpt, model_dir);
+          Result res;
+          res.run = run;
+          res.method = method;
+          res.policy = method == "base" ? "-" : policy;
+          res.seed = seed;
+          res.trainable = long(params.num_trainable());
+          res.share = 100.0 * double(res.trainable) / double(backbone);
+          if (method != "base")
+            std::printf("trainable parameters: %ld (%.2f%% of the model's %ld)\n", res.trainable, res.share,
+                        backbone);
 
-      // 3d. routing: which experts each task family uses (mean routing probability on its eval examples),
-      // and the load of every layer's MLP router (the CSV files have the numbers)
-      const auto routers = gpt.routers();
-      if (!routers.empty()) {
-        // A short name per router: "L<layer> <site>", the site as qkv, o (attention), fc, proj (MLP), ffn
-        // (MPOE).
-        std::vector<std::string> short_names;
-        for (const auto& [name, router] : routers) {
-          const std::string rest = name.substr(std::string("transformer.h.").size());
-          const std::string layer = rest.substr(0, rest.find('.')), site = rest.substr(rest.find('.') + 1);
-          const std::map<std::string, std::string> site_names = {{"attn.c_attn", "qkv"},
-                                                                 {"attn.c_proj", "o"},
-                                                                 {"mlp.c_fc", "fc"},
-                                                                 {"mlp.c_proj", "proj"},
-                                                                 {"mlp.mpoe", "ffn"}};
-          short_names.push_back("L" + layer + " " + (site_names.count(site) ? site_names.at(site) : site));
-        }
-        // The plots show one router per layer: its first MLP router (c_fc, or the MLP's c_proj, or MPOE's).
-        std::vector<std::size_t> shown;
-        std::set<std::string> layers_done;
-        for (std::size_t i = 0; i < routers.size(); ++i)
-          if (routers[i].first.find(".mlp.") != std::string::npos &&
-              layers_done.insert(short_names[i].substr(0, short_names[i].find(' '))).second)
-            shown.push_back(i);
-        std::vector<double> heat;
-        std::vector<std::string> col_names;
-        std::vector<std::vector<double>> load(routers.size());
-        for (std::size_t k = 0; k < tasks.size(); ++k) {
-          forward_batch(gpt, pad_batch(eval_tok_of[k], 0, eos), cache);
-          const auto mean = mean_routing(gpt, cache);
-          const auto caches = gpt.router_caches(cache);
-          for (std::size_t i : shown) {
-            heat.insert(heat.end(), mean[i].begin(), mean[i].end());
-            for (std::size_t e = 0; k == 0 && e < mean[i].size(); ++e)
-              col_names.push_back(short_names[i] + " e" + std::to_string(e));
-            const bool top_k_routed = routers[i].second->config().mode != GateMode::soft;
-            const std::vector<double> l =
-                top_k_routed ? expert_load(*routers[i].second, *caches[i]) : mean[i];
-            load[i].resize(l.size());
-            for (std::size_t e = 0; e < l.size(); ++e) load[i][e] += l[e] / double(tasks.size());
+          GPT2<float>::Cache cache;
+          if (method == "base") {  // the pretrained model as it is: how far the tasks are from solved
+            gpt.set_training(false);
+            res.trainable = 0;
+            res.share = 0;
+            res.eval_loss = mean_loss(gpt, eval_tok, 4 * batch, eos);
+          } else {
+            // 3c. training: batches of B examples drawn from the families (evenly, or as the mixing policy
+            // says), padded to the longest
+            MixingConfig mcfg;
+            mcfg.policy = MixingConfig::from_json({{"policy", policy}}, "--mixing").policy;
+            mcfg.interval = mix_interval;
+            mcfg.eval_batches = mix_eval_batches;
+            mcfg.eta = mix_eta;
+            mcfg.c = mix_c;
+            mcfg.statistic = method == "sparse" || method == "mpoe" ? GateLoadStatistic::topk_counts
+                                                                    : GateLoadStatistic::mean_probs;
+            DataMixer mixer(mcfg, tasks, train_sizes, seed);
+            if (mixer.needs_gate_loads() && gpt.routers().empty())
+              throw ConfigError(
+                  "--mixing gate_load needs a method with routers (mov, molora, sparse, mpoe), not '" +
+                  method + "'");
+            if (freeze_routers && policy != "uniform")
+              params.set_trainable_if(
+                  [](const auto& e) { return e.name.find(".router.") != std::string::npos; }, false);
+            MultiDatasetSampler sampler(train_sizes, mixer.weights(), seed);
+            std::vector<std::pair<long, std::vector<double>>> weight_rows{{0, mixer.weights()}};
+            TrainerCallbacks cb;
+            cb.micro_batch = [&](long step, long) {
+              if (mixing_round(mixer, gpt, probes, step)) {
+                sampler.set_weights(mixer.weights());
+                weight_rows.push_back({step, mixer.weights()});
+              }
+              std::vector<TokenizedExample> rows;
+              for (long b = 0; b < batch; ++b) {
+                const SampleRef s = sampler.next();
+                rows.push_back(train[std::size_t(s.dataset)][std::size_t(s.index)]);
+              }
+              const TokenBatch tb = pad_batch(rows, 0, eos);
+              const double loss = forward_batch(gpt, tb, cache) + cache.aux_loss;
+              gpt.backward(cache);
+              return MicroBatchResult{loss, double(tb.num_tokens())};
+            };
+            cb.eval = [&](long) {
+              gpt.set_training(false);
+              const double l = mean_loss(gpt, eval_tok, 4 * batch, eos);
+              gpt.set_training(true);
+              return std::map<std::string, double>{{"loss", l}};
+            };
+            GradientMaskConfig gm;
+            gm.p_b = mask_p;
+            GradientMask mask(gm, Rng(seed).split("gradient mask"));
+            if (method == "mpoe") cb.update_mask = gradient_mask_hook(mask, params);
+            plot::PlotSeries train_curve{run, {}, {}}, eval_curve{run, {}, {}};
+            cb.on_log = [&](const StepRecord& r) {
+              train_curve.x.push_back(double(r.step));
+              train_curve.y.push_back(r.loss);
+              if (r.eval.count("loss")) {
+                eval_curve.x.push_back(double(r.step));
+                eval_curve.y.push_back(r.eval.at("loss"));
+              }
+            };
+            AdamWConfig ocfg;
+            ocfg.lr = lr_of[method];
+            ocfg.weight_decay = method == "full" ? 0.01 : 0.0;
+            AdamW<float> opt(ocfg, ParamGroups::standard());
+            ScheduleConfig scfg;
+            scfg.kind = ScheduleKind::cosine;
+            scfg.warmup_steps = warmup;
+            scfg.total_steps = steps;
+            fs::create_directories(out_dir + "/" + run);
+            TrainerOptions topt;
+            topt.total_steps = steps;
+            topt.max_grad_norm = 1.0;
+            topt.eval_every = eval_every > 0 ? eval_every : steps;
+            topt.log_every = std::max(1L, steps / 60);
+            topt.metrics_csv = out_dir + "/" + run + "/metrics.csv";
+            topt.progress = TrainerOptions::parse_progress(progress);
+            gpt.set_training(true);
+            Trainer<float> trainer(params, opt, Schedule(scfg), topt, cb);
+            const TrainSummary summary = trainer.train();
+            gpt.set_training(false);
+            res.eval_loss = summary.last_eval_loss;
+            res.tokens_per_s = summary.tokens / summary.seconds;
+            train_curves.push_back(train_curve);
+            eval_curves.push_back(eval_curve);
+            if (policy != "uniform")
+              plot::write_mixing_report(gpt, mixer, probes, weight_rows, steps, out_dir + "/" + run);
+            gpt.set_training(false);
           }
-        }
-        const int cols = int(col_names.size());
-        plot::HeatmapOptions ho;
-        ho.title = method + ": mean routing probability per task family (each layer's MLP router)";
-        ho.row_label = "task";
-        ho.col_label = "router, expert";
-        ho.row_names = tasks;
-        ho.col_names = col_names;
-        plot::plot_heatmap(out_dir + "/" + method + "/routing", heat, int(tasks.size()), cols, ho);
-        std::vector<std::string> labels;
-        std::vector<double> values;
-        for (std::size_t i : shown)
-          for (std::size_t e = 0; e < load[i].size(); ++e) {
-            labels.push_back(short_names[i] + " e" + std::to_string(e));
-            values.push_back(load[i][e]);
+
+          // 3d. exact match: greedy answers to the held-out prompts, checked by the task's own checker
+          for (std::size_t k = 0; k < tasks.size(); ++k) {
+            const std::vector<std::string> answers =
+                greedy_answers(gpt, eval_ex[k], tok, tmpl, eos, Index(max_new_tokens), 4 * batch);
+            double right = 0;
+            for (std::size_t i = 0; i < answers.size(); ++i)
+              right += check_answer(tasks[k], eval_ex[k][i], answers[i]);
+            res.em.push_back(100.0 * right / double(answers.size()));
+            res.mean_em += res.em.back() / double(tasks.size());
+            std::printf("  %-14s exact match %5.1f%%   e.g. %s -> \"%s\" (want \"%s\")\n", tasks[k].c_str(),
+                        res.em.back(), eval_ex[k][0].input.c_str(), answers[0].c_str(),
+                        eval_ex[k][0].output.c_str());
           }
-        plot::BarPlotOptions bo;
-        bo.title = method +
-                   ": expert load of each layer's MLP router on the eval data (top-k: share of the "
-                   "selections; soft: mean probability)";
-        bo.x_label = "layer, expert";
-        bo.y_label = "share of the tokens";
-        if (!values.empty()) plot::plot_bars(out_dir + "/" + method + "/expert_load", labels, values, bo);
-      }
-      results.push_back(res);
-    }
+
+          // 3e. routing: which experts each task family uses (mean routing probability on its eval examples),
+          // and the load of every layer's MLP router (the CSV files have the numbers)
+          const auto routers = gpt.routers();
+          if (!routers.empty()) {
+            // A short name per router: "L<layer> <site>", the site as qkv, o (attention), fc, proj (MLP), ffn
+            // (MPOE).
+            std::vector<std::string> short_names;
+            for (const auto& [name, router] : routers) {
+              const std::string rest = name.substr(std::string("transformer.h.").size());
+              const std::string layer = rest.substr(0, rest.find('.')),
+                                site = rest.substr(rest.find('.') + 1);
+              const std::map<std::string, std::string> site_names = {{"attn.c_attn", "qkv"},
+                                                                     {"attn.c_proj", "o"},
+                                                                     {"mlp.c_fc", "fc"},
+                                                                     {"mlp.c_proj", "proj"},
+                                                                     {"mlp.mpoe", "ffn"}};
+              short_names.push_back("L" + layer + " " +
+                                    (site_names.count(site) ? site_names.at(site) : site));
+            }
+            // The plots show one router per layer: its first MLP router (c_fc, or the MLP's c_proj, or
+            // MPOE's).
+            std::vector<std::size_t> shown;
+            std::set<std::string> layers_done;
+            for (std::size_t i = 0; i < routers.size(); ++i)
+              if (routers[i].first.find(".mlp.") != std::string::npos &&
+                  layers_done.insert(short_names[i].substr(0, short_names[i].find(' '))).second)
+                shown.push_back(i);
+            std::vector<double> heat;
+            std::vector<std::string> col_names;
+            std::vector<std::vector<double>> load(routers.size());
+            for (std::size_t k = 0; k < tasks.size(); ++k) {
+              forward_batch(gpt, pad_batch(eval_tok_of[k], 0, eos), cache);
+              const auto mean = mean_routing(gpt, cache);
+              const auto caches = gpt.router_caches(cache);
+              for (std::size_t i : shown) {
+                heat.insert(heat.end(), mean[i].begin(), mean[i].end());
+                for (std::size_t e = 0; k == 0 && e < mean[i].size(); ++e)
+                  col_names.push_back(short_names[i] + " e" + std::to_string(e));
+                const bool top_k_routed = routers[i].second->config().mode != GateMode::soft;
+                const std::vector<double> l =
+                    top_k_routed ? expert_load(*routers[i].second, *caches[i]) : mean[i];
+                load[i].resize(l.size());
+                for (std::size_t e = 0; e < l.size(); ++e) load[i][e] += l[e] / double(tasks.size());
+              }
+            }
+            const int cols = int(col_names.size());
+            plot::HeatmapOptions ho;
+            ho.title = run + ": mean routing probability per task family (each layer's MLP router)";
+            ho.row_label = "task";
+            ho.col_label = "router, expert";
+            ho.row_names = tasks;
+            ho.col_names = col_names;
+            plot::plot_heatmap(out_dir + "/" + run + "/routing", heat, int(tasks.size()), cols, ho);
+            std::vector<std::string> labels;
+            std::vector<double> values;
+            for (std::size_t i : shown)
+              for (std::size_t e = 0; e < load[i].size(); ++e) {
+                labels.push_back(short_names[i] + " e" + std::to_string(e));
+                values.push_back(load[i][e]);
+              }
+            plot::BarPlotOptions bo;
+            bo.title = run +
+                       ": expert load of each layer's MLP router on the eval data (top-k: share of the "
+                       "selections; soft: mean probability)";
+            bo.x_label = "layer, expert";
+            bo.y_label = "share of the tokens";
+            if (!values.empty()) plot::plot_bars(out_dir + "/" + run + "/expert_load", labels, values, bo);
+          }
+          results.push_back(res);
+        }
+
+    }  // seeds
 
     // ---- 4. the table and the plots --------------------------------------------------------------------
     std::ostringstream md;
-    md << "| method | trainable params | % of model | eval loss |";
+    md << "| run | trainable params | % of model | eval loss |";
     for (const auto& t : tasks) md << " EM " << t << " |";
     md << " mean EM | train tokens/s |\n|---|---:|---:|---:|";
     for (std::size_t k = 0; k < tasks.size(); ++k) md << "---:|";
     md << "---:|---:|\n";
     std::ofstream csv(out_dir + "/results.csv");
-    csv << "method,trainable,percent,eval_loss";
+    csv << "run,method,mixing,seed,trainable,percent,eval_loss";
     for (const auto& t : tasks) csv << ",em_" << t;
     csv << ",mean_em,tokens_per_s\n";
     char buf[128];
     for (const Result& r : results) {
-      std::snprintf(buf, sizeof buf, "| %s | %ld | %.2f | %.4f |", r.method.c_str(), r.trainable, r.share,
+      std::snprintf(buf, sizeof buf, "| %s | %ld | %.2f | %.4f |", r.run.c_str(), r.trainable, r.share,
                     r.eval_loss);
       md << buf;
-      csv << r.method << "," << r.trainable << "," << r.share << "," << r.eval_loss;
+      csv << r.run << "," << r.method << "," << r.policy << "," << r.seed << "," << r.trainable << ","
+          << r.share << "," << r.eval_loss;
       for (double e : r.em) {
         std::snprintf(buf, sizeof buf, " %.1f |", e);
         md << buf;
@@ -425,6 +518,42 @@ int main(int argc, char** argv) {
       md << buf;
       csv << "," << r.mean_em << "," << r.tokens_per_s << "\n";
     }
+    // Over the seeds: mean ± sample standard deviation of every method and policy.
+    if (seeds.size() > 1) {
+      auto mean_sd = [](const std::vector<double>& v, int digits = 1) {
+        double m = 0, q = 0;
+        for (double x : v) m += x / double(v.size());
+        for (double x : v) q += (x - m) * (x - m);
+        char b[64];
+        std::snprintf(b, sizeof b, "%.*f ± %.*f", digits, m, digits,
+                      v.size() > 1 ? std::sqrt(q / double(v.size() - 1)) : 0.0);
+        return std::string(b);
+      };
+      md << "\nMean ± standard deviation over the seeds " << seeds.front() << " to " << seeds.back()
+         << " (exact match in %, eval loss):\n\n";
+      md << "| method | mixing |";
+      for (const auto& t : tasks) md << " EM " << t << " |";
+      md << " mean EM | eval loss |\n|---|---|";
+      for (std::size_t k = 0; k < tasks.size(); ++k) md << "---:|";
+      md << "---:|---:|\n";
+      std::vector<std::pair<std::string, std::string>> groups;
+      for (const Result& r : results)
+        if (std::find(groups.begin(), groups.end(), std::make_pair(r.method, r.policy)) == groups.end())
+          groups.push_back({r.method, r.policy});
+      for (const auto& [method, policy] : groups) {
+        std::vector<std::vector<double>> em(tasks.size());
+        std::vector<double> mean_em, loss;
+        for (const Result& r : results)
+          if (r.method == method && r.policy == policy) {
+            for (std::size_t k = 0; k < tasks.size(); ++k) em[k].push_back(r.em[k]);
+            mean_em.push_back(r.mean_em);
+            loss.push_back(r.eval_loss);
+          }
+        md << "| " << method << " | " << policy << " |";
+        for (const auto& v : em) md << " " << mean_sd(v) << " |";
+        md << " **" << mean_sd(mean_em) << "** | " << mean_sd(loss, 3) << " |\n";
+      }
+    }
     std::ofstream(out_dir + "/results.md") << md.str();
     plot::LinePlotOptions po;
     po.x_label = "step";
@@ -435,7 +564,8 @@ int main(int argc, char** argv) {
     plot::plot_lines(out_dir + "/loss_eval", eval_curves, po);
     std::printf(
         "\n%s\ntable:  %s/results.md (and results.csv)\nplots:  %s/loss_train.png, %s/loss_eval.png, "
-        "%s/<method>/routing.png, %s/<method>/expert_load.png\n",
+        "%s/<run>/routing.png, %s/<run>/expert_load.png; with --mixing: <run>/mixing_weights.png, "
+        "<run>/gate_load_distance.png\n",
         md.str().c_str(), out_dir.c_str(), out_dir.c_str(), out_dir.c_str(), out_dir.c_str(),
         out_dir.c_str());
   } catch (const std::exception& e) {

@@ -334,3 +334,20 @@ TEST_CASE("tasks: make_tasks concatenates the chosen families", "[tasks]") {
   CHECK(std::equal(upper.train.begin(), upper.train.end(), both.train.begin()));
   CHECK(std::equal(count.eval.begin(), count.eval.end(), both.eval.begin() + upper.eval.size()));
 }
+
+TEST_CASE("tasks: mixing probes are held-out examples exact match does not read, topped up from train",
+          "[tasks]") {
+  TaskSplit split;
+  for (int i = 0; i < 5; ++i) split.train.push_back({"t", "train" + std::to_string(i), "x", ""});
+  for (int i = 0; i < 4; ++i) split.eval.push_back({"t", "eval" + std::to_string(i), "x", ""});
+  std::vector<InstructionExample> p = mixing_probe_examples(split, 2, 2);
+  REQUIRE(p.size() == 2);
+  CHECK(p[0].input == "eval2");
+  CHECK(p[1].input == "eval3");
+  p = mixing_probe_examples(split, 3, 4);  // one held-out example left: three from the start of train
+  REQUIRE(p.size() == 4);
+  CHECK(p[0].input == "eval3");
+  CHECK(p[1].input == "train0");
+  CHECK(p[3].input == "train2");
+  CHECK(mixing_probe_examples(split, 10, 20).size() == 5);  // all of train, nothing else left
+}

@@ -20,6 +20,7 @@
 #include "pemoe/data/sampler.hpp"
 #include "pemoe/data/tasks.hpp"
 #include "pemoe/io/safetensors.hpp"
+#include "pemoe/models/dynmix_round.hpp"
 #include "pemoe/models/gpt2_hf.hpp"
 #include "pemoe/models/lm_eval.hpp"
 #include "pemoe/train/adafactor.hpp"
@@ -28,6 +29,7 @@
 #include "pemoe/train/gradient_mask.hpp"
 #include "pemoe/train/sgd.hpp"
 #include "pemoe/train/trainer.hpp"
+#include "plot/dynmix_report.hpp"
 #include "plot/plot.hpp"
 
 namespace pemoe::cli {
@@ -64,6 +66,9 @@ struct Data {
   std::vector<std::string> train_names;  // one per dataset of the sampler
   std::vector<std::vector<TokenizedExample>> train;
   std::vector<double> weights;
+  // Per training dataset, the dev examples the mixer's probes read (data.mixing): a family's held-out
+  // examples after those exact match reads (`mixing_probe_examples`), or the first examples of a file.
+  std::vector<std::vector<TokenizedExample>> probe;
   std::vector<EvalSet> eval;
   long skipped = 0;  // examples longer than max_length
 };
@@ -91,6 +96,9 @@ Data load_data(const FinetuneConfig& c, const GPT2Config& g, const Tok& tok, std
   std::map<std::string, long> train_per_task;  // the suite split of a family depends on its train size
   for (const auto& s : c.data.train)
     for (const auto& t : s.tasks) train_per_task[t] = s.per_task;
+  std::map<std::string, long> eval_per_task;  // held-out examples of a family that exact match reads
+  for (const auto& s : c.data.eval)
+    for (const auto& t : s.tasks) eval_per_task[t] = std::max(eval_per_task[t], s.per_task);
   auto split = [&](const std::string& task, std::size_t eval_n) {
     TaskSuiteConfig suite;
     suite.seed = c.seed;
@@ -98,17 +106,23 @@ Data load_data(const FinetuneConfig& c, const GPT2Config& g, const Tok& tok, std
     suite.eval_per_task = std::max<std::size_t>(200, eval_n);
     return make_task(task, suite);
   };
+  const long n_probe = c.data.mixing ? c.data.mixing->eval_batches * c.batch_size : 0;
   if (with_train) {
     for (const auto& s : c.data.train) {
       if (!s.path.empty()) {
         d.train_names.push_back(s.path);
         d.train.push_back(tokenize(read_jsonl(s.path), nullptr));
         d.weights.push_back(s.weight);
+        d.probe.emplace_back(d.train.back().begin(),
+                             d.train.back().begin() + std::min<long>(n_probe, long(d.train.back().size())));
       } else {
         for (const auto& t : s.tasks) {
+          const TaskSplit sp = split(t, 0);
           d.train_names.push_back(t);
-          d.train.push_back(tokenize(split(t, 0).train, nullptr));
+          d.train.push_back(tokenize(sp.train, nullptr));
           d.weights.push_back(s.weight / double(s.tasks.size()));
+          d.probe.push_back(tokenize(
+              mixing_probe_examples(sp, std::size_t(eval_per_task[t]), std::size_t(n_probe)), nullptr));
         }
       }
       for (std::size_t k = 0; k < d.train.size(); ++k)
@@ -325,13 +339,30 @@ template <class Tok>
 int train(const TrainOptions& o, const FinetuneConfig& c, const Tok& tok, std::int64_t eos) {
   const GPT2Config g = read_gpt2_config(c.model);
   const Data d = load_data(c, g, tok, eos, true);
+  std::vector<Index> sizes;
+  for (const auto& t : d.train) sizes.push_back(Index(t.size()));
+  GPT2<float> gpt(g);
+  const std::vector<Index> per_layer = apply_adapter(gpt, c.adapter);
+
+  // Dynamic data mixing (data.mixing): the mixer's weights replace the sources' weights; each update reads
+  // the same probe batches of every dataset. Its config is checked against the data and the adapter before
+  // anything runs.
+  std::unique_ptr<DataMixer> mixer;
+  if (c.data.mixing) {
+    try {  // the config's mistakes (a dataset name in initial_weights...) are usage errors
+      mixer = std::make_unique<DataMixer>(*c.data.mixing, d.train_names, sizes, c.seed);
+    } catch (const ConfigError& e) {
+      throw UsageError(e.what());
+    }
+    if (mixer->needs_gate_loads() && gpt.routers().empty())
+      throw UsageError("config: 'data.mixing.policy' is \"gate_load\" but adapter type \"" + c.adapter.type +
+                       "\" has no router; use a MoE adapter (molora, sparse, mov, mpoe) or another policy");
+  }
+
   for (std::size_t k = 0; k < d.train.size(); ++k)
     std::cout << "train " << d.train_names[k] << ": " << d.train[k].size() << " examples, weight "
               << d.weights[k] << "\n";
   if (d.skipped > 0) std::cout << d.skipped << " examples longer than max_length skipped\n";
-
-  GPT2<float> gpt(g);
-  const std::vector<Index> per_layer = apply_adapter(gpt, c.adapter);
   ParamStore<float> params;
   Rng rng(c.seed);
   gpt.register_params(params, rng);
@@ -339,9 +370,23 @@ int train(const TrainOptions& o, const FinetuneConfig& c, const Tok& tok, std::i
   std::cout << "adapter " << c.adapter.type << ": " << params.num_trainable() << " trainable parameters of "
             << params.num_values() << "\n";
 
-  std::vector<Index> sizes;
-  for (const auto& t : d.train) sizes.push_back(Index(t.size()));
   MultiDatasetSampler sampler(sizes, d.weights, c.seed);
+  MixingProbes probes;
+  std::vector<std::pair<long, std::vector<double>>> weight_rows;  // (step, weights) for mixing_weights.csv
+  if (mixer) {
+    probes = make_mixing_probes(d.probe, c.data.mixing->eval_batches, Index(c.batch_size), eos);
+    sampler.set_weights(mixer->weights());
+    weight_rows.push_back({0, mixer->weights()});
+    if (c.data.mixing->freeze_routers && !gpt.routers().empty()) {
+      const std::size_t n = params.set_trainable_if(
+          [](const auto& e) { return e.name.find(".router.") != std::string::npos; }, false);
+      std::cout << "data.mixing: " << n
+                << " router tensors frozen (freeze_routers; set it to false to train routers that start "
+                   "untrained)\n";
+    }
+    std::cout << "data.mixing: policy " << MixingConfig::policy_name(c.data.mixing->policy) << ", every "
+              << c.data.mixing->interval << " steps\n";
+  }
   std::vector<TokenizedExample> eval_all;
   for (const auto& e : d.eval) eval_all.insert(eval_all.end(), e.tokens.begin(), e.tokens.end());
   GradientMaskConfig gm;
@@ -350,7 +395,11 @@ int train(const TrainOptions& o, const FinetuneConfig& c, const Tok& tok, std::i
 
   GPT2<float>::Cache cache;
   TrainerCallbacks cb;
-  cb.micro_batch = [&](long, long) {  // consumes the sampler only: resumable from its state
+  cb.micro_batch = [&](long step, long micro) {  // consumes the sampler only: resumable from its state
+    if (mixer && micro == 0 && mixing_round(*mixer, gpt, probes, step)) {
+      sampler.set_weights(mixer->weights());
+      weight_rows.push_back({step, mixer->weights()});
+    }
     std::vector<TokenizedExample> rows;
     for (long b = 0; b < c.batch_size; ++b) {
       const SampleRef s = sampler.next();
@@ -368,6 +417,18 @@ int train(const TrainOptions& o, const FinetuneConfig& c, const Tok& tok, std::i
       gpt.set_training(true);
       return std::map<std::string, double>{{"loss", l}};
     };
+  if (!gpt.routers().empty())  // metrics.csv gets every router's load on the logged step's batch
+    cb.expert_load = [&] {
+      const auto routers = gpt.routers();
+      const auto caches = gpt.router_caches(cache);
+      const auto mean = mean_routing(gpt, cache);
+      std::vector<ExpertLoad> out;
+      for (std::size_t i = 0; i < routers.size(); ++i) {
+        const bool soft = routers[i].second->config().mode == GateMode::soft;  // soft: mean probability
+        out.push_back({routers[i].first, soft ? mean[i] : expert_load(*routers[i].second, *caches[i])});
+      }
+      return out;
+    };
   if (c.adapter.type == "mpoe")
     cb.update_mask = [&](long) { return UpdateMask{mask->next(params), mask->keep_moments_of_skipped()}; };
   cb.save_state = [&](Checkpoint& ck) {
@@ -376,6 +437,12 @@ int train(const TrainOptions& o, const FinetuneConfig& c, const Tok& tok, std::i
                                 {"sampler_weights", s.weights},
                                 {"rng_counters", gpt.rng_counters()},
                                 {"gradient_mask_draws", mask->steps()}};
+    if (mixer) {
+      nlohmann::json rows = nlohmann::json::array();
+      for (const auto& [step, w] : weight_rows) rows.push_back({{"step", step}, {"weights", w}});
+      ck.meta()["pemoe_train"]["mixer_weights"] = mixer->state();
+      ck.meta()["pemoe_train"]["mixing_history"] = rows;
+    }
   };
   cb.load_state = [&](const Checkpoint& ck) {
     const auto& j = ck.meta().at("pemoe_train");
@@ -385,6 +452,16 @@ int train(const TrainOptions& o, const FinetuneConfig& c, const Tok& tok, std::i
     gpt.set_rng_counters(j.at("rng_counters").get<std::vector<std::uint64_t>>());
     mask = std::make_unique<GradientMask>(gm, Rng(c.seed).split("gradient mask"));
     for (std::uint64_t i = 0, n = j.at("gradient_mask_draws").get<std::uint64_t>(); i < n; ++i) mask->draw();
+    if (mixer) {
+      if (!j.contains("mixer_weights"))
+        throw RuntimeError(
+            "the checkpoint was saved without data.mixing; resume with the config it was saved "
+            "with, or start a new output_dir");
+      mixer->restore(j.at("mixer_weights").get<std::vector<double>>());
+      weight_rows.clear();
+      for (const auto& r : j.at("mixing_history"))
+        weight_rows.push_back({r.at("step").get<long>(), r.at("weights").get<std::vector<double>>()});
+    }
   };
 
   TrainerOptions topt;
@@ -441,6 +518,7 @@ int train(const TrainOptions& o, const FinetuneConfig& c, const Tok& tok, std::i
   }
 
   save_trained(gpt, c, per_layer, c.output_dir);
+  if (mixer) plot::write_mixing_report(gpt, *mixer, probes, weight_rows, c.steps, c.output_dir);
   plot::PlotSeries tr{"train", {}, {}}, ev{"eval", {}, {}};
   read_curves(topt.metrics_csv, tr, ev);
   plot::LinePlotOptions po;

@@ -485,7 +485,8 @@ inline std::vector<InstructionExample> mixing_probe_examples(const TaskSplit& sp
                                                              std::size_t n) {
   const std::size_t from = std::min(used, split.eval.size());
   const std::size_t take = std::min(split.eval.size() - from, n);
-  std::vector<InstructionExample> out(split.eval.begin() + long(from), split.eval.begin() + long(from + take));
+  std::vector<InstructionExample> out(split.eval.begin() + long(from),
+                                      split.eval.begin() + long(from + take));
   for (std::size_t i = 0; out.size() < n && i < split.train.size(); ++i) out.push_back(split.train[i]);
   return out;
 }

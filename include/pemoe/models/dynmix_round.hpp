@@ -32,8 +32,8 @@ inline MixingProbes make_mixing_probes(const std::vector<std::vector<TokenizedEx
   for (std::size_t d = 0; d < examples.size(); ++d) {
     const auto& ex = examples[d];
     for (std::size_t i = 0; i < ex.size() && long(probes[d].size()) < eval_batches; i += std::size_t(batch)) {
-      const std::vector<TokenizedExample> part(ex.begin() + long(i),
-                                               ex.begin() + long(std::min(ex.size(), i + std::size_t(batch))));
+      const std::vector<TokenizedExample> part(
+          ex.begin() + long(i), ex.begin() + long(std::min(ex.size(), i + std::size_t(batch))));
       probes[d].push_back(pad_batch(part, 0, pad_id));
     }
   }

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <utility>
@@ -17,6 +18,7 @@
 
 #include "pemoe/core/detail/edit_distance.hpp"
 #include "pemoe/core/error.hpp"
+#include "pemoe/data/dynmix.hpp"
 #include "pemoe/data/instruction.hpp"
 #include "pemoe/data/tasks.hpp"
 #include "pemoe/models/adapter_json.hpp"
@@ -45,6 +47,9 @@ struct FinetuneData {
   std::string template_name = "compact";  ///< "compact" (`PromptTemplate{}`) or "alpaca"
   long max_length = 0;       ///< longest example in tokens (longer ones are skipped); 0 = n_positions
   long max_new_tokens = 16;  ///< longest generated answer for exact match
+  /// Dynamic data mixing of the training datasets (`data.mixing`, see `MixingConfig`); unset = the sources'
+  /// fixed weights. Every task family and every file is one dataset of the mixer, named as in the log.
+  std::optional<MixingConfig> mixing;
   /// The template `template_name` names.
   PromptTemplate prompt_template() const {
     return template_name == "alpaca" ? PromptTemplate::alpaca() : PromptTemplate{};
@@ -83,12 +88,13 @@ struct FinetuneOptimizer {
  * eval.json, checkpoints/ | | seed | adapter initialisation, task suite, sampler (default 7) | | adapter |
  * {type, and the keys of that type: r, alpha, dropout, use_rslora, experts, top_k, mola_shape,
  * target_modules, feedforward_modules, router, mask_p} | | data | {train: [sources], eval: [sources],
- * loss_on, template, max_length, max_new_tokens}; a source is {path, weight} or {tasks, weight, per_task} |
- * | optimizer | {name: adamw, sgd or adafactor, lr, weight_decay, betas, eps, momentum} |
- * | schedule | {kind: constant, constant_with_warmup, linear, cosine, inverse_sqrt; warmup_steps} |
- * | steps, batch_size, grad_accum, max_grad_norm, eval_every, log_every, eval_batch_size | the loop |
- * | checkpoint | {every, keep}: periodic checkpoints in output_dir/checkpoints |
- * | resume | continue from the newest checkpoint in output_dir/checkpoints if there is one |
+ * loss_on, template, max_length, max_new_tokens, mixing}; a source is {path, weight} or {tasks, weight,
+ * per_task}; mixing is a `MixingConfig` (dynamic data mixing) | | optimizer | {name: adamw, sgd or adafactor,
+ * lr, weight_decay, betas, eps, momentum} | | schedule | {kind: constant, constant_with_warmup, linear,
+ * cosine, inverse_sqrt; warmup_steps} | | steps, batch_size, grad_accum, max_grad_norm, eval_every,
+ * log_every, eval_batch_size | the loop | | checkpoint | {every, keep}: periodic checkpoints in
+ * output_dir/checkpoints | | resume | continue from the newest checkpoint in output_dir/checkpoints if there
+ * is one |
  *
  * The per-type adapter keys: lora {r, alpha, dropout, use_rslora, target_modules}; ia3 {target_modules,
  * feedforward_modules}; mov {experts, target_modules, feedforward_modules, router}; molora {r, alpha,
@@ -350,7 +356,7 @@ inline FinetuneConfig parse_finetune_config(const nlohmann::json& j) {
 
   PEMOE_CHECK_CONFIG(top.has("data"), "config: missing key 'data' ({\"train\": [...], \"eval\": [...]})");
   const ConfigObject d = top.object("data");
-  d.only({"train", "eval", "loss_on", "template", "max_length", "max_new_tokens"});
+  d.only({"train", "eval", "loss_on", "template", "max_length", "max_new_tokens", "mixing"});
   PEMOE_CHECK_CONFIG(d.has("train"), "config: missing key 'data.train'");
   c.data.train = detail::parse_sources(d.at("train"), "data.train", true);
   if (d.has("eval")) c.data.eval = detail::parse_sources(d.at("eval"), "data.eval", false);
@@ -359,6 +365,7 @@ inline FinetuneConfig parse_finetune_config(const nlohmann::json& j) {
   c.data.template_name = d.str("template", "compact", {"compact", "alpaca"});
   c.data.max_length = d.integer("max_length", 0, 0);
   c.data.max_new_tokens = d.integer("max_new_tokens", 16, 1);
+  if (d.has("mixing")) c.data.mixing = MixingConfig::from_json(d.at("mixing"), "data.mixing");
 
   if (top.has("optimizer")) {
     const ConfigObject o = top.object("optimizer");
