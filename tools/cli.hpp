@@ -190,6 +190,22 @@ inline std::string one_line(std::string s) {
   return s;
 }
 
+/// The words of a comma-separated list, spaces and tabs around each trimmed; an empty word stays (the caller
+/// says what was expected): "a, b,,c" -> {"a", "b", "", "c"}.
+inline std::vector<std::string> split_words(const std::string& text) {
+  std::vector<std::string> words;
+  std::size_t start = 0;
+  while (true) {
+    const std::size_t comma = text.find(',', start);
+    std::string word = text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    word.erase(0, word.find_first_not_of(" \t"));
+    word.erase(word.find_last_not_of(" \t") + 1);
+    words.push_back(std::move(word));
+    if (comma == std::string::npos) return words;
+    start = comma + 1;
+  }
+}
+
 }  // namespace detail
 
 /// Adds `command` to the tool (call it from a namespace-scope initializer of the command's file).

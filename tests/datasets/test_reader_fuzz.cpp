@@ -14,16 +14,9 @@
 #include "pemoe/core/rng.hpp"
 #include "pemoe/data/bpe_tokenizer.hpp"
 #include "pemoe/data/instruction.hpp"
+#include "support/helpers.hpp"
 
 namespace {
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  REQUIRE(in);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 // Bytes that matter to the parsers: JSON syntax, escapes, digits, spaces, newlines, UTF-8 lead and
 // continuation bytes, NUL.
@@ -106,8 +99,8 @@ TEST_CASE("fuzz: mutated JSON-lines, vocab.json and merges.txt parse or throw pe
   REQUIRE(pemoe::read_jsonl_string(jsonl).size() == 4);
 
   const std::string dir = std::string(PEMOE_TEST_DATA_DIR) + "/tokenizer";
-  const std::string vocab = slurp(dir + "/vocab.json");
-  const std::string merges = slurp(dir + "/merges.txt");
+  const std::string vocab = pemoe::testing::read_file(dir + "/vocab.json");
+  const std::string merges = pemoe::testing::read_file(dir + "/merges.txt");
   REQUIRE_NOTHROW(pemoe::Gpt2Tokenizer::from_strings(vocab, merges));
 
   const Outcome j = fuzz("jsonl", jsonl, 4000, 1, [](const std::string& s) {

@@ -73,6 +73,30 @@ Matrix<double> right_block(const Mpo<T>& m, Index k) {
   return Eigen::Map<Matrix<double>>(R.data(), d, R.size() / d);
 }
 
+// The symmetric gauge at bond k: LᵀL = Λ = R Rᵀ (diagonal, the singular values `sv` of that unfolding).
+void check_symmetric_bond(const Mpo<double>& sym, Index k, const Eigen::VectorXd& sv) {
+  const Matrix<double> L = left_block(sym, k), R = right_block(sym, k);
+  REQUIRE(L.cols() <= sv.size());
+  const Matrix<double> LtL = L.transpose() * L, RRt = R * R.transpose();
+  Matrix<double> lam = Matrix<double>::Zero(L.cols(), L.cols());
+  for (Index i = 0; i < L.cols(); ++i) lam(i, i) = sv(i);
+  CHECK(testing::max_abs_diff(LtL, lam) < 1e-10 * sv(0));
+  CHECK(testing::max_abs_diff(RRt, lam) < 1e-10 * sv(0));
+}
+
+// The mixed-canonical gauge: every core left of the central one is a left isometry, every core right of it
+// a right isometry.
+void check_mixed_isometries(const Mpo<double>& mix, const MpoShape& s) {
+  const Index c = s.central();
+  for (Index k = 0; k < s.n_cores(); ++k) {
+    if (k == c) continue;
+    const auto v = detail::views(mix.cores)[std::size_t(k)];
+    const Matrix<double> G = k < c ? Matrix<double>(v.left().transpose() * v.left())
+                                   : Matrix<double>(v.right() * v.right().transpose());
+    CHECK(testing::max_abs_diff(G, Matrix<double>::Identity(G.rows(), G.cols())) < 1e-12);
+  }
+}
+
 }  // namespace
 
 TEST_CASE("MpoShape: balanced factorisations reproduce MPOE's presets; padding as for vocabularies") {
@@ -207,23 +231,11 @@ TEST_CASE("gauges: symmetric blocks are isometry·Λ^½, mixed-canonical cores a
     REQUIRE(Index(sp.size()) == sv.size());
     for (Index i = 0; i < sv.size(); ++i)
       CHECK(sp[std::size_t(i)] == Approx(sv(i)).epsilon(1e-10).margin(1e-12));
-    // symmetric: LᵀL = Λ = R Rᵀ (diagonal)
-    const Matrix<double> L = left_block(sym, k), R = right_block(sym, k);
-    const Matrix<double> LtL = L.transpose() * L, RRt = R * R.transpose();
-    Matrix<double> lam = Matrix<double>::Zero(L.cols(), L.cols());
-    for (Index i = 0; i < L.cols(); ++i) lam(i, i) = sv(i);
-    CHECK(testing::max_abs_diff(LtL, lam) < 1e-10 * sv(0));
-    CHECK(testing::max_abs_diff(RRt, lam) < 1e-10 * sv(0));
+    check_symmetric_bond(sym, k, sv);
   }
-  const Index c = s.central();
-  for (Index k = 0; k < s.n_cores(); ++k) {
-    if (k == c) continue;
-    const auto v = detail::views(mix.cores)[std::size_t(k)];
-    const Matrix<double> G = k < c ? Matrix<double>(v.left().transpose() * v.left())
-                                   : Matrix<double>(v.right() * v.right().transpose());
-    CHECK(testing::max_abs_diff(G, Matrix<double>::Identity(G.rows(), G.cols())) < 1e-12);
-  }
+  check_mixed_isometries(mix, s);
   // the central core of the mixed form carries the whole norm
+  const Index c = s.central();
   const auto& C = mix.cores[std::size_t(c)];
   double c2 = 0;
   for (double v : C) c2 += v * v;
@@ -245,23 +257,9 @@ TEST_CASE("truncated gauges: symmetric blocks are isometry·Λ^½ (own spectra),
     CHECK(sym.truncation_error == Approx((Wt - W).norm()).epsilon(1e-8));
     for (Index k = 1; k < s.n_cores(); ++k) {
       INFO("max_bond " << chi << ", bond " << k);
-      const Eigen::VectorXd sv = singular_values(unfolding(Wt, s, k));
-      const Matrix<double> L = left_block(sym, k), R = right_block(sym, k);
-      REQUIRE(L.cols() <= sv.size());
-      const Matrix<double> LtL = L.transpose() * L, RRt = R * R.transpose();
-      Matrix<double> lam = Matrix<double>::Zero(L.cols(), L.cols());
-      for (Index i = 0; i < L.cols(); ++i) lam(i, i) = sv(i);
-      CHECK(testing::max_abs_diff(LtL, lam) < 1e-10 * sv(0));
-      CHECK(testing::max_abs_diff(RRt, lam) < 1e-10 * sv(0));
+      check_symmetric_bond(sym, k, singular_values(unfolding(Wt, s, k)));
     }
-    const Index c = s.central();
-    for (Index k = 0; k < s.n_cores(); ++k) {
-      if (k == c) continue;
-      const auto v = detail::views(mix.cores)[std::size_t(k)];
-      const Matrix<double> G = k < c ? Matrix<double>(v.left().transpose() * v.left())
-                                     : Matrix<double>(v.right() * v.right().transpose());
-      CHECK(testing::max_abs_diff(G, Matrix<double>::Identity(G.rows(), G.cols())) < 1e-12);
-    }
+    check_mixed_isometries(mix, s);
   }
 }
 

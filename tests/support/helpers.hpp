@@ -1,14 +1,27 @@
 /// @file helpers.hpp
-/// @brief Small helpers shared by the tests: random matrices and a max-abs-difference.
+/// @brief Small helpers shared by the tests: random matrices, a max-abs-difference, reading a file.
 #pragma once
 
 #include <algorithm>
 #include <cmath>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+#include <string>
 
 #include "pemoe/core/rng.hpp"
 #include "pemoe/core/tensor.hpp"
 
 namespace pemoe::testing {
+
+/// The bytes of the file `path`; `std::runtime_error` naming it when it cannot be opened.
+inline std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error("cannot open the test file '" + path + "'");
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
 
 /// (rows, cols) matrix with N(0, stddev²) entries from `seed`.
 template <class T = double>

@@ -12,18 +12,11 @@
 
 #include "pemoe/data/bpe_tokenizer.hpp"
 #include "pemoe/data/byte_tokenizer.hpp"
+#include "support/helpers.hpp"
 
 namespace {
 
 const std::string kDir = std::string(PEMOE_TEST_DATA_DIR) + "/tokenizer";
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  REQUIRE(in);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 std::string random_bytes(std::mt19937& rng, std::size_t max_len) {
   std::uniform_int_distribution<std::size_t> len(0, max_len);
@@ -120,7 +113,7 @@ TEST_CASE("Gpt2Tokenizer: matches transformers' GPT2TokenizerFast token for toke
   CHECK(tok.vocab_size() == 600);
   CHECK(tok.num_merges() == 343);
   CHECK(tok.eos_id() == 0);
-  const auto cases = nlohmann::json::parse(slurp(kDir + "/cases.json"));
+  const auto cases = nlohmann::json::parse(pemoe::testing::read_file(kDir + "/cases.json"));
   REQUIRE(cases.size() > 50);
   for (const auto& c : cases) {
     const std::string text = c.at("text").get<std::string>();
@@ -170,8 +163,8 @@ TEST_CASE("Gpt2Tokenizer: byte-exact round trip of random byte strings, invalid 
 }
 
 TEST_CASE("Gpt2Tokenizer: malformed files are IoErrors naming the file and the line", "[tokenize]") {
-  const std::string vocab = slurp(kDir + "/vocab.json");
-  const std::string merges = slurp(kDir + "/merges.txt");
+  const std::string vocab = pemoe::testing::read_file(kDir + "/vocab.json");
+  const std::string merges = pemoe::testing::read_file(kDir + "/merges.txt");
   const auto load = [](const std::string& v, const std::string& m) {
     return pemoe::Gpt2Tokenizer::from_strings(v, m, {"<|endoftext|>"}, "my/vocab.json", "my/merges.txt");
   };
@@ -211,8 +204,8 @@ TEST_CASE("Gpt2Tokenizer: malformed files are IoErrors naming the file and the l
 }
 
 TEST_CASE("Gpt2Tokenizer: corrupted files load or throw a named IoError, never crash", "[tokenize]") {
-  const std::string vocab = slurp(kDir + "/vocab.json");
-  const std::string merges = slurp(kDir + "/merges.txt");
+  const std::string vocab = pemoe::testing::read_file(kDir + "/vocab.json");
+  const std::string merges = pemoe::testing::read_file(kDir + "/merges.txt");
   std::mt19937 rng(2024);
   const auto corrupt = [&](std::string s) {
     std::uniform_int_distribution<int> kind(0, 6);

@@ -26,19 +26,12 @@ struct GenerateCliOptions {
 // "1, 2,3" -> {1, 2, 3}; `UsageError` naming the option and the word otherwise.
 std::vector<std::int64_t> parse_ids(const std::string& text) {
   std::vector<std::int64_t> ids;
-  std::size_t start = 0;
-  while (true) {
-    const std::size_t comma = text.find(',', start);
-    std::string word = text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
-    word.erase(0, word.find_first_not_of(" \t"));
-    word.erase(word.find_last_not_of(" \t") + 1);
+  for (const std::string& word : detail::split_words(text)) {
     long long v = 0;
     if (word.empty() || !CLI::detail::lexical_cast(word, v) || v < 0)
       throw UsageError("--prompt-ids: '" + text + "' is not a comma-separated list of token ids ('" + word +
                        "' is not an integer >= 0)");
     ids.push_back(v);
-    if (comma == std::string::npos) break;
-    start = comma + 1;
   }
   return ids;
 }

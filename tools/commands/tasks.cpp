@@ -27,17 +27,10 @@ std::vector<std::string> parse_tasks(const std::string& text) {
   const std::vector<std::string> known = task_names();
   if (text.empty()) return known;
   std::vector<std::string> names;
-  std::size_t start = 0;
-  while (true) {
-    const std::size_t comma = text.find(',', start);
-    std::string word = text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
-    word.erase(0, word.find_first_not_of(" \t"));
-    word.erase(word.find_last_not_of(" \t") + 1);
+  for (const std::string& word : detail::split_words(text)) {
     if (std::find(known.begin(), known.end(), word) == known.end())
       throw UsageError("--tasks: unknown task '" + word + "'" + detail::suggestion(word, known));
     if (std::find(names.begin(), names.end(), word) == names.end()) names.push_back(word);
-    if (comma == std::string::npos) break;
-    start = comma + 1;
   }
   return names;
 }

@@ -290,30 +290,38 @@ Mpo<T> decompose(ConstMatrixRef<T> W, const MpoShape& shape, const TruncationPol
   // on the same side follows (`turn` holds U or Vᵀ): that step's SVD of the unrotated matrix has the same
   // values, and its core is rotated into the true basis by a small product (T5: saves two passes over W).
   RowMatD turn;
+  // After step k: its core becomes G[k] (through `rotate` when a deferred step left `turn`; a right core V_rᵀ
+  // (d_k, i·j·d_{k+1}) is the same buffer as the left unfolding); then either the step deferred (its U or Vᵀ
+  // becomes `turn`, x stays) or its remainder becomes x.
+  auto finish = [&](Index k, auto&& rotate) {
+    const bool deferred = step.next.size() == 0;
+    if (turn.size())
+      rotate();
+    else if (deferred)
+      G[k] = step.core;
+    else
+      G[k] = std::move(step.core);
+    if (deferred) {
+      turn = std::move(step.core);
+      return;
+    }
+    turn.resize(0, 0);
+    rem = std::move(step.next);
+    x = rem.data();
+    size = rem.size();
+  };
   for (Index k = 0; k < c; ++k) {
     const Index rows = d[k] * free_k(k);
     detail::left_step(x, rows, size / rows, rank, k + 1 < c, step);
     spectra[static_cast<std::size_t>(k)] = step.s;
     d[k + 1] = step.r;
     if (step.r < step.s.size()) last_truncated = k + 1;
-    if (turn.size()) {  // core = (turnᵀ ⊗ I)·U: turnᵀ times the (d_k, i·j·r) view
+    finish(k, [&] {  // core = (turnᵀ ⊗ I)·U: turnᵀ times the (d_k, i·j·r) view
       G[k].resize(rows, step.r);
       gemm<double>(Op::T, Op::N, 1.0, turn,
                    Eigen::Map<const RowMatD>(step.core.data(), d[k], free_k(k) * step.r), 0.0,
                    Eigen::Map<RowMatD>(G[k].data(), d[k], free_k(k) * step.r));
-    } else if (step.next.size() == 0) {
-      G[k] = step.core;
-    } else {
-      G[k] = std::move(step.core);
-    }
-    if (step.next.size() == 0) {  // deferred: x stays
-      turn = std::move(step.core);
-      continue;
-    }
-    turn.resize(0, 0);
-    rem = std::move(step.next);
-    x = rem.data();
-    size = rem.size();
+    });
   }
   turn.resize(0, 0);
   for (Index k = n - 1; k > c; --k) {
@@ -321,24 +329,12 @@ Mpo<T> decompose(ConstMatrixRef<T> W, const MpoShape& shape, const TruncationPol
     detail::right_step(x, size / cols, cols, rank, k - 1 > c, step);
     spectra[static_cast<std::size_t>(k - 1)] = step.s;
     d[k] = step.r;
-    if (turn.size()) {  // core = Vᵀ·(I ⊗ turnᵀ): the (r·i·j, d_{k+1}) view times turnᵀ
+    finish(k, [&] {  // core = Vᵀ·(I ⊗ turnᵀ): the (r·i·j, d_{k+1}) view times turnᵀ
       G[k].resize(step.r, cols);
       gemm<double>(Op::N, Op::T, 1.0,
                    Eigen::Map<const RowMatD>(step.core.data(), step.r * free_k(k), d[k + 1]), turn, 0.0,
                    Eigen::Map<RowMatD>(G[k].data(), step.r * free_k(k), d[k + 1]));
-    } else if (step.next.size() == 0) {
-      G[k] = step.core;  // V_rᵀ (d_k, i·j·d_{k+1}): the same buffer as the left unfolding
-    } else {
-      G[k] = std::move(step.core);
-    }
-    if (step.next.size() == 0) {
-      turn = std::move(step.core);
-      continue;
-    }
-    turn.resize(0, 0);
-    rem = std::move(step.next);
-    x = rem.data();
-    size = rem.size();
+    });
   }
   if (x == tensor.data())
     G[c] = Eigen::Map<const RowMatD>(x, size, 1);  // n = 1: no step ran
