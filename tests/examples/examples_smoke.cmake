@@ -87,3 +87,23 @@ foreach(_m mov molora sparse mpoe)
   expect_files(${WORK}/compare/${_m}/routing.png ${WORK}/compare/${_m}/routing.csv
                ${WORK}/compare/${_m}/expert_load.png)
 endforeach()
+
+# 3. dynamic data mixing against uniform over two seeds: per-run weights and distances, the mean ± sd table
+run_example(${COMPARE} --model ${WORK}/model --out ${WORK}/mixing --methods sparse --mixing uniform,gate_load
+            --seeds 1,2 --steps 8 --batch 8 --warmup 2 --mix-interval 3 --mix-eval-batches 1
+            --train-per-task 100 --eval-per-task 4 --eval-every 0 --max-new-tokens 4 --progress off)
+foreach(_s 1 2)
+  expect_files(${WORK}/mixing/sparse_gate_load_s${_s}/mixing_weights.png
+               ${WORK}/mixing/sparse_gate_load_s${_s}/mixing_weights.csv
+               ${WORK}/mixing/sparse_gate_load_s${_s}/gate_load_distance.png
+               ${WORK}/mixing/sparse_uniform_s${_s}/metrics.csv)
+  file(STRINGS ${WORK}/mixing/sparse_gate_load_s${_s}/mixing_weights.csv _rows)
+  list(LENGTH _rows _n)
+  if(NOT _n EQUAL 4)  # header, step 0, updates at steps 3 and 6
+    message(FATAL_ERROR "mixing_weights.csv of seed ${_s} has ${_n} lines, expected 4:\n${_rows}")
+  endif()
+endforeach()
+file(READ ${WORK}/mixing/results.md _table)
+if(NOT _table MATCHES "\\| sparse \\| gate_load \\|[^\n]+±" OR NOT _table MATCHES "\\| sparse \\| uniform \\|")
+  message(FATAL_ERROR "results.md has no mean ± sd rows for both policies:\n${_table}")
+endif()
