@@ -85,6 +85,19 @@ foreach(f eval.json loss.csv metrics.csv)
   endif()
 endforeach()
 
+# 3b. MPOE resumes exactly too (its gradient mask's draws are replayed from the checkpoint)
+set(mpoe "{\"type\": \"mpoe\", \"experts\": 2, \"mask_p\": 0.5}")
+write_config(${WORK}/mpoe_full.json ${WORK}/mpoe_full "${mpoe}")
+write_config(${WORK}/mpoe_resumed.json ${WORK}/mpoe_resumed "${mpoe}")
+expect(0 "saved to" train ${WORK}/mpoe_full.json --progress off)
+expect(0 "stopped at step 3 of 6" train ${WORK}/mpoe_resumed.json --stop-after 3 --progress off)
+expect(0 "resumed from .*checkpoint-3 \\(step 3\\).*saved to" train ${WORK}/mpoe_resumed.json --progress off)
+execute_process(COMMAND ${CMAKE_COMMAND} -E compare_files ${WORK}/mpoe_full/mpoe_model.safetensors
+                        ${WORK}/mpoe_resumed/mpoe_model.safetensors RESULT_VARIABLE differ)
+if(differ)
+  message(FATAL_ERROR "mpoe: the resumed run's expert banks differ from the uninterrupted one's")
+endif()
+
 # 4. eval: the saved adapter (default: output_dir), another directory, the base model
 expect(0 "add +4 examples +loss [0-9.]+ +exact match.*eval loss [0-9.]+" eval ${WORK}/full.json
        --out ${WORK}/eval_out.json)
