@@ -48,13 +48,13 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
-#include <set>
 #include <sstream>
 #include <string>
 #include <vector>
 
-#include "plot/dynmix_report.hpp"  // the mixing weights and gate-load distance plots
-#include "plot/plot.hpp"           // pemoe_plot (tools/plot): CSV + PNG
+#include "plot/dynmix_report.hpp"   // the mixing weights and gate-load distance plots
+#include "plot/plot.hpp"            // pemoe_plot (tools/plot): CSV + PNG
+#include "plot/routing_report.hpp"  // task × expert routing heatmap, expert load
 
 using namespace pemoe;
 namespace fs = std::filesystem;
@@ -417,72 +417,7 @@ int main(int argc, char** argv) {
 
           // 3e. routing: which experts each task family uses (mean routing probability on its eval examples),
           // and the load of every layer's MLP router (the CSV files have the numbers)
-          const auto routers = gpt.routers();
-          if (!routers.empty()) {
-            // A short name per router: "L<layer> <site>", the site as qkv, o (attention), fc, proj (MLP), ffn
-            // (MPOE).
-            std::vector<std::string> short_names;
-            for (const auto& [name, router] : routers) {
-              const std::string rest = name.substr(std::string("transformer.h.").size());
-              const std::string layer = rest.substr(0, rest.find('.')),
-                                site = rest.substr(rest.find('.') + 1);
-              const std::map<std::string, std::string> site_names = {{"attn.c_attn", "qkv"},
-                                                                     {"attn.c_proj", "o"},
-                                                                     {"mlp.c_fc", "fc"},
-                                                                     {"mlp.c_proj", "proj"},
-                                                                     {"mlp.mpoe", "ffn"}};
-              short_names.push_back("L" + layer + " " +
-                                    (site_names.count(site) ? site_names.at(site) : site));
-            }
-            // The plots show one router per layer: its first MLP router (c_fc, or the MLP's c_proj, or
-            // MPOE's).
-            std::vector<std::size_t> shown;
-            std::set<std::string> layers_done;
-            for (std::size_t i = 0; i < routers.size(); ++i)
-              if (routers[i].first.find(".mlp.") != std::string::npos &&
-                  layers_done.insert(short_names[i].substr(0, short_names[i].find(' '))).second)
-                shown.push_back(i);
-            std::vector<double> heat;
-            std::vector<std::string> col_names;
-            std::vector<std::vector<double>> load(routers.size());
-            for (std::size_t k = 0; k < tasks.size(); ++k) {
-              forward_batch(gpt, pad_batch(eval_tok_of[k], 0, eos), cache);
-              const auto mean = mean_routing(gpt, cache);
-              const auto caches = gpt.router_caches(cache);
-              for (std::size_t i : shown) {
-                heat.insert(heat.end(), mean[i].begin(), mean[i].end());
-                for (std::size_t e = 0; k == 0 && e < mean[i].size(); ++e)
-                  col_names.push_back(short_names[i] + " e" + std::to_string(e));
-                const bool top_k_routed = routers[i].second->config().mode != GateMode::soft;
-                const std::vector<double> l =
-                    top_k_routed ? expert_load(*routers[i].second, *caches[i]) : mean[i];
-                load[i].resize(l.size());
-                for (std::size_t e = 0; e < l.size(); ++e) load[i][e] += l[e] / double(tasks.size());
-              }
-            }
-            const int cols = int(col_names.size());
-            plot::HeatmapOptions ho;
-            ho.title = run + ": mean routing probability per task family (each layer's MLP router)";
-            ho.row_label = "task";
-            ho.col_label = "router, expert";
-            ho.row_names = tasks;
-            ho.col_names = col_names;
-            plot::plot_heatmap(out_dir + "/" + run + "/routing", heat, int(tasks.size()), cols, ho);
-            std::vector<std::string> labels;
-            std::vector<double> values;
-            for (std::size_t i : shown)
-              for (std::size_t e = 0; e < load[i].size(); ++e) {
-                labels.push_back(short_names[i] + " e" + std::to_string(e));
-                values.push_back(load[i][e]);
-              }
-            plot::BarPlotOptions bo;
-            bo.title = run +
-                       ": expert load of each layer's MLP router on the eval data (top-k: share of the "
-                       "selections; soft: mean probability)";
-            bo.x_label = "layer, expert";
-            bo.y_label = "share of the tokens";
-            if (!values.empty()) plot::plot_bars(out_dir + "/" + run + "/expert_load", labels, values, bo);
-          }
+          plot::write_routing_report(gpt, tasks, eval_tok_of, eos, out_dir + "/" + run, run);
           results.push_back(res);
         }
 

@@ -31,6 +31,7 @@
 #include "pemoe/train/trainer.hpp"
 #include "plot/dynmix_report.hpp"
 #include "plot/plot.hpp"
+#include "plot/routing_report.hpp"
 
 namespace pemoe::cli {
 namespace {
@@ -38,7 +39,7 @@ namespace {
 namespace fs = std::filesystem;
 
 struct TrainOptions {
-  std::string config, adapter, out, progress = "auto";
+  std::string config, adapter, out, plots, progress = "auto";
   long stop_after = 0;
   bool base = false;
 };
@@ -200,6 +201,20 @@ nlohmann::json evaluate(GPT2<float>& gpt, const FinetuneConfig& c, const Data& d
   out["mean_exact_match"] = em_n > 0 ? nlohmann::json(em_sum / double(em_n)) : nlohmann::json(nullptr);
   out["examples"] = all.size();
   return out;
+}
+
+// routing.png / expert_load.png of a MoE model on the eval sets (one row per set) into `dir`.
+void write_routing(GPT2<float>& gpt, const Data& d, std::int64_t eos, const std::string& dir,
+                   const std::string& title) {
+  std::vector<std::string> names;
+  std::vector<std::vector<TokenizedExample>> tokens;
+  for (const EvalSet& e : d.eval) {
+    names.push_back(e.name);
+    tokens.push_back(e.tokens);
+  }
+  fs::create_directories(dir);
+  if (plot::write_routing_report(gpt, names, tokens, eos, dir, title))
+    std::cout << "routing plots: " << dir << "/routing.png, " << dir << "/expert_load.png\n";
 }
 
 void print_eval(const nlohmann::json& r) {
@@ -533,6 +548,7 @@ int train(const TrainOptions& o, const FinetuneConfig& c, const Tok& tok, std::i
     const nlohmann::json r = evaluate(gpt, c, d, tok, eos);
     std::ofstream(c.output_dir + "/eval.json") << r.dump(2) << "\n";
     print_eval(r);
+    write_routing(gpt, d, eos, c.output_dir, "pemoe train: " + c.adapter.type);
   }
   return 0;
 }
@@ -548,6 +564,7 @@ int eval(const TrainOptions& o, const FinetuneConfig& c, const Tok& tok, std::in
   if (!o.out.empty()) std::ofstream(o.out) << r.dump(2) << "\n";
   std::cout << (o.base ? c.model + " (base)" : dir) << "\n";
   print_eval(r);
+  if (!o.plots.empty()) write_routing(*gpt, d, eos, o.plots, "pemoe eval: " + dir);
   return 0;
 }
 
@@ -572,7 +589,10 @@ void setup_train(CLI::App& cmd) {
   cmd.footer(std::string(kFooter) +
              "\nWrites into output_dir: metrics.csv, checkpoints/, the trained adapter (PEFT layout; "
              "model.safetensors\n"
-             "for full fine-tuning, mpoe_model.safetensors for mpoe), loss.csv/.png, eval.json.");
+             "for full fine-tuning, mpoe_model.safetensors for mpoe), loss.csv/.png, eval.json; for a MoE "
+             "adapter\n"
+             "routing.png and expert_load.png; with data.mixing mixing_weights.csv/.png and "
+             "gate_load_distance.csv/.png.");
   set_action(cmd, [o] {
     const FinetuneConfig c = load_config(o->config);
     return with_tokenizer(c.model, [&](const auto& tok, std::int64_t eos) { return train(*o, c, tok, eos); });
@@ -587,6 +607,11 @@ void setup_eval(CLI::App& cmd) {
   cmd.add_flag("--base", o->base, "evaluate the pretrained model without the adapter")
       ->disable_flag_override();
   cmd.add_option("--out", o->out, "also write the results as JSON to FILE")->type_name("FILE");
+  cmd.add_option(
+         "--plots", o->plots,
+         "for a MoE adapter, write the routing heatmap and expert load (routing.png, expert_load.png) "
+         "into DIR")
+      ->type_name("DIR");
   cmd.footer(std::string(kFooter) +
              "\nPrints the held-out loss of every eval set and the exact match of task-suite families.");
   set_action(cmd, [o] {
