@@ -18,3 +18,14 @@ function(expect expected_rc pattern)
   endif()
   message(STATUS "ok: pemoe ${ARGN} -> ${rc}")
 endfunction()
+
+# tiny_model(<dir>) makes a tiny byte-level GPT-2 in <dir> with the pretraining example (variable PRETRAIN):
+# 2 layers, width 32, 3 steps; the CLI's training tests fine-tune it.
+function(tiny_model dir)
+  execute_process(COMMAND ${PRETRAIN} --steps 3 --n-layer 2 --n-embd 32 --n-head 2 --seq-len 64 --eval-every 0
+                          --train-per-task 50 --progress off --out ${dir}
+                  RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(NOT rc EQUAL 0 OR NOT EXISTS ${dir}/pemoe_tokenizer.json)
+    message(FATAL_ERROR "pemoe_pretrain_gpt2 failed (${rc}):\n${out}${err}")
+  endif()
+endfunction()

@@ -10,12 +10,7 @@ file(MAKE_DIRECTORY ${WORK})
 include(${CMAKE_CURRENT_LIST_DIR}/cli_expect.cmake)  # expect(<rc> <regex> args...)
 
 # 1. a tiny byte-level model (2 layers, width 32, 3 steps of pretraining)
-execute_process(COMMAND ${PRETRAIN} --steps 3 --n-layer 2 --n-embd 32 --n-head 2 --seq-len 64 --eval-every 0
-                        --train-per-task 50 --progress off --out ${WORK}/m
-                RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
-if(NOT rc EQUAL 0 OR NOT EXISTS ${WORK}/m/pemoe_tokenizer.json)
-  message(FATAL_ERROR "pemoe_pretrain_gpt2 failed (${rc}):\n${out}${err}")
-endif()
+tiny_model(${WORK}/m)
 
 # write_config(<file> <output dir> <adapter json> [<extra top-level json>])
 function(write_config file outdir adapter)
