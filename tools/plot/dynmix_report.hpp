@@ -17,8 +17,8 @@ namespace pemoe::plot {
 /// Writes the report into `dir`: `rows` are (step, weights) from the start and after every update, `steps`
 /// the length of the run; the distances are measured now on `probes` (the model ends in inference mode).
 inline void write_mixing_report(GPT2<float>& gpt, const DataMixer& mixer, const MixingProbes& probes,
-                          const std::vector<std::pair<long, std::vector<double>>>& rows, long steps,
-                          const std::string& dir) {
+                                const std::vector<std::pair<long, std::vector<double>>>& rows, long steps,
+                                const std::string& dir) {
   const auto& names = mixer.names();
   // Step plot: the weights of an interval hold until the next update.
   std::vector<PlotSeries> series;
@@ -32,12 +32,13 @@ inline void write_mixing_report(GPT2<float>& gpt, const DataMixer& mixer, const 
     series.push_back(s);
   }
   LinePlotOptions po;
-  po.title = std::string("dataset weights over training (") + MixingConfig::policy_name(mixer.config().policy) +
-             ")";
+  po.title =
+      std::string("dataset weights over training (") + MixingConfig::policy_name(mixer.config().policy) + ")";
   po.x_label = "step";
   po.y_label = "sampling weight";
   plot_lines(dir + "/mixing_weights", series, po);
-  // The table (written after the plot, whose own CSV of the same name it replaces): step, one column a dataset.
+  // The table (written after the plot, whose own CSV of the same name it replaces): step, one column a
+  // dataset.
   {
     std::ofstream csv(dir + "/mixing_weights.csv");
     csv << "step";
