@@ -318,9 +318,7 @@ std::string config_error(const nlohmann::json& j) {
   return "(no error)";
 }
 
-}  // namespace t5_test
-
-using namespace t5_test;
+// The test cases stay inside t5_test too: the role's test files are one unity translation unit.
 
 TEST_CASE("T5 matches Hugging Face in every LM-head layout: logits, loss, every gradient", "[t5]") {
   for (const char* name : {"v11", "orig", "tf5_noscale"}) {
@@ -384,6 +382,8 @@ TEST_CASE("T5 config errors name the key", "[t5]") {
   CHECK_THAT(with("scale_decoder_outputs", 1), Catch::Contains("'scale_decoder_outputs'"));
   CHECK_THAT(with("relative_attention_num_buckets", 1), Catch::Contains("'relative_attention_num_buckets'"));
   CHECK_THAT(with("dropout_rate", 1.5), Catch::Contains("'dropout_rate'"));
+  CHECK_THAT(with("relative_attention_max_distance", 5),
+             Catch::Contains("'relative_attention_max_distance'"));
   CHECK_THAT(with("pad_token_id", 37), Catch::Contains("'pad_token_id'"));
   CHECK_THAT(with("decoder_start_token_id", 99), Catch::Contains("'decoder_start_token_id'"));
   CHECK_THAT(with("model_type", "gpt2"), Catch::Contains("'model_type'"));
@@ -533,7 +533,7 @@ TEST_CASE(
   CHECK(worst < 1e-5);
 }
 
-TEST_CASE("T5 adapter sites: q, k, v, o, wi_0, wi_1, wo of both stacks; LoRA there trains alone", "[t5]") {
+TEST_CASE("T5 adapter sites: q, k, v, o, wi_0, wi_1, wo of both stacks, LoRA there trains alone", "[t5]") {
   T5<double> m(tiny_t5(true));
   CHECK(m.linear_sites().size() == 2 * 7 + 2 * 11);
   TargetModules t;
@@ -562,3 +562,54 @@ TEST_CASE("T5 adapter sites: q, k, v, o, wi_0, wi_1, wo of both stacks; LoRA the
   T5<double> m2(tiny_t5(true));
   CHECK_THROWS_AS(m2.inject(spec, none), ConfigError);
 }
+
+TEST_CASE("T5 save and load: F32 round trip is exact, F16 / BF16 checkpoints load rounded", "[t5]") {
+  const auto dir = std::filesystem::temp_directory_path() / "pemoe_t5_save";
+  for (const char* name : {"v11", "orig"}) {
+    CAPTURE(name);
+    ParamStore<float> s;
+    Rng rng(0);
+    TensorDtypes dtypes;
+    auto m = load_t5<float>(kT5Dir + name, s, rng, &dtypes);
+    CHECK(dtypes.size() == s.entries().size());
+    for (const auto& [n, dt] : dtypes) CHECK(dt == Dtype::F32);
+    save_t5(*m, dir.string());
+    // a tied head is saved as shared.weight alone
+    CHECK(SafetensorsFile::load((dir / "model.safetensors").string()).contains("lm_head.weight") ==
+          !m->config().tie_word_embeddings);
+    ParamStore<float> s2;
+    auto m2 = load_t5<float>(dir.string(), s2, rng);
+    CHECK(s2.values() == s.values());
+    CHECK(m2->config().tie_word_embeddings == m->config().tie_word_embeddings);
+    CHECK(m2->config().scale_decoder_outputs == m->config().scale_decoder_outputs);
+    for (Dtype half : {Dtype::F16, Dtype::BF16}) {
+      CAPTURE(dtype_name(half));
+      TensorDtypes want;
+      for (const auto& e : s.entries()) want[e.name] = half;
+      save_t5(*m, dir.string(), want);
+      ParamStore<float> s3;
+      TensorDtypes got;
+      auto m3 = load_t5<float>(dir.string(), s3, rng, &got);
+      CHECK(got == want);
+      const double rel =
+          half == Dtype::BF16 ? 1.0 / 256 : 1.0 / 2048;  // half an ulp of an 8 / 11-bit mantissa
+      double worst = 0;
+      for (std::size_t i = 0; i < s.values().size(); ++i) {
+        const double a = s.values()[i], b = s3.values()[i];
+        if (std::abs(a) > 1e-4) worst = std::max(worst, std::abs(a - b) / std::abs(a));
+      }
+      CHECK(worst <= rel);
+      CHECK(worst > 0);  // really rounded
+      // the rounded model still runs and stays close
+      const T5Batch b = read_t5_batch(name);
+      m->set_batch(b.B, b.Ts, b.Tt, b.src_mask, b.tgt_mask);
+      m3->set_batch(b.B, b.Ts, b.Tt, b.src_mask, b.tgt_mask);
+      typename T5<float>::Cache c1, c3;
+      const double l1 = m->forward(b.ids, b.labels, c1), l3 = m3->forward(b.ids, b.labels, c3);
+      CHECK(std::abs(l1 - l3) < 0.1 * l1);
+    }
+  }
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace t5_test

@@ -168,7 +168,12 @@ struct T5Config {
     PEMOE_CHECK_CONFIG(relative_attention_num_buckets >= 4,
                        "T5 config: 'relative_attention_num_buckets' must be at least 4, got ",
                        relative_attention_num_buckets);
-    positive(relative_attention_max_distance, "relative_attention_max_distance");
+    PEMOE_CHECK_CONFIG(
+        relative_attention_max_distance > relative_attention_num_buckets / 2,
+        "T5 config: 'relative_attention_max_distance' must exceed relative_attention_num_buckets "
+        "/ 2 = ",
+        relative_attention_num_buckets / 2, " (the logarithmic buckets start there), got ",
+        relative_attention_max_distance);
     PEMOE_CHECK_CONFIG(dropout_rate >= 0.0 && dropout_rate < 1.0,
                        "T5 config: 'dropout_rate' must be in [0, 1), got ", dropout_rate);
     PEMOE_CHECK_CONFIG(layer_norm_epsilon > 0.0, "T5 config: 'layer_norm_epsilon' must be positive, got ",

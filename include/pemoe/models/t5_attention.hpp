@@ -5,6 +5,7 @@
 /// hand-written backward.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -52,7 +53,9 @@ inline Index t5_relative_position_bucket(Index relative_position, bool bidirecti
   const float ratio = std::log(float(n) / float(max_exact)) /
                       static_cast<float>(std::log(double(max_distance) / double(max_exact))) *
                       float(num_buckets - max_exact);
-  Index large = max_exact + static_cast<Index>(ratio);
+  // (finite for every configuration T5Config accepts; guarded so that no float-to-integer cast overflows)
+  Index large =
+      !(ratio < float(num_buckets)) ? num_buckets - 1 : max_exact + static_cast<Index>(std::max(ratio, 0.0f));
   if (large > num_buckets - 1) large = num_buckets - 1;
   return bucket + large;
 }

@@ -1,10 +1,11 @@
 /// @file t5_hf.hpp
-/// @brief T5 from Hugging Face directories: `config.json` + `model.safetensors` (HF names and shapes; F32,
-/// F16, BF16 or F64, converted to the model's scalar).
+/// @brief T5 to and from Hugging Face directories: `config.json` + `model.safetensors` (HF names and shapes;
+/// F32, F16, BF16 or F64, converted to the model's scalar).
 #pragma once
 
 #include <filesystem>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <string>
 
@@ -77,6 +78,25 @@ TensorDtypes load_t5_weights(T5<T>& model, const std::string& dir) {
     PEMOE_CHECK_AS(IoError, used.count(name) || detail::is_t5_ignorable(name, tied), "T5 '", path,
                    "': unexpected tensor '", name, "' (not a T5 parameter for this config.json)");
   return dtypes;
+}
+
+/// Saves the backbone as a Hugging Face T5 directory (`config.json`, `model.safetensors` with HF names, each
+/// tensor's dtype from `dtypes`, F32 when absent). A tied head is saved as `shared.weight` alone, as HF does.
+template <class T>
+void save_t5(T5<T>& model, const std::string& dir, const TensorDtypes& dtypes = {}) {
+  ParamStore<T>& store = *model.store();
+  std::filesystem::create_directories(dir);
+  SafetensorsWriter w;
+  w.set_metadata("format", "pt");
+  for (const auto& e : store.entries()) {
+    if (!T5<T>::is_backbone(e.name)) continue;
+    const auto it = dtypes.find(e.name);
+    w.add(e.name, e.shape, store.value(store.id(e.name)), it == dtypes.end() ? Dtype::F32 : it->second);
+  }
+  w.save(dir + "/model.safetensors");
+  nlohmann::json cfg = model.config().to_json();
+  cfg["torch_dtype"] = "float32";
+  detail::write_json_file(dir + "/config.json", cfg);
 }
 
 /// Builds a T5 from a Hugging Face directory into `store` (parameters initialised, then loaded).
