@@ -500,6 +500,19 @@ TEST_CASE("T5 gradients pass central differences at a tiny size (both layouts, p
     INFO("worst " << worst << " at " << where);
     CHECK(worst < 1e-5);
   }
+  // misuse is a named error, not a crash
+  T5<double> fresh(tiny_t5(true));
+  typename T5<double>::Cache c;
+  const TinyBatch b;
+  CHECK_THROWS_AS(fresh.forward(b.ids, b.labels, c), ConfigError);  // before register_params
+  ParamStore<double> s;
+  Rng rng(1);
+  fresh.register_params(s, rng);
+  CHECK_THROWS_AS(fresh.forward(b.ids, b.labels, c), ConfigError);  // before set_batch
+  fresh.set_batch(b.B, b.Ts, b.Tt, b.src_mask, b.tgt_mask);
+  CHECK_THROWS_AS(fresh.forward(std::vector<std::int64_t>(3, 1), b.labels, c), ShapeError);
+  CHECK_THROWS_AS(fresh.forward(b.ids, std::vector<std::int64_t>{}, c), ConfigError);
+  CHECK_THROWS_AS(fresh.set_batch(b.B, b.Ts, b.Tt, std::vector<std::int64_t>(4, 1)), ShapeError);
 }
 
 TEST_CASE(
@@ -557,6 +570,7 @@ TEST_CASE("T5 adapter sites: q, k, v, o, wi_0, wi_1, wo of both stacks, LoRA the
   const double worst = t5_gradcheck(m, s, TinyBatch{}, where);
   INFO("worst " << worst << " at " << where);
   CHECK(worst < 1e-5);
+  CHECK_THROWS_AS(m.inject(spec, t), ConfigError);  // after register_params
   TargetModules none;
   none.names = {"c_attn"};
   T5<double> m2(tiny_t5(true));

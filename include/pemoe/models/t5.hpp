@@ -668,6 +668,7 @@ class T5 {
   /// Forward with decoder inputs = shift_right(labels) (HF, when only labels are given); returns the loss.
   double forward(const std::vector<std::int64_t>& src, const std::vector<std::int64_t>& labels, Cache& c) {
     PEMOE_CHECK_CONFIG(!labels.empty(), "T5: forward(src, labels) needs labels (or give decoder ids)");
+    PEMOE_CHECK_CONFIG(m_batch > 0, "T5: call set_batch(B, Ts, Tt) before forward");
     return forward(
         src,
         t5_shift_right(labels, m_batch, m_tgt_len, m_config.decoder_start_token_id, m_config.pad_token_id),
