@@ -32,6 +32,28 @@ function(expect expected_rc pattern)
   set(out "${out}" PARENT_SCOPE)
 endfunction()
 
+# ---- score of a T5 (tests/data/t5: four LM-head layouts, source and target padding, -100 labels) --------
+# The reference logits and loss are float64, its gradients float32-rounded: 1e-6 relative covers that. A
+# fixture whose header (the file's start) names no grad.* tensor has logits and loss only.
+foreach(layout v11 orig tf5_scale tf5_noscale)
+  set(T5DIR ${DATA}/../t5/${layout})
+  set(grads --grads)
+  set(said "T5 logits \\(2, 5, 37\\), loss [0-9.]+, [0-9]+ gradient tensors")
+  file(READ ${T5DIR}/expected.safetensors header OFFSET 8 LIMIT 2000)  # after the 8-byte header size
+  if(NOT header MATCHES "grad\\.")
+    set(grads "")
+    set(said "T5 logits \\(2, 5, 37\\), loss [0-9.]+")
+  endif()
+  expect(0 "${said}" score --model ${T5DIR} --batch ${T5DIR}/batch.safetensors ${grads} --dtype f64
+         --out ${WORK}/t5_${layout}.safetensors)
+  expect(0 " 0 differ" diff ${T5DIR}/expected.safetensors ${WORK}/t5_${layout}.safetensors --rtol 1e-6
+         --atol 1e-9 --ignore-metadata --any-dtype)
+endforeach()
+expect(0 "T5 logits \\(2, 5, 37\\), loss" score --model ${DATA}/../t5/v11 --batch ${DATA}/../t5/v11/batch.safetensors
+       --out ${WORK}/t5_f32.safetensors)
+expect(2 "adapters on a T5 are not supported" score --model ${DATA}/../t5/v11 --batch
+       ${DATA}/../t5/v11/batch.safetensors --adapter ${TINY}_lora --out ${WORK}/x.safetensors)
+
 # ---- score: against Hugging Face / PEFT in float64 -------------------------------------------------------
 expect(0 "usage: pemoe score --model DIR --batch FILE --out FILE \\[options\\]" score --help)
 expect(0 "logits \\(2, 9, 101\\), loss 4.635.*, 28 gradient tensors" score --model ${TINY} --batch ${BATCH} --grads

@@ -16,7 +16,7 @@ namespace {
 struct DiffOptions {
   std::string a, b;
   double rtol = 0, atol = 0;
-  bool ignore_metadata = false, verbose = false;
+  bool ignore_metadata = false, verbose = false, any_dtype = false;
 };
 
 int diff(const DiffOptions& o) {
@@ -50,7 +50,7 @@ int diff(const DiffOptions& o) {
     const auto& ta = a.info(n);
     const auto& tb = b.info(n);
     ++compared;
-    if (ta.shape != tb.shape || ta.dtype != tb.dtype) {
+    if (ta.shape != tb.shape || (ta.dtype != tb.dtype && !o.any_dtype)) {
       ++differ;
       table.add({n, std::string(dtype_name(ta.dtype)) + "/" + dtype_name(tb.dtype),
                  shape_string(ta.shape) + "/" + shape_string(tb.shape), "", "", "DIFFERENT TYPE"});
@@ -105,6 +105,10 @@ void setup_diff(CLI::App& cmd) {
   cmd.add_flag("--ignore-metadata", o->ignore_metadata, "do not compare __metadata__")
       ->disable_flag_override();
   cmd.add_flag("--verbose", o->verbose, "print every tensor, not only the ones that differ")
+      ->disable_flag_override();
+  cmd.add_flag("--any-dtype", o->any_dtype,
+               "compare the values of tensors stored in different dtypes (e.g. an f64 run with an f32 "
+               "reference), both read as double")
       ->disable_flag_override();
   cmd.footer(
       "Compares two safetensors files: the same tensor names, dtypes and shapes, values within tolerance,\n"

@@ -1,5 +1,5 @@
 // `pemoe score --model DIR --batch FILE [--adapter DIR] [--grads] --out FILE`: logits, loss and (optionally)
-// the trainable parameters' gradients of a Hugging Face GPT-2 (with a PEFT adapter) on one batch.
+// the trainable parameters' gradients of a Hugging Face GPT-2 (with a PEFT adapter) or T5 on one batch.
 #include <cstdint>
 #include <iostream>
 #include <memory>
@@ -10,6 +10,7 @@
 #include "pemoe/io/safetensors.hpp"
 #include "pemoe/models/gpt2.hpp"
 #include "pemoe/models/gpt2_hf.hpp"
+#include "pemoe/models/t5_hf.hpp"
 
 namespace pemoe::cli {
 namespace {
@@ -32,8 +33,119 @@ std::vector<std::int64_t> read_ids(const SafetensorsFile& f, const std::string& 
   return f.to_vector<std::int64_t>(name);
 }
 
+// Whether `dir`/config.json describes a T5 (model_type "t5"); GPT-2 otherwise.
+bool is_t5_model(const std::string& dir) {
+  const nlohmann::json j = pemoe::detail::read_json_file(dir + "/config.json");
+  return j.is_object() && j.value("model_type", std::string()) == "t5";
+}
+
+// Checks that every id of `ids` ((B, T) `shape`, tensor `name` of `file`) is -100 (when `ignore_ok`) or in
+// [0, V) of `model`.
+void check_ids(const std::vector<std::int64_t>& ids, const Shape& shape, Index V, bool ignore_ok,
+               const std::string& file, const std::string& name, const std::string& model) {
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] >= 0 && ids[i] < V) continue;
+    if (ignore_ok && ids[i] == -100) continue;
+    const std::string at = "'" + file + "': " + name + "[" + std::to_string(Index(i) / shape[1]) + ", " +
+                           std::to_string(Index(i) % shape[1]) + "] = " + std::to_string(ids[i]);
+    const std::string vocab = "[0, " + std::to_string(V) + ")";
+    throw RuntimeError(ignore_ok ? at + "; expected -100 (not scored) or an id in " + vocab
+                                 : at + " is outside the vocabulary " + vocab + " of " + model);
+  }
+}
+
+// An optional (B, T) 0/1 mask `name` of the batch whose shape must be `want`; empty when absent.
+std::vector<std::int64_t> read_mask(const SafetensorsFile& f, const std::string& name, const Shape& want) {
+  if (!f.contains(name)) return {};
+  Shape shape;
+  std::vector<std::int64_t> m = read_ids(f, name, shape);
+  if (shape != want)
+    throw RuntimeError("'" + f.source() + "': '" + name + "' has shape " + shape_string(shape) +
+                       "; expected " + shape_string(want));
+  for (const std::int64_t v : m)
+    if (v != 0 && v != 1)
+      throw RuntimeError("'" + f.source() + "': '" + name + "' holds " + std::to_string(v) +
+                         "; expected 0 (padding) or 1");
+  return m;
+}
+
+// T5: input_ids (B, Ts) with an optional attention_mask; labels (B, Tt) (decoder inputs = labels shifted
+// right, as Hugging Face does) or decoder_input_ids (B, Tt), with an optional decoder_attention_mask.
+template <class T>
+int score_t5(const ScoreOptions& o) {
+  if (!o.adapter.empty())
+    throw UsageError(
+        "--adapter: adapters on a T5 are not supported by pemoe score yet; score the model alone");
+  const auto batch = SafetensorsFile::load(o.batch);
+  if (!batch.contains("input_ids"))
+    throw RuntimeError("'" + o.batch + "' has no tensor 'input_ids' (int64, (B, Ts)) for the T5 encoder");
+  Shape src_shape, tgt_shape, shape;
+  const std::vector<std::int64_t> src = read_ids(batch, "input_ids", src_shape);
+  std::vector<std::int64_t> labels, dec;
+  if (batch.contains("labels")) labels = read_ids(batch, "labels", tgt_shape);
+  if (batch.contains("decoder_input_ids")) {
+    dec = read_ids(batch, "decoder_input_ids", shape);
+    if (!labels.empty() && shape != tgt_shape)
+      throw RuntimeError("'" + o.batch + "': 'decoder_input_ids' has shape " + shape_string(shape) +
+                         ", 'labels' has " + shape_string(tgt_shape) + "; they must match");
+    tgt_shape = shape;
+  }
+  if (labels.empty() && dec.empty())
+    throw RuntimeError("'" + o.batch +
+                       "' has neither 'labels' nor 'decoder_input_ids' (int64, (B, Tt)): a T5 needs decoder "
+                       "inputs");
+  if (o.grads && labels.empty())
+    throw RuntimeError("--grads needs a loss, but '" + o.batch +
+                       "' has no tensor 'labels' (int64, (B, Tt); -100 = not scored)");
+  if (tgt_shape[0] != src_shape[0])
+    throw RuntimeError("'" + o.batch + "': the source has " + std::to_string(src_shape[0]) +
+                       " rows, the target " + std::to_string(tgt_shape[0]));
+  const std::vector<std::int64_t> src_mask = read_mask(batch, "attention_mask", src_shape);
+  const std::vector<std::int64_t> tgt_mask = read_mask(batch, "decoder_attention_mask", tgt_shape);
+
+  ParamStore<T> store;
+  Rng rng(0);
+  auto model = load_t5<T>(o.model, store, rng);
+  const Index B = src_shape[0], Ts = src_shape[1], Tt = tgt_shape[1], V = model->config().vocab_size;
+  check_ids(src, src_shape, V, false, o.batch, "input_ids", o.model);
+  check_ids(labels, tgt_shape, V, true, o.batch, "labels", o.model);
+  check_ids(dec, tgt_shape, V, false, o.batch, "decoder_input_ids", o.model);
+
+  model->set_training(false);
+  model->set_batch(B, Ts, Tt, src_mask, tgt_mask);
+  typename T5<T>::Cache cache;
+  const double loss =
+      dec.empty() ? model->forward(src, labels, cache) : model->forward(src, dec, labels, cache);
+
+  SafetensorsWriter w;
+  w.set_metadata("format", "pt");
+  const Dtype dt = std::is_same_v<T, double> ? Dtype::F64 : Dtype::F32;
+  w.add("logits", Shape{B, Tt, V}, cache.logits.data(), dt);
+  if (!labels.empty()) {
+    const T l = T(loss);
+    w.add("loss", Shape{}, &l, dt);
+  }
+  Index n_grads = 0;
+  if (o.grads) {
+    store.zero_grad();
+    model->backward(cache);
+    for (const auto& e : store.entries()) {
+      if (!e.trainable) continue;
+      w.add("grad." + e.name, e.shape, store.grad(store.id(e.name)), dt);
+      ++n_grads;
+    }
+  }
+  w.save(o.out);
+  std::cout << "'" << o.out << "': T5 logits (" << B << ", " << Tt << ", " << V << ")";
+  if (!labels.empty()) std::cout << ", loss " << loss;
+  if (o.grads) std::cout << ", " << n_grads << " gradient tensors";
+  std::cout << "\n";
+  return 0;
+}
+
 template <class T>
 int score(const ScoreOptions& o) {
+  if (is_t5_model(o.model)) return score_t5<T>(o);
   const auto batch = SafetensorsFile::load(o.batch);
   if (!batch.contains("input_ids"))
     throw RuntimeError("'" + o.batch + "' has no tensor 'input_ids' (int64, (B, T)); it has " +
@@ -62,17 +174,8 @@ int score(const ScoreOptions& o) {
     throw RuntimeError("'" + o.batch + "': sequence length T = " + std::to_string(S) +
                        " exceeds the model's n_positions = " + std::to_string(c.n_positions) + " (" +
                        o.model + "/config.json); split or truncate the sequences");
-  auto at = [&](std::size_t i) {
-    return "[" + std::to_string(Index(i) / S) + ", " + std::to_string(Index(i) % S) + "]";
-  };
-  for (std::size_t i = 0; i < ids.size(); ++i)
-    if (ids[i] < 0 || ids[i] >= V)
-      throw RuntimeError("'" + o.batch + "': input_ids" + at(i) + " = " + std::to_string(ids[i]) +
-                         " is outside the vocabulary [0, " + std::to_string(V) + ") of " + o.model);
-  for (std::size_t i = 0; i < labels.size(); ++i)
-    if (labels[i] != -100 && (labels[i] < 0 || labels[i] >= V))
-      throw RuntimeError("'" + o.batch + "': labels" + at(i) + " = " + std::to_string(labels[i]) +
-                         "; expected -100 (not scored) or an id in [0, " + std::to_string(V) + ")");
+  check_ids(ids, shape, V, false, o.batch, "input_ids", o.model);
+  check_ids(labels, shape, V, true, o.batch, "labels", o.model);
 
   model->set_training(false);
   model->set_batch(B, S);
@@ -118,7 +221,8 @@ int score(const ScoreOptions& o) {
 
 void setup_score(CLI::App& cmd) {
   auto o = std::make_shared<ScoreOptions>();
-  cmd.add_option("--model", o->model, "a Hugging Face GPT-2 directory (config.json, model.safetensors)")
+  cmd.add_option("--model", o->model,
+                 "a Hugging Face GPT-2 or T5 directory (config.json, model.safetensors; model_type \"t5\")")
       ->required()
       ->type_name("DIR");
   cmd.add_option("--batch", o->batch,
@@ -142,12 +246,17 @@ void setup_score(CLI::App& cmd) {
       "  grad.<name>       with --grads: without an adapter every parameter under its Hugging Face name\n"
       "                    (Conv1D weights (in, out) as in model.safetensors); with --adapter only the\n"
       "                    adapter's tensors, under the keys and shapes of its adapter_model.safetensors\n"
-      "in F32 (F64 with --dtype f64, which also computes in double).");
+      "in F32 (F64 with --dtype f64, which also computes in double).\n"
+      "A T5 (config.json model_type \"t5\") reads input_ids and attention_mask (B, Ts), labels (B, Tt;\n"
+      "decoder inputs = labels shifted right with decoder_start_token_id) or decoder_input_ids, and\n"
+      "decoder_attention_mask; it writes logits (B, Tt, vocab), loss (mean over labels != -100) and with\n"
+      "--grads every parameter's gradient under its Hugging Face name.");
   set_action(cmd, [o] { return o->dtype == "f64" ? score<double>(*o) : score<float>(*o); });
 }
 
 [[maybe_unused]] const bool registered_score = register_command(
-    {"score", "logits, loss and gradients of a Hugging Face GPT-2 (+ PEFT adapter) on a batch", setup_score});
+    {"score", "logits, loss and gradients of a Hugging Face GPT-2 (+ PEFT adapter) or T5 on a batch",
+     setup_score});
 
 }  // namespace
 }  // namespace pemoe::cli
