@@ -64,11 +64,15 @@
 
 // models
 #include "pemoe/models/adapter_json.hpp"
+#include "pemoe/models/dynmix_round.hpp"
 #include "pemoe/models/generate.hpp"
 #include "pemoe/models/gpt2.hpp"
 #include "pemoe/models/gpt2_hf.hpp"
 #include "pemoe/models/linear_site.hpp"
 #include "pemoe/models/lm_eval.hpp"
+#include "pemoe/models/t5.hpp"
+#include "pemoe/models/t5_attention.hpp"
+#include "pemoe/models/t5_hf.hpp"
 #include "pemoe/models/target_modules.hpp"
 
 // train
