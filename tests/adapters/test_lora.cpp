@@ -200,5 +200,5 @@ TEST_CASE("LoRA training is deterministic: same seed, same bits (dropout include
   const auto a = train(), b = train();
   for (float v : a) REQUIRE(std::isfinite(v));
   CHECK(a == b);
-  CHECK(a != std::vector<float>(a.size(), 0.0f));
+  CHECK(a != AlignedVector<float>(a.size(), 0.0f));
 }

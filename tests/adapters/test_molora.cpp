@@ -435,7 +435,7 @@ TEST_CASE("SparseLoRAExperts: token blocks over threads give the same result as 
   testing::randomize_params(s, 5);
   const auto x = testing::random_matrix(400, 10, 6);
   const auto dy = testing::random_matrix(400, 7, 7);
-  auto run = [&](int threads, Matrix<double>& y, Matrix<double>& dx, std::vector<double>& grads,
+  auto run = [&](int threads, Matrix<double>& y, Matrix<double>& dx, AlignedVector<double>& grads,
                  int& blocks) {
 #ifdef _OPENMP
     const int saved = omp_get_max_threads();
@@ -454,7 +454,7 @@ TEST_CASE("SparseLoRAExperts: token blocks over threads give the same result as 
 #endif
   };
   Matrix<double> y1(400, 7), y3(400, 7), dx1(400, 10), dx3(400, 10);
-  std::vector<double> g1, g3;
+  AlignedVector<double> g1, g3;
   int b1 = 0, b3 = 0;
   run(1, y1, dx1, g1, b1);
   run(3, y3, dx3, g3, b3);

@@ -403,7 +403,7 @@ TEST_CASE("MoV and IA3: row blocks over threads give the same result as one thre
   const auto x = testing::random_matrix(300, 6, 4);
   const auto dy = testing::random_matrix(300, 10, 5);
   auto run = [&](int threads, Matrix<double>& y, Matrix<double>& dx, Matrix<double>& yi, Matrix<double>& dxi,
-                 std::vector<double>& grads) {
+                 AlignedVector<double>& grads) {
 #ifdef _OPENMP
     const int saved = omp_get_max_threads();
     omp_set_num_threads(threads);
@@ -424,7 +424,7 @@ TEST_CASE("MoV and IA3: row blocks over threads give the same result as one thre
   };
   Matrix<double> y1(300, 10), y3(300, 10), dx1(300, 6), dx3(300, 6), yi1(300, 10), yi3(300, 10), dxi1(300, 6),
       dxi3(300, 6);
-  std::vector<double> g1, g3;
+  AlignedVector<double> g1, g3;
   run(1, y1, dx1, yi1, dxi1, g1);
   run(3, y3, dx3, yi3, dxi3, g3);
   CHECK(testing::max_abs_diff(y1, y3) < 1e-12);

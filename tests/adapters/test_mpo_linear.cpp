@@ -177,7 +177,7 @@ TEST_CASE("MpoLinear outside training contracts x through small-bond cores; same
   CHECK(ce.W.size() == 0);  // contracted, W never formed
   s.zero_grad();
   l.backward(x, ce, dy, dx_eval);
-  const std::vector<double> g_eval = s.grads();
+  const auto g_eval = s.grads();
   l.set_training(true);
   l.forward(x, y_train, ct);
   CHECK(ct.W.rows() == 256);

@@ -177,7 +177,7 @@ TEST_CASE("MpoeFfn: the shared central gradient is the sum of every expert's con
   bank.forward(x, y, c);
   s.zero_grad();
   bank.backward(x, c, dy);
-  const std::vector<double> all = s.grads();
+  const auto all = s.grads();
   // per expert: the same tokens alone (routing is per token, so each subset goes to the same expert)
   std::vector<double> sum(all.size(), 0.0);
   Index used = 0;
@@ -316,7 +316,7 @@ TEST_CASE("GradientMask with AdamW: masked steps leave the central tensors (and 
       s.zero_grad();
       bank.forward(x, y, c);
       bank.backward(x, c, y);  // L = ½‖y‖²
-      const std::vector<double> before = s.values();
+      const auto before = s.values();
       const auto upd = mask.next(s);
       opt.step(s, upd, mask.keep_moments_of_skipped());
       for (std::size_t p = 0; p < s.size(); ++p) {

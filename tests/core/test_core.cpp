@@ -104,7 +104,7 @@ struct Snapshot {
   std::vector<Shape> shapes;
   std::vector<Index> offsets, sizes, grad_offsets;
   std::vector<bool> trainable;
-  std::vector<T> values, grads;
+  AlignedVector<T> values, grads;
   Index num_values = 0, num_trainable = 0;
 
   explicit Snapshot(const ParamStore<T>& s)

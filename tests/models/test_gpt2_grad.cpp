@@ -38,7 +38,7 @@ double gradcheck_model(GPT2<double>& m, ParamStore<double>& s, const Batch& b, s
   m.forward(b.ids, b.labels, c);
   s.zero_grad();
   m.backward(c);
-  const std::vector<double> g = s.grads();
+  const auto g = s.grads();
   Rng pick(5);
   double worst = 0;
   for (const auto& e : s.entries()) {

@@ -28,7 +28,7 @@ RouterConfig config(GateMode mode, Index d, Index e, Index k) {
 // Forward + backward with dL/dgates = 0, so the router's gradient is that of its aux losses alone.
 struct Run {
   AuxLossValues aux;
-  std::vector<double> grads;
+  AlignedVector<double> grads;
   Matrix<double> du;
 };
 Run run(Router<double>& r, ParamStore<double>& s, const Matrix<double>& u) {

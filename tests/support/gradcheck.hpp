@@ -68,8 +68,9 @@ inline GradcheckResult gradcheck(ParamStore<double>& store, Matrix<double> x, co
     return (yy.array() * r.array()).sum() + aux;
   };
 
-  std::vector<double>& grads = store.grads();
-  std::vector<double> g0(grads.size());
+  auto& grads = store.grads();
+  using Arena = std::remove_reference_t<decltype(grads)>;
+  Arena g0(grads.size());
   rng.split(7).fill_normal(g0.data(), static_cast<Index>(g0.size()), 0.0, 1.0);
   grads = g0;
   forward(x, y);

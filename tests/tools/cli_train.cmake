@@ -92,6 +92,18 @@ execute_process(COMMAND ${CMAKE_COMMAND} -E compare_files ${WORK}/mpoe_full/mpoe
 if(differ)
   message(FATAL_ERROR "mpoe: the resumed run's expert banks differ from the uninterrupted one's")
 endif()
+# 3c. ... and gives the same bits whatever else the process allocated first: another heap layout
+# (glibc's top_pad, no tcache) moves every buffer malloc returns; the parameter arenas are aligned, so Eigen's
+# vectorised loops peel the same way and round the same (a CI machine once differed here without it).
+write_config(${WORK}/mpoe_heap.json ${WORK}/mpoe_heap "${mpoe}")
+execute_process(COMMAND ${CMAKE_COMMAND} -E env "GLIBC_TUNABLES=glibc.malloc.top_pad=4096:glibc.malloc.tcache_count=0"
+                        ${PEMOE} train ${WORK}/mpoe_heap.json --progress off RESULT_VARIABLE rc OUTPUT_QUIET)
+execute_process(COMMAND ${CMAKE_COMMAND} -E compare_files ${WORK}/mpoe_full/mpoe_model.safetensors
+                        ${WORK}/mpoe_heap/mpoe_model.safetensors RESULT_VARIABLE differ)
+if(NOT rc EQUAL 0 OR differ)
+  message(FATAL_ERROR "mpoe: another heap layout gives other weights (exit code ${rc}); a buffer that Eigen "
+                      "reduces over is not aligned")
+endif()
 
 # 4. eval: the saved adapter (default: output_dir), another directory, the base model
 expect(0 "add +4 examples +loss [0-9.]+ +exact match.*eval loss [0-9.]+" eval ${WORK}/full.json

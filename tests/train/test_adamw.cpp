@@ -157,7 +157,7 @@ TEST_CASE("AdamW with MPOE's GradientMask on an MpoeFfn: central tensors move on
         s.zero_grad();
         bank.forward(x, y, cache);
         bank.backward(x, cache, y);  // L = ½‖y‖²
-        const std::vector<double> before = s.values();
+        const auto before = s.values();
         std::vector<AdamW<double>::ParamState> state_before;
         for (ParamId p : centrals) state_before.push_back(opt.state(p));
         const auto update = mask.next(s);

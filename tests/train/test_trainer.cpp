@@ -149,7 +149,8 @@ TEST_CASE("Trainer: clipping, the schedule's rate per step, the logged gradient 
   TrainerOptions o = quiet(5);
   o.max_grad_norm = 0.25;
   TrainerCallbacks cb;
-  std::vector<double> before, grad_norms;
+  AlignedVector<double> before;
+  std::vector<double> grad_norms;
   cb.micro_batch = [&](long step, long) {
     before = p.store.values();
     const auto r = p.batch(step * 8, 8);

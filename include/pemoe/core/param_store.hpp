@@ -291,7 +291,7 @@ class ParamStore {
     Index kept = 0;
     for (std::size_t i = 0; i < m_entries.size(); ++i)
       if (!m_entries[i].released && !drop[i]) kept += m_entries[i].size;
-    std::vector<T> values;
+    AlignedVector<T> values;
     values.reserve(static_cast<std::size_t>(kept));
     for (std::size_t i = 0; i < m_entries.size(); ++i) {
       Entry& e = m_entries[i];
@@ -317,11 +317,11 @@ class ParamStore {
   void zero_grad() { std::fill(m_grads.begin(), m_grads.end(), T(0)); }
 
   /// The value arena (all parameters, declaration order; empty in a declaration-only store).
-  std::vector<T>& values() { return m_values; }
-  const std::vector<T>& values() const { return m_values; }
+  AlignedVector<T>& values() { return m_values; }
+  const AlignedVector<T>& values() const { return m_values; }
   /// The gradient arena (trainable parameters only, declaration order; empty in a declaration-only store).
-  std::vector<T>& grads() { return m_grads; }
-  const std::vector<T>& grads() const { return m_grads; }
+  AlignedVector<T>& grads() { return m_grads; }
+  const AlignedVector<T>& grads() const { return m_grads; }
 
   /// Number of scalars held in the value arena (every declared one unless some were released).
   Index num_values() const { return m_num_values; }
@@ -359,7 +359,7 @@ class ParamStore {
   void relayout_grads(const std::vector<bool>& flags) {
     Index total = 0;
     for (std::size_t i = 0; i < m_entries.size(); ++i) total += flags[i] ? m_entries[i].size : 0;
-    std::vector<T> grads;
+    AlignedVector<T> grads;
     if (!m_declaring) grads.assign(static_cast<std::size_t>(total), T(0));
     Index offset = 0;
     for (std::size_t i = 0; i < m_entries.size(); ++i) {
@@ -381,9 +381,9 @@ class ParamStore {
   bool m_declaring = false;
   std::vector<Entry> m_entries;
   std::unordered_map<std::string, ParamId> m_index;
-  std::vector<T> m_values;
-  std::vector<T> m_grads;
-  std::vector<T> m_scratch;  ///< declaration-only: the buffer every value()/grad() returns
+  AlignedVector<T> m_values;
+  AlignedVector<T> m_grads;
+  AlignedVector<T> m_scratch;  ///< declaration-only: the buffer every value()/grad() returns
   std::function<bool(const std::string&)> m_frozen_if;  ///< `set_frozen_filter`
   Index m_num_values = 0;
   Index m_num_grads = 0;

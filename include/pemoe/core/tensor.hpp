@@ -38,6 +38,17 @@ using ConstMatrixRef = Eigen::Ref<const Matrix<T>>;
 template <class T>
 using MatrixRef = Eigen::Ref<Matrix<T>>;
 
+/**
+ * @brief A `std::vector` whose buffer starts on an `EIGEN_MAX_ALIGN_BYTES` boundary (64 bytes with AVX-512).
+ *
+ * Eigen's vectorised loops over a `Map` peel scalar iterations up to the first aligned address, so a sum
+ * or an `a * b + c` over memory at another offset rounds differently. Buffers that outlive one call (the
+ * parameter and gradient arenas) use it so that the same program gives the same bits whatever else the
+ * process allocated before (a resumed run, another heap layout).
+ */
+template <class T>
+using AlignedVector = std::vector<T, Eigen::aligned_allocator<T>>;
+
 /// Shape of an N-d tensor (row-major, last index fastest).
 using Shape = std::vector<Index>;
 
