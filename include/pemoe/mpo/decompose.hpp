@@ -15,6 +15,7 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <type_traits>
 #include <vector>
 #include <xtensor/xtensor.hpp>
 
@@ -139,27 +140,30 @@ constexpr bool decompose_uses_lapack() {
 namespace detail {
 
 /// Right SVD with a square U: A (rows×cols) = U·diag(s)·Vt, U (rows×rows), s (rows, zero-padded when
-/// rows > cols), Vt (rows × cols, zero rows appended when rows > cols; only if `want_v`).
-inline void right_svd(const RowMatD& A, MatD& U, Eigen::VectorXd& s, MatD* Vt) {
+/// rows > cols), Vt (rows × cols, zero rows appended when rows > cols; only if `want_v`). A template
+/// (`RowMat` = `RowMatD`, `Mat` = `MatD`) so that including this header does not instantiate BDCSVD (see
+/// `square_svd`).
+template <class RowMat, class Mat>
+void right_svd(const RowMat& A, Mat& U, Eigen::VectorXd& s, std::common_type_t<Mat>* Vt) {  // Vt: not deduced
   const Index rows = A.rows(), cols = A.cols();
   if (rows <= cols) {
-    Eigen::HouseholderQR<MatD> qr(A.transpose());  // A = L Qᵀ
-    const MatD L =
+    Eigen::HouseholderQR<Mat> qr(A.transpose());  // A = L Qᵀ
+    const Mat L =
         qr.matrixQR().topRows(rows).template triangularView<Eigen::Upper>().toDenseMatrix().transpose();
-    Eigen::BDCSVD<MatD> svd(L, Vt ? (Eigen::ComputeFullU | Eigen::ComputeFullV) : Eigen::ComputeFullU);
+    Eigen::BDCSVD<Mat> svd(L, Vt ? (Eigen::ComputeFullU | Eigen::ComputeFullV) : Eigen::ComputeFullU);
     U = svd.matrixU();
     s = svd.singularValues();
     if (Vt) {
-      const MatD Q = qr.householderQ() * MatD::Identity(cols, rows);
+      const Mat Q = qr.householderQ() * Mat::Identity(cols, rows);
       *Vt = (Q * svd.matrixV()).transpose();
     }
   } else {
-    Eigen::BDCSVD<MatD> svd(A, Vt ? (Eigen::ComputeFullU | Eigen::ComputeThinV) : Eigen::ComputeFullU);
+    Eigen::BDCSVD<Mat> svd(A, Vt ? (Eigen::ComputeFullU | Eigen::ComputeThinV) : Eigen::ComputeFullU);
     U = svd.matrixU();
     s = Eigen::VectorXd::Zero(rows);
     s.head(cols) = svd.singularValues();
     if (Vt) {
-      *Vt = MatD::Zero(rows, cols);
+      *Vt = Mat::Zero(rows, cols);
       Vt->topRows(cols) = svd.matrixV().transpose();
     }
   }

@@ -46,8 +46,11 @@ MatD qr_triangle(const QR& qr, Index n) {
 }
 
 /// SVD of a small square matrix t = U·diag(s)·Vᵀ: Eigen's divide and conquer (BDCSVD), or LAPACK's (dgesdd)
-/// with `PEMOE_WITH_LAPACK`. Fills U and V when asked (LAPACK fills both).
-inline void square_svd(const MatD& t, bool want_u, bool want_v, Eigen::VectorXd& s, MatD& U, MatD& V) {
+/// with `PEMOE_WITH_LAPACK`. Fills U and V when asked (LAPACK fills both). A template (`Mat` = `MatD`) only
+/// so that a translation unit which includes the MPO headers without decomposing does not instantiate BDCSVD
+/// (about 13 s of compile time each).
+template <class Mat>
+void square_svd(const Mat& t, bool want_u, bool want_v, Eigen::VectorXd& s, Mat& U, Mat& V) {
 #ifdef PEMOE_WITH_LAPACK
   (void)want_u;
   (void)want_v;
@@ -55,7 +58,7 @@ inline void square_svd(const MatD& t, bool want_u, bool want_v, Eigen::VectorXd&
 #else
   const unsigned flags =
       (want_u ? unsigned(Eigen::ComputeThinU) : 0u) | (want_v ? unsigned(Eigen::ComputeThinV) : 0u);
-  const Eigen::BDCSVD<MatD> svd(t, flags);
+  const Eigen::BDCSVD<Mat> svd(t, flags);
   s = svd.singularValues();
   if (want_u) U = svd.matrixU();
   if (want_v) V = svd.matrixV();
