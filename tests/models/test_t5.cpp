@@ -272,20 +272,20 @@ struct TinyBatch {
 // relative-bias tables); `before_forward` runs before every forward (to replay dropout masks).
 double t5_gradcheck(
     T5<double>& m, ParamStore<double>& s, const TinyBatch& b, std::string& where,
-    const std::function<void()>& before_forward = [] {}) {
+    const std::function<void()>& before_forward = [] {}, Index per_tensor = 10) {
   typename T5<double>::Cache c;
   m.set_batch(b.B, b.Ts, b.Tt, b.src_mask, b.tgt_mask);
   before_forward();
   m.forward(b.ids, b.labels, c);
   s.zero_grad();
   m.backward(c);
-  const std::vector<double> g = s.grads();
+  const auto g = s.grads();
   Rng pick(5);
   double worst = 0;
   for (const auto& e : s.entries()) {
     if (!e.trainable) continue;
     const bool all = e.name.find("relative_attention_bias") != std::string::npos;
-    const Index count = all ? e.size : 10;
+    const Index count = all ? e.size : std::min(per_tensor, e.size);
     for (Index q = 0; q < count; ++q) {
       const Index i = all ? q : Index(pick.below(std::uint64_t(e.size)));
       double& v = s.values()[std::size_t(e.offset + i)];
@@ -577,6 +577,127 @@ TEST_CASE("T5 adapter sites: q, k, v, o, wi_0, wi_1, wo of both stacks, LoRA the
   CHECK_THROWS_AS(m2.inject(spec, none), ConfigError);
 }
 
+TEST_CASE("T5 feed-forward with a MoV on the intermediate activation equals a naive per-token loop", "[t5]") {
+  for (bool v11 : {true, false}) {
+    CAPTURE(v11);
+    const T5Config cfg = tiny_t5(v11);
+    T5DenseReluDense<double> ff(cfg);
+    MoVConfig mc = MoVConfig::for_ai(3);
+    ff.set_intermediate_mov(mc);
+    ParamStore<double> s;
+    Rng rng(3);
+    ff.register_params(s, "ff", rng);
+    testing::randomize_params(s, 4, 0.6);
+    const Index n = 5, d = cfg.d_model, f = cfg.d_ff, e = 3;
+    const Matrix<double> x = testing::random_matrix(n, d, 9);
+    Matrix<double> y(n, d);
+    T5DenseReluDense<double>::Cache c;
+    ff.forward(x, y, c);
+    const auto W = [&](const std::string& name) { return s.matrix(s.id(name)); };
+    const Matrix<double> wi0 = W(v11 ? "ff.wi_0.weight" : "ff.wi.weight"), wo = W("ff.wo.weight");
+    const Matrix<double> L = W("ff.intermediate.mov_scaling"), G = W("ff.intermediate.router.weight");
+    REQUIRE(L.rows() == e);
+    REQUIRE(G.rows() == e);
+    REQUIRE(G.cols() == f);
+    double worst = 0;
+    for (Index t = 0; t < n; ++t) {
+      std::vector<double> a(std::size_t(f), 0.0), g(std::size_t(f), 0.0);
+      for (Index j = 0; j < f; ++j) {
+        double h = 0;
+        for (Index k = 0; k < d; ++k) h += wi0(j, k) * x(t, k);
+        a[std::size_t(j)] = v11 ? 0.5 * h * (1 + std::tanh(std::sqrt(2 / M_PI) * (h + 0.044715 * h * h * h)))
+                                : std::max(h, 0.0);
+      }
+      std::vector<double> z(std::size_t(e), 0.0), p(std::size_t(e), 0.0);
+      double zmax = -1e300, sum = 0;
+      for (Index i = 0; i < e; ++i) {
+        for (Index j = 0; j < f; ++j) z[std::size_t(i)] += G(i, j) * a[std::size_t(j)];
+        zmax = std::max(zmax, z[std::size_t(i)]);
+      }
+      for (Index i = 0; i < e; ++i) sum += p[std::size_t(i)] = std::exp(z[std::size_t(i)] - zmax);
+      for (Index j = 0; j < f; ++j) {
+        double m = 0;
+        for (Index i = 0; i < e; ++i) m += p[std::size_t(i)] / sum * L(i, j);
+        double gate = 1;
+        if (v11) {
+          gate = 0;
+          const Matrix<double> wi1 = W("ff.wi_1.weight");
+          for (Index k = 0; k < d; ++k) gate += wi1(j, k) * x(t, k);
+        }
+        g[std::size_t(j)] = a[std::size_t(j)] * m * gate;
+      }
+      for (Index o = 0; o < d; ++o) {
+        double r = 0;
+        for (Index j = 0; j < f; ++j) r += wo(o, j) * g[std::size_t(j)];
+        worst = std::max(worst, std::abs(r - y(t, o)));
+      }
+    }
+    CHECK(worst < 1e-13);
+  }
+}
+
+TEST_CASE("T5 MoV at its reference placement: per-head k and v, the intermediate activation, gradients pass",
+          "[t5]") {
+  for (bool v11 : {true, false}) {
+    CAPTURE(v11);
+    const T5Config cfg = tiny_t5(v11);
+    T5<double> m(cfg);
+    MoVConfig mc = MoVConfig::for_ai(3);
+    mc.router.aux.z_coef = 0.01;  // an aux loss, so its gradient is checked too
+    const auto hit = m.inject_mov(mc);
+    // k, v of: 2 encoder self-attentions, 2 decoder self- and 2 cross-attentions; 4 feed-forwards
+    CHECK(hit.size() == 2 * 2 + 2 * 4 + 4);
+    ParamStore<double> s;
+    Rng rng(1);
+    m.register_params(s, rng);
+    const Index H = cfg.num_heads, dkv = cfg.d_kv, E = 3;
+    const auto& ek = s.entry(s.id("decoder.block.1.layer.1.EncDecAttention.v.mov_scaling"));
+    CHECK(ek.shape == Shape{H, E, dkv});  // each head its own E vectors
+    CHECK(s.entry(s.id("encoder.block.0.layer.0.SelfAttention.k.router.weight")).shape == Shape{E, dkv});
+    CHECK(s.entry(s.id("encoder.block.1.layer.1.DenseReluDense.intermediate.mov_scaling")).shape ==
+          Shape{E, cfg.d_ff});
+    CHECK_FALSE(s.contains("encoder.block.0.layer.0.SelfAttention.q.mov_scaling"));
+    Index trainable = 0;
+    for (const auto& e : s.entries()) {
+      INFO(e.name);
+      CHECK(e.trainable == !T5<double>::is_backbone(e.name));
+      if (e.trainable) trainable += e.size;
+    }
+    // per attention: 2 sites × (H·E·d_kv + E·d_kv); per feed-forward: E·d_ff + E·d_ff
+    CHECK(trainable == 6 * 2 * (H * E * dkv + E * dkv) + 4 * 2 * E * cfg.d_ff);
+    // vectors start at ones: the model equals the unadapted one
+    T5<double> plain(cfg);
+    ParamStore<double> sp;
+    Rng rng2(1);
+    plain.register_params(sp, rng2);
+    testing::randomize_params(sp, 2, 0.5);
+    for (const auto& e : sp.entries()) std::copy_n(sp.value(sp.id(e.name)), e.size, s.value(s.id(e.name)));
+    const TinyBatch b;
+    typename T5<double>::Cache c, cp;
+    plain.set_batch(b.B, b.Ts, b.Tt, b.src_mask, b.tgt_mask);
+    m.set_batch(b.B, b.Ts, b.Tt, b.src_mask, b.tgt_mask);
+    const double lp = plain.forward(b.ids, b.labels, cp), lm = m.forward(b.ids, b.labels, c);
+    CHECK(std::abs((lm - c.aux_loss) - lp) < 1e-13);
+    CHECK(c.aux_loss > 0);
+    // 12 k/v routers and 4 intermediate routers are in the rng state
+    CHECK(m.rng_counters().size() == plain.rng_counters().size() + 16);
+    // random vectors and routers: every adapter gradient passes central differences (padding, −100)
+    Rng vec(11);
+    for (const auto& e : s.entries())
+      if (e.trainable) vec.split(e.name).fill_normal(s.value(s.id(e.name)), e.size, 1.0, 0.5);
+    std::string where;
+    const double worst = t5_gradcheck(
+        m, s, b, where, [] {}, 4);  // 4 entries of each of 32 tensors
+    INFO("worst " << worst << " at " << where);
+    CHECK(worst < 1e-5);
+  }
+  T5<double> m(tiny_t5(true));
+  ParamStore<double> s;
+  Rng rng(1);
+  m.register_params(s, rng);
+  CHECK_THROWS_AS(m.inject_mov(MoVConfig::for_ai(2)), ConfigError);  // after register_params
+}
+
 TEST_CASE("T5 save and load: F32 round trip is exact, F16 / BF16 checkpoints load rounded", "[t5]") {
   const auto dir = std::filesystem::temp_directory_path() / "pemoe_t5_save";
   for (const char* name : {"v11", "orig"}) {
@@ -584,7 +705,7 @@ TEST_CASE("T5 save and load: F32 round trip is exact, F16 / BF16 checkpoints loa
     ParamStore<float> s;
     Rng rng(0);
     TensorDtypes dtypes;
-    auto m = load_t5<float>(kT5Dir + name, s, rng, &dtypes);
+    auto m = load_t5<float>(kT5Dir + name, s, rng, "", nullptr, &dtypes);
     CHECK(dtypes.size() == s.entries().size());
     for (const auto& [n, dt] : dtypes) CHECK(dt == Dtype::F32);
     save_t5(*m, dir.string());
@@ -603,7 +724,7 @@ TEST_CASE("T5 save and load: F32 round trip is exact, F16 / BF16 checkpoints loa
       save_t5(*m, dir.string(), want);
       ParamStore<float> s3;
       TensorDtypes got;
-      auto m3 = load_t5<float>(dir.string(), s3, rng, &got);
+      auto m3 = load_t5<float>(dir.string(), s3, rng, "", nullptr, &got);
       CHECK(got == want);
       const double rel =
           half == Dtype::BF16 ? 1.0 / 256 : 1.0 / 2048;  // half an ulp of an 8 / 11-bit mantissa

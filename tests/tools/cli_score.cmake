@@ -51,8 +51,18 @@ foreach(layout v11 orig tf5_scale tf5_noscale)
 endforeach()
 expect(0 "T5 logits \\(2, 5, 37\\), loss" score --model ${DATA}/../t5/v11 --batch ${DATA}/../t5/v11/batch.safetensors
        --out ${WORK}/t5_f32.safetensors)
-expect(2 "adapters on a T5 are not supported" score --model ${DATA}/../t5/v11 --batch
-       ${DATA}/../t5/v11/batch.safetensors --adapter ${TINY}_lora --out ${WORK}/x.safetensors)
+# T5 + a PEFT adapter that PEFT wrote (tests/data/t5/make_peft_fixtures.py): PEFT's float64 logits, loss and
+# adapter gradients under PEFT's keys and shapes
+foreach(kind lora ia3)
+  expect(0 "T5 logits \\(2, 5, 37\\), loss [0-9.]+, [0-9]+ gradient tensors" score --model ${DATA}/../t5/v11
+         --adapter ${DATA}/../t5/peft/${kind} --batch ${DATA}/../t5/v11/batch.safetensors --grads --dtype f64
+         --out ${WORK}/t5_${kind}.safetensors)
+  expect(0 " 0 differ.*; 0 name/metadata differences" diff ${DATA}/../t5/peft/expected_${kind}.safetensors
+         ${WORK}/t5_${kind}.safetensors --rtol 1e-9 --atol 1e-12 --ignore-metadata)
+endforeach()
+# a GPT-2 adapter on a T5: its sites are not there
+expect(1 "match none of the" score --model ${DATA}/../t5/v11 --batch ${DATA}/../t5/v11/batch.safetensors
+       --adapter ${TINY}_lora --out ${WORK}/x.safetensors)
 
 # ---- score: against Hugging Face / PEFT in float64 -------------------------------------------------------
 expect(0 "usage: pemoe score --model DIR --batch FILE --out FILE \\[options\\]" score --help)

@@ -69,13 +69,55 @@ std::vector<std::int64_t> read_mask(const SafetensorsFile& f, const std::string&
   return m;
 }
 
+// Writes `o.out`: logits (logit_shape), the loss when there are labels and, with --grads (after
+// `backward`), every trainable parameter's gradient: under its Hugging Face name (GPT-2's Conv1D weights
+// transposed to (in, out)) or, with an adapter, under the key and shape of its adapter_model.safetensors.
+// Prints one line; `model_kind` is "" or "T5 ".
+template <class T, class Backward>
+int write_scores(const ScoreOptions& o, ParamStore<T>& store, const Matrix<T>& logits,
+                 const Shape& logit_shape, double loss, bool has_labels, const PeftAdapterConfig& adapter,
+                 const char* model_kind, Backward&& backward) {
+  SafetensorsWriter w;
+  w.set_metadata("format", "pt");
+  const Dtype dt = std::is_same_v<T, double> ? Dtype::F64 : Dtype::F32;
+  w.add("logits", logit_shape, logits.data(), dt);
+  if (has_labels) {
+    const T l = T(loss);
+    w.add("loss", Shape{}, &l, dt);
+  }
+  Index n_grads = 0;
+  if (o.grads) {
+    store.zero_grad();
+    backward();
+    const bool adapted = !o.adapter.empty();
+    for (const auto& e : store.entries()) {
+      if (!e.trainable) continue;
+      const T* g = store.grad(store.id(e.name));
+      if (!adapted && pemoe::detail::is_gpt2_conv1d_weight(e.name)) {  // HF's Conv1D layout (in, out)
+        const Matrix<T> t = ConstMatrixMap<T>(g, e.shape[0], e.shape[1]).transpose();
+        w.add("grad." + e.name, Shape{e.shape[1], e.shape[0]}, t.data(), dt);
+      } else if (adapted && adapter.spec.kind == AdapterKind::ia3) {  // PEFT: (out, 1), or (1, in)
+        const std::string site = e.name.substr(0, e.name.size() - std::string(".ia3_l").size());
+        w.add("grad." + peft_key(e.name),
+              adapter.feedforward.matches(site) ? Shape{1, e.size} : Shape{e.size, 1}, g, dt);
+      } else {
+        w.add("grad." + (adapted ? peft_key(e.name) : e.name), e.shape, g, dt);
+      }
+      ++n_grads;
+    }
+  }
+  w.save(o.out);
+  std::cout << "'" << o.out << "': " << model_kind << "logits " << shape_string(logit_shape);
+  if (has_labels) std::cout << ", loss " << loss;
+  if (o.grads) std::cout << ", " << n_grads << " gradient tensors";
+  std::cout << "\n";
+  return 0;
+}
+
 // T5: input_ids (B, Ts) with an optional attention_mask; labels (B, Tt) (decoder inputs = labels shifted
 // right, as Hugging Face does) or decoder_input_ids (B, Tt), with an optional decoder_attention_mask.
 template <class T>
 int score_t5(const ScoreOptions& o) {
-  if (!o.adapter.empty())
-    throw UsageError(
-        "--adapter: adapters on a T5 are not supported by pemoe score yet; score the model alone");
   const auto batch = SafetensorsFile::load(o.batch);
   if (!batch.contains("input_ids"))
     throw RuntimeError("'" + o.batch + "' has no tensor 'input_ids' (int64, (B, Ts)) for the T5 encoder");
@@ -105,7 +147,8 @@ int score_t5(const ScoreOptions& o) {
 
   ParamStore<T> store;
   Rng rng(0);
-  auto model = load_t5<T>(o.model, store, rng);
+  PeftAdapterConfig adapter;
+  auto model = load_t5<T>(o.model, store, rng, o.adapter, &adapter);
   const Index B = src_shape[0], Ts = src_shape[1], Tt = tgt_shape[1], V = model->config().vocab_size;
   check_ids(src, src_shape, V, false, o.batch, "input_ids", o.model);
   check_ids(labels, tgt_shape, V, true, o.batch, "labels", o.model);
@@ -117,30 +160,8 @@ int score_t5(const ScoreOptions& o) {
   const double loss =
       dec.empty() ? model->forward(src, labels, cache) : model->forward(src, dec, labels, cache);
 
-  SafetensorsWriter w;
-  w.set_metadata("format", "pt");
-  const Dtype dt = std::is_same_v<T, double> ? Dtype::F64 : Dtype::F32;
-  w.add("logits", Shape{B, Tt, V}, cache.logits.data(), dt);
-  if (!labels.empty()) {
-    const T l = T(loss);
-    w.add("loss", Shape{}, &l, dt);
-  }
-  Index n_grads = 0;
-  if (o.grads) {
-    store.zero_grad();
-    model->backward(cache);
-    for (const auto& e : store.entries()) {
-      if (!e.trainable) continue;
-      w.add("grad." + e.name, e.shape, store.grad(store.id(e.name)), dt);
-      ++n_grads;
-    }
-  }
-  w.save(o.out);
-  std::cout << "'" << o.out << "': T5 logits (" << B << ", " << Tt << ", " << V << ")";
-  if (!labels.empty()) std::cout << ", loss " << loss;
-  if (o.grads) std::cout << ", " << n_grads << " gradient tensors";
-  std::cout << "\n";
-  return 0;
+  return write_scores(o, store, cache.logits, Shape{B, Tt, V}, loss, !labels.empty(), adapter, "T5 ",
+                      [&] { model->backward(cache); });
 }
 
 template <class T>
@@ -182,41 +203,8 @@ int score(const ScoreOptions& o) {
   typename GPT2<T>::Cache cache;
   const double loss = model->forward(ids, labels, cache);
 
-  SafetensorsWriter w;
-  w.set_metadata("format", "pt");
-  const Dtype dt = std::is_same_v<T, double> ? Dtype::F64 : Dtype::F32;
-  w.add("logits", Shape{B, S, V}, cache.logits.data(), dt);
-  if (!labels.empty()) {
-    const T l = T(loss);
-    w.add("loss", Shape{}, &l, dt);
-  }
-  Index n_grads = 0;
-  if (o.grads) {
-    store.zero_grad();
-    model->backward(cache);
-    const bool adapted = !o.adapter.empty();
-    for (const auto& e : store.entries()) {
-      if (!e.trainable) continue;
-      const T* g = store.grad(store.id(e.name));
-      if (!adapted && pemoe::detail::is_gpt2_conv1d_weight(e.name)) {  // HF's Conv1D layout (in, out)
-        const Matrix<T> t = ConstMatrixMap<T>(g, e.shape[0], e.shape[1]).transpose();
-        w.add("grad." + e.name, Shape{e.shape[1], e.shape[0]}, t.data(), dt);
-      } else if (adapted && adapter.spec.kind == AdapterKind::ia3) {  // PEFT: (out, 1), or (1, in)
-        const std::string site = e.name.substr(0, e.name.size() - std::string(".ia3_l").size());
-        w.add("grad." + peft_key(e.name),
-              adapter.feedforward.matches(site) ? Shape{1, e.size} : Shape{e.size, 1}, g, dt);
-      } else {
-        w.add("grad." + (adapted ? peft_key(e.name) : e.name), e.shape, g, dt);
-      }
-      ++n_grads;
-    }
-  }
-  w.save(o.out);
-  std::cout << "'" << o.out << "': logits (" << B << ", " << S << ", " << V << ")";
-  if (!labels.empty()) std::cout << ", loss " << loss;
-  if (o.grads) std::cout << ", " << n_grads << " gradient tensors";
-  std::cout << "\n";
-  return 0;
+  return write_scores(o, store, cache.logits, Shape{B, S, V}, loss, !labels.empty(), adapter, "",
+                      [&] { model->backward(cache); });
 }
 
 void setup_score(CLI::App& cmd) {
@@ -249,8 +237,8 @@ void setup_score(CLI::App& cmd) {
       "in F32 (F64 with --dtype f64, which also computes in double).\n"
       "A T5 (config.json model_type \"t5\") reads input_ids and attention_mask (B, Ts), labels (B, Tt;\n"
       "decoder inputs = labels shifted right with decoder_start_token_id) or decoder_input_ids, and\n"
-      "decoder_attention_mask; it writes logits (B, Tt, vocab), loss (mean over labels != -100) and with\n"
-      "--grads every parameter's gradient under its Hugging Face name.");
+      "decoder_attention_mask; it writes logits (B, Tt, vocab), loss (mean over labels != -100) and the\n"
+      "gradients as above (a T5 takes PEFT adapters too: IA3's feed-forward default is wo).");
   set_action(cmd, [o] { return o->dtype == "f64" ? score<double>(*o) : score<float>(*o); });
 }
 

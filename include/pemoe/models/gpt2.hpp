@@ -423,6 +423,10 @@ class GPT2 {
     store.set_frozen_filter({});
   }
 
+  /// PEFT's `task_type` of this model's adapters.
+  static constexpr const char* kPeftTaskType = "CAUSAL_LM";
+  /// PEFT's `fan_in_fan_out` (GPT-2's linears are Conv1D, (in, out)).
+  static constexpr bool kPeftFanInFanOut = true;
   /// Whether a parameter belongs to the pretrained backbone (not to an adapter or a router).
   static bool is_backbone(const std::string& name) {
     for (const char* key : {".lora_A.", ".lora_B.", ".ia3_l", ".mov_scaling", ".router.", ".mpoe."})

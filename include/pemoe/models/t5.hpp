@@ -200,6 +200,12 @@ struct T5Config {
  *
  * Parameters: `<prefix>.wi_0.weight`, `.wi_1.weight` (d_ff, d) (gated) or `.wi.weight` (d_ff, d);
  * `.wo.weight` (d, d_ff); each a `LinearSite`. Shapes: x (N, d) -> y (N, d).
+ *
+ * Optionally a `MoV` on the intermediate activation (`set_intermediate_mov`, MoV's reference placement, the
+ * Flaxformer fork's `MlpBlock.intermediate_conv`): branch 0 after the activation is scaled,
+ * @f$ a' = a \odot \sum_i g_i(a)\, l_i @f$ with the router reading a itself, then the gate product
+ * @f$ a' \odot W_{i1} x @f$. Parameters `<prefix>.intermediate.mov_scaling` (E, d_ff) and
+ * `<prefix>.intermediate.router.*`.
  */
 template <class T>
 class T5DenseReluDense {
@@ -210,6 +216,8 @@ class T5DenseReluDense {
     Matrix<T> a;   ///< (N, d_ff) act(h0)
     Matrix<T> h1;  ///< (N, d_ff) wi_1(x) (gated only)
     Matrix<T> g;   ///< (N, d_ff) drop(a ⊙ h1) (or drop(a)), the input of wo
+    Matrix<T> am;  ///< (N, d_ff) MoV-scaled a (only with an intermediate MoV)
+    typename MoV<T>::Cache cm;
     typename LinearSite<T>::Cache c0, c1, co;
     typename Dropout<T>::Cache drop;
   };
@@ -230,7 +238,18 @@ class T5DenseReluDense {
     if (m_gated) m_wi1.register_params(store, prefix + ".wi_1", rng);
     m_wo.register_params(store, prefix + ".wo", rng);
     m_drop.register_params(store, prefix + ".dropout", rng);
+    if (m_mid) m_mid->register_params(store, prefix + ".intermediate", rng);
   }
+
+  /// Puts a `MoV` (heads = 1) on the intermediate activation of branch 0 (see the class comment). Before
+  /// `register_params`.
+  void set_intermediate_mov(const MoVConfig& config) {
+    PEMOE_CHECK_CONFIG(config.heads == 1 && config.router_input == RouterInput::activation,
+                       "T5DenseReluDense: the intermediate MoV has one head and routes on the activation");
+    m_mid.emplace(m_ff, config);
+  }
+  bool has_intermediate_mov() const { return m_mid.has_value(); }
+  MoV<T>& intermediate_mov() { return *m_mid; }
 
   /// x: (N, d) -> y: (N, d)
   void forward(ConstMatrixRef<T> x, MatrixRef<T> y, Cache& c) {
@@ -241,37 +260,51 @@ class T5DenseReluDense {
     m_wi0.forward(x, c.h0, c.c0);
     c.a.resize(n, m_ff);
     activate(c.h0, c.a);
+    if (m_mid) {
+      c.am.resize(n, m_ff);
+      m_mid->forward(c.a, c.am, c.cm);
+    }
+    const Matrix<T>& a = m_mid ? c.am : c.a;
     c.g.resize(n, m_ff);
     if (m_gated) {
       c.h1.resize(n, m_ff);
       m_wi1.forward(x, c.h1, c.c1);
-      c.g = c.a.cwiseProduct(c.h1);
+      c.g = a.cwiseProduct(c.h1);
     } else {
-      c.g = c.a;
+      c.g = a;
     }
     m_drop.forward(c.g, c.g, c.drop);
     m_wo.forward(c.g, y, c.co);
   }
 
-  /// Adds the gradients of wi_0, wi_1 (wi), wo; writes dx.   x: (N, d), dy: (N, d) -> dx: (N, d)
+  /// Adds the gradients of wi_0, wi_1 (wi), wo (and the intermediate MoV); writes dx.
+  /// x: (N, d), dy: (N, d) -> dx: (N, d)
   void backward(ConstMatrixRef<T> x, const Cache& c, ConstMatrixRef<T> dy, MatrixRef<T> dx) {
     const Index n = x.rows();
     Matrix<T> dg(n, m_ff);
     m_wo.backward(c.g, c.co, dy, dg);
     m_drop.backward(dg, c.drop, dg, dg);
+    const Matrix<T>& a = m_mid ? c.am : c.a;
     Matrix<T> da(n, m_ff), dh0(n, m_ff);
     if (m_gated) {
       da = dg.cwiseProduct(c.h1);
-      Matrix<T> dh1 = dg.cwiseProduct(c.a);
-      activate_backward(c.h0, da, dh0);
-      m_wi0.backward(x, c.c0, dh0, dx);
+      const Matrix<T> dh1 = dg.cwiseProduct(a);
       Matrix<T> tmp(n, m_d);
       m_wi1.backward(x, c.c1, dh1, tmp);
-      dx += tmp;
+      dx = tmp;
     } else {
-      activate_backward(c.h0, dg, dh0);
-      m_wi0.backward(x, c.c0, dh0, dx);
+      da = dg;
+      dx.setZero();
     }
+    if (m_mid) {  // da holds d(am): through the MoV to d(a), adding the MoV's gradients
+      Matrix<T> dmid(n, m_ff);
+      m_mid->backward(c.a, c.cm, da, dmid);
+      da = dmid;
+    }
+    activate_backward(c.h0, da, dh0);
+    Matrix<T> dx0(n, m_d);
+    m_wi0.backward(x, c.c0, dh0, dx0);
+    dx += dx0;
   }
 
   void set_training(bool on) {
@@ -279,6 +312,7 @@ class T5DenseReluDense {
     m_wi1.set_training(on);
     m_wo.set_training(on);
     m_drop.set_training(on);
+    if (m_mid) m_mid->set_training(on);
   }
 
   bool gated() const { return m_gated; }
@@ -314,6 +348,7 @@ class T5DenseReluDense {
   ReLU<T> m_relu_layer;
   LinearSite<T> m_wi0, m_wi1, m_wo;
   Dropout<T> m_drop;
+  std::optional<MoV<T>> m_mid;  ///< MoV on the intermediate activation (none by default)
 };
 
 /**
@@ -597,12 +632,57 @@ class T5 {
     m_adapted = spec.kind != AdapterKind::none;
     return hit;
   }
+  /**
+   * @brief MoV where its reference puts it (Zadouri et al. 2023; the Flaxformer fork's `MoVAttention` and
+   * `MlpBlock.intermediate_conv`): on the key and value projections of every attention (encoder self,
+   * decoder self and cross), per head (`heads` = H: vectors (H, E, d_kv), one router (E, d_kv) shared by
+   * the heads, routing per token and head on the key or value vector), and on the intermediate activation
+   * of every feed-forward (branch 0 after the activation, vectors (E, d_ff), router on that activation).
+   * `config.heads` is ignored (set per site). Before `register_params`; returns the adapted sites' names.
+   *
+   * (IA)³ at the same places is PEFT's T5 default: `inject` IA3 with targets k, v, wo and feed-forward wo
+   * (scaling wo's input equals scaling branch 0 after the activation, the products commuting).
+   */
+  std::vector<std::string> inject_mov(MoVConfig config) {
+    PEMOE_CHECK_CONFIG(m_store == nullptr, "T5: inject adapters before register_params()");
+    std::vector<std::string> hit;
+    AdapterSpec kv;
+    kv.kind = AdapterKind::mov;
+    kv.mov = config;
+    kv.mov.heads = m_config.num_heads;
+    kv.mov.router_input = RouterInput::activation;
+    for (auto& [name, site] : linear_sites()) {
+      const bool k = name.size() >= 2 && name.compare(name.size() - 2, 2, ".k") == 0;
+      const bool v = name.size() >= 2 && name.compare(name.size() - 2, 2, ".v") == 0;
+      if (!k && !v) continue;
+      site->set_adapter(kv);
+      hit.push_back(name);
+    }
+    MoVConfig mid = config;
+    mid.heads = 1;
+    mid.router_input = RouterInput::activation;
+    for (std::size_t i = 0; i < m_enc.size(); ++i) {
+      m_enc[i].ff().set_intermediate_mov(mid);
+      hit.push_back("encoder.block." + std::to_string(i) + ".layer.1.DenseReluDense.intermediate");
+    }
+    for (std::size_t i = 0; i < m_dec.size(); ++i) {
+      m_dec[i].ff().set_intermediate_mov(mid);
+      hit.push_back("decoder.block." + std::to_string(i) + ".layer.2.DenseReluDense.intermediate");
+    }
+    m_adapted = true;
+    return hit;
+  }
+
   /// PEFT's default IA3 feed-forward modules for T5: "wo".
   static TargetModules default_feedforward() {
     TargetModules t;
     t.names = {"wo"};
     return t;
   }
+  /// PEFT's `task_type` of this model's adapters.
+  static constexpr const char* kPeftTaskType = "SEQ_2_SEQ_LM";
+  /// PEFT's `fan_in_fan_out` (T5's linears are nn.Linear).
+  static constexpr bool kPeftFanInFanOut = false;
   /// Whether a parameter belongs to the pretrained backbone (not to an adapter or a router).
   static bool is_backbone(const std::string& name) {
     for (const char* key : {".lora_A.", ".lora_B.", ".ia3_l", ".mov_scaling", ".router."})
@@ -660,6 +740,10 @@ class T5 {
                        name.find("EncDecAttention.v") != std::string::npos;
       r->set_token_mask(src ? src_tokens : tgt_tokens);
     }
+    for (auto& b : m_enc)
+      if (b.ff().has_intermediate_mov()) b.ff().intermediate_mov().router().set_token_mask(src_tokens);
+    for (auto& b : m_dec)
+      if (b.ff().has_intermediate_mov()) b.ff().intermediate_mov().router().set_token_mask(tgt_tokens);
     m_batch = batch;
     m_src_len = src_len;
     m_tgt_len = tgt_len;
@@ -843,12 +927,16 @@ class T5 {
       if (Dropout<T>* d = site->dropout()) f(*d);
       if (Router<T>* r = site->router()) f(*r);
     }
+    for (auto* stack : {&m_enc, &m_dec})
+      for (auto& b : *stack)
+        if (b.ff().has_intermediate_mov()) f(b.ff().intermediate_mov().router());
   }
   static double attn_aux(T5Attention<T>& a, const typename T5Attention<T>::Cache& c) {
     return a.q().aux_loss(c.cq) + a.k().aux_loss(c.ck) + a.v().aux_loss(c.cv) + a.o().aux_loss(c.co);
   }
   static double ff_aux(T5DenseReluDense<T>& f, const typename T5DenseReluDense<T>::Cache& c) {
-    return f.wi_0().aux_loss(c.c0) + (f.gated() ? f.wi_1().aux_loss(c.c1) : 0.0) + f.wo().aux_loss(c.co);
+    return f.wi_0().aux_loss(c.c0) + (f.gated() ? f.wi_1().aux_loss(c.c1) : 0.0) + f.wo().aux_loss(c.co) +
+           (f.has_intermediate_mov() ? f.intermediate_mov().aux_loss(c.cm) : 0.0);
   }
 
   void init_like_hf(ParamStore<T>& store, Rng& rng) {

@@ -13,7 +13,7 @@
 #include "pemoe/core/param_store.hpp"
 #include "pemoe/core/rng.hpp"
 #include "pemoe/io/safetensors.hpp"
-#include "pemoe/models/gpt2_hf.hpp"
+#include "pemoe/models/peft_dir.hpp"
 #include "pemoe/models/t5.hpp"
 
 namespace pemoe {
@@ -99,14 +99,30 @@ void save_t5(T5<T>& model, const std::string& dir, const TensorDtypes& dtypes = 
   detail::write_json_file(dir + "/config.json", cfg);
 }
 
-/// Builds a T5 from a Hugging Face directory into `store` (parameters initialised, then loaded).
+/**
+ * @brief Builds a T5 from a Hugging Face directory (and optionally a PEFT adapter directory: LoRA, (IA)³ or
+ * pemoe's MoE extension, `adapter_config.json` + `adapter_model.safetensors`) into `store`. IA3 without
+ * `feedforward_modules` scales wo's input, PEFT's T5 default.
+ */
 template <class T>
 std::unique_ptr<T5<T>> load_t5(const std::string& model_dir, ParamStore<T>& store, Rng& rng,
+                               const std::string& adapter_dir = "", PeftAdapterConfig* adapter = nullptr,
                                TensorDtypes* dtypes = nullptr) {
   auto model = std::make_unique<T5<T>>(read_t5_config(model_dir));
+  PeftAdapterConfig a;
+  if (!adapter_dir.empty()) {
+    a = read_peft_config(adapter_dir);
+    if (!a.raw.contains("feedforward_modules") || a.raw["feedforward_modules"].is_null())
+      a.feedforward = T5<T>::default_feedforward();  // PEFT's mapping for t5
+    PEMOE_CHECK_CONFIG(a.experts_per_layer.empty(), adapter_dir,
+                       "/adapter_config.json: experts_per_layer is a GPT-2 option; T5 takes one E");
+    model->inject(a.spec, a.targets, a.feedforward);
+  }
   model->register_params(store, rng);
   const TensorDtypes d = load_t5_weights(*model, model_dir);
   if (dtypes) *dtypes = d;
+  if (!adapter_dir.empty()) load_peft_weights(*model, adapter_dir);
+  if (adapter) *adapter = a;
   return model;
 }
 
