@@ -80,6 +80,32 @@ for t in sorted({re.search(r"_t(\d+)\.", p).group(1) for p in glob.glob(os.path.
             else:
                 print(f"| {name} | {tok:.1f} | {rss:.0f} | {label} | – | – | – |")
         print()
+    # ---- T5 ----
+    rows = []
+    for p in sorted(glob.glob(os.path.join(out, f"t5_pemoe_*_t{t}.json"))):
+        for b in load_gbench(p):
+            rows.append((b["name"].replace("BM_T5Train/", "").replace("/iterations:8", ""), b["tokens_per_s"],
+                         b.get("peak_rss_MB", 0)))
+    peers = {}
+    for cfg in ("c", "a"):
+        try:
+            r = json.loads(open(os.path.join(out, f"t5_torch_{cfg}_t{t}.json")).read().strip().splitlines()[-1])
+            peers[cfg] = (r["tok_s"], r.get("peak_rss_mb", 0))
+        except (OSError, ValueError, KeyError, IndexError):
+            pass
+    if rows:
+        print(f"## T5 v1.1-small-shaped training, B8 S64 T16, {t} thread(s)\n")
+        print("| pemoe variant | tokens/s | peak RSS MB | PyTorch peer | peer tokens/s | peer RSS MB | ratio |")
+        print("|---|---|---|---|---|---|---|")
+        for name, tok, rss in rows:
+            cfg = "a" if name.startswith("config_a") else "c"
+            pt = peers.get(cfg)
+            label = {"a": "config a (full FT)", "c": "config c (MoV E10)"}[cfg]
+            if pt:
+                print(f"| {name} | {tok:.1f} | {rss:.0f} | {label} | {pt[0]:.1f} | {pt[1]:.0f} | {tok / pt[0]:.2f}× |")
+            else:
+                print(f"| {name} | {tok:.1f} | {rss:.0f} | {label} | – | – | – |")
+        print()
     # ---- adapter layers ----
     pem = load_gbench(os.path.join(out, f"layers_pemoe_t{t}.json"))
     if pem:
