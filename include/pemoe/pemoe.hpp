@@ -70,8 +70,10 @@
 #include "pemoe/models/gpt2_hf.hpp"
 #include "pemoe/models/linear_site.hpp"
 #include "pemoe/models/lm_eval.hpp"
+#include "pemoe/models/peft_dir.hpp"
 #include "pemoe/models/t5.hpp"
 #include "pemoe/models/t5_attention.hpp"
+#include "pemoe/models/t5_generate.hpp"
 #include "pemoe/models/t5_hf.hpp"
 #include "pemoe/models/target_modules.hpp"
 

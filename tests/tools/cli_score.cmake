@@ -127,6 +127,12 @@ expect(0 "^37,37,37,8,8,37,37,58,58,58,84,74\n10,10,26,10,74,74,74,31,31,31,31,7
        --prompt-ids ${P0} --prompt-ids 84,51 --max-new-tokens 12)
 expect(0 "^40,74,51,51,51,74,31,31,74,31,31,31\n31,31,31,31,31,31,31,31,31,31,31,31\n$" generate --model ${TINY}
        --adapter ${TINY}_lora --prompt-ids ${P0} --prompt-ids 84,51 --max-new-tokens 12)
+# a T5 decodes from the sources with a cached decoder: Hugging Face's greedy generate (t5/v11/generate.json)
+expect(0 "^18,18,18,18,18,18,18,18\n2,18,14,23,19,15,7,5\n$" generate --model ${DATA}/../t5/v11
+       --prompt-ids 5,17,3,30,8,1,36 --prompt-ids 22,9,14,1 --max-new-tokens 8)
+expect(0 "^18,18,18,18,18,18,18,18\n2,18,14,23,19,15,7,5\n$" generate --model ${DATA}/../t5/v11
+       --prompt-ids 5,17,3,30,8,1,36 --prompt-ids 22,9,14,1 --max-new-tokens 8 --no-cache --dtype f64)
+expect(2 "a T5 decodes in f32 or f64" generate --model ${DATA}/../t5/v11 --prompt-ids 5,17 --dtype bf16)
 # a stop token ends its sequence (it is the last id printed); the other sequence goes on
 expect(0 "^37,37,37,8\n7,73,7,73,73,73,73,73,7,73,37,54\n$" generate --model ${TINY} --prompt-ids ${P0}
        --prompt-ids ${P1} --max-new-tokens 12 --eos 8)

@@ -1,5 +1,6 @@
 // `pemoe generate --model DIR [--adapter DIR] --prompt-ids "1,2,3" [--max-new-tokens N] [--temperature T]
-// [--top-k K] [--top-p P] [--seed S] [--eos ID]`: continues token-id prompts with a Hugging Face GPT-2.
+// [--top-k K] [--top-p P] [--seed S] [--eos ID]`: continues token-id prompts with a Hugging Face GPT-2, or
+// decodes from token-id sources with a T5 (cached decoder).
 #include <cmath>
 #include <cstdint>
 #include <iostream>
@@ -12,6 +13,8 @@
 #include "../cli.hpp"
 #include "pemoe/models/generate.hpp"
 #include "pemoe/models/gpt2_hf.hpp"
+#include "pemoe/models/t5_generate.hpp"
+#include "pemoe/models/t5_hf.hpp"
 
 namespace pemoe::cli {
 namespace {
@@ -48,6 +51,16 @@ int run_generate(const GenerateCliOptions& o) {
   for (const auto& p : o.prompts) prompts.push_back(parse_ids(p));
   ParamStore<T> store;
   Rng rng(0);
+  GenerateOptions g = o.gen;
+  g.do_sample = o.sample;
+  g.use_cache = !o.no_cache;
+  if (is_t5_dir(o.model)) {  // the prompts are the encoder's sources; eos: the config's unless --eos
+    if (o.dtype == "bf16") throw UsageError("--dtype bf16: a T5 decodes in f32 or f64");
+    auto t5 = load_t5<T>(o.model, store, rng, o.adapter);
+    t5->set_training(false);
+    for (const auto& ids : generate(*t5, prompts, g)) std::cout << join_ids(ids) << "\n";
+    return 0;
+  }
   auto model = load_gpt2<T>(o.model, store, rng, o.adapter);
   model->set_training(false);
   if constexpr (std::is_same_v<T, float>) {
@@ -56,9 +69,6 @@ int run_generate(const GenerateCliOptions& o) {
       model->pack_frozen(PackDtype::bf16, true);
     }
   }
-  GenerateOptions g = o.gen;
-  g.do_sample = o.sample;
-  g.use_cache = !o.no_cache;
   for (const auto& ids : generate(*model, prompts, g)) std::cout << join_ids(ids) << "\n";
   return 0;
 }
@@ -86,7 +96,8 @@ CLI::Validator probability() {
 void setup_generate(CLI::App& cmd) {
   auto o = std::make_shared<GenerateCliOptions>();
   const long long big = std::numeric_limits<long long>::max();
-  cmd.add_option("--model", o->model, "a Hugging Face GPT-2 directory (config.json, model.safetensors)")
+  cmd.add_option("--model", o->model,
+                 "a Hugging Face GPT-2 or T5 directory (config.json, model.safetensors; model_type \"t5\")")
       ->required()
       ->type_name("DIR");
   cmd.add_option("--prompt-ids", o->prompts,
@@ -139,7 +150,9 @@ void setup_generate(CLI::App& cmd) {
       "Greedy (argmax) unless --sample, --temperature, --top-k or --top-p is given; sampling applies\n"
       "temperature, then top-k, then top-p as Hugging Face does, with a counter-based rng seeded by --seed\n"
       "(the same seed gives the same ids). The model's generation_config.json is not read: stop tokens\n"
-      "are only those given with --eos.");
+      "are only those given with --eos.\n"
+      "A T5 (config.json model_type \"t5\") reads each --prompt-ids as an encoder source and decodes from\n"
+      "decoder_start_token_id with a cached decoder; without --eos it stops at the config's eos_token_id.");
   set_action(cmd, [o, &cmd] {
     for (const char* opt : {"--temperature", "--top-k", "--top-p"})
       if (cmd.count(opt) > 0) o->sample = true;
@@ -148,7 +161,9 @@ void setup_generate(CLI::App& cmd) {
 }
 
 [[maybe_unused]] const bool registered_generate = register_command(
-    {"generate", "continue token-id prompts with a Hugging Face GPT-2 (+ PEFT adapter)", setup_generate});
+    {"generate",
+     "continue token-id prompts with a Hugging Face GPT-2, or decode from them with a T5 (+ PEFT adapter)",
+     setup_generate});
 
 }  // namespace
 }  // namespace pemoe::cli

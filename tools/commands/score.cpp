@@ -33,12 +33,6 @@ std::vector<std::int64_t> read_ids(const SafetensorsFile& f, const std::string& 
   return f.to_vector<std::int64_t>(name);
 }
 
-// Whether `dir`/config.json describes a T5 (model_type "t5"); GPT-2 otherwise.
-bool is_t5_model(const std::string& dir) {
-  const nlohmann::json j = pemoe::detail::read_json_file(dir + "/config.json");
-  return j.is_object() && j.value("model_type", std::string()) == "t5";
-}
-
 // Checks that every id of `ids` ((B, T) `shape`, tensor `name` of `file`) is -100 (when `ignore_ok`) or in
 // [0, V) of `model`.
 void check_ids(const std::vector<std::int64_t>& ids, const Shape& shape, Index V, bool ignore_ok,
@@ -166,7 +160,7 @@ int score_t5(const ScoreOptions& o) {
 
 template <class T>
 int score(const ScoreOptions& o) {
-  if (is_t5_model(o.model)) return score_t5<T>(o);
+  if (is_t5_dir(o.model)) return score_t5<T>(o);
   const auto batch = SafetensorsFile::load(o.batch);
   if (!batch.contains("input_ids"))
     throw RuntimeError("'" + o.batch + "' has no tensor 'input_ids' (int64, (B, T)); it has " +

@@ -143,11 +143,11 @@ template <class T>
 class RouterQuiet {
  public:
   explicit RouterQuiet(GPT2<T>& model) {
-    for (auto& [name, r] : model.routers()) {
-      m_saved.push_back({r, r->collector(), r->token_mask(), r->call_counter()});
-      r->set_collector(nullptr);
-      r->clear_token_mask();
-    }
+    for (auto& [name, r] : model.routers()) quiet(r);
+  }
+  /// Any model's routers (T5's `routers()`).
+  explicit RouterQuiet(const std::vector<Router<T>*>& routers) {
+    for (Router<T>* r : routers) quiet(r);
   }
   ~RouterQuiet() {
     for (auto& s : m_saved) {
@@ -160,6 +160,11 @@ class RouterQuiet {
   RouterQuiet& operator=(const RouterQuiet&) = delete;
 
  private:
+  void quiet(Router<T>* r) {
+    m_saved.push_back({r, r->collector(), r->token_mask(), r->call_counter()});
+    r->set_collector(nullptr);
+    r->clear_token_mask();
+  }
   struct Saved {
     Router<T>* router;
     AuxLossCollector* collector;

@@ -434,6 +434,27 @@ class T5Block {
     y += *x2;
   }
 
+  /// Decoder, inference: one position per sequence, x (B, d) -> y (B, d), against the self-attention cache
+  /// (this position's k, v appended) and the cross-attention cache; `bias` (H, positions so far + 1) is this
+  /// query's row of the position bias. No dropout (eval mode).
+  void decode_step(ConstMatrixRef<T> x, typename T5Attention<T>::KVCache& self,
+                   typename T5Attention<T>::KVCache& cross, const Matrix<T>& bias, MatrixRef<T> y) {
+    PEMOE_CHECK_CONFIG(m_decoder, "T5Block: decode_step is for decoder blocks");
+    const Index n = x.rows();
+    typename RMSNorm<T>::Cache lc;
+    Matrix<T> h(n, m_d), x1(n, m_d), x2(n, m_d);
+    m_ln0.forward(x, h, lc);
+    m_sa.step(h, self, true, &bias, x1);
+    x1 += x;
+    m_ln1.forward(x1, h, lc);
+    m_ca.step(h, cross, false, nullptr, x2);
+    x2 += x1;
+    m_ln2.forward(x2, h, lc);
+    typename T5DenseReluDense<T>::Cache fc;
+    m_ff.forward(h, y, fc);
+    y += x2;
+  }
+
   /// Adds every parameter gradient; writes dx; adds the encoder output's gradient into `denc` (decoder)
   /// and the position bias's into `dbias` (H·T, T).
   void backward(ConstMatrixRef<T> x, const Matrix<T>* enc, const Cache& c, ConstMatrixRef<T> dy,
@@ -747,6 +768,52 @@ class T5 {
     m_batch = batch;
     m_src_len = src_len;
     m_tgt_len = tgt_len;
+    m_src_mask = std::move(src_mask);
+    m_tgt_mask = std::move(tgt_mask);
+  }
+
+  /// The layout of the last `set_batch` (B = 0 before any), to put it back after decoding.
+  struct BatchLayout {
+    Index batch = 0, src_len = 0, tgt_len = 0;
+    std::vector<std::int64_t> src_mask, tgt_mask;
+  };
+  BatchLayout batch_layout() const { return {m_batch, m_src_len, m_tgt_len, m_src_mask, m_tgt_mask}; }
+
+  /// Every router of the model's adapters (linear sites, then the feed-forwards' intermediate MoVs).
+  std::vector<Router<T>*> routers() {
+    std::vector<Router<T>*> v;
+    for (auto& [name, site] : linear_sites())
+      if (Router<T>* r = site->router()) v.push_back(r);
+    for (auto* stack : {&m_enc, &m_dec})
+      for (auto& b : *stack)
+        if (b.ff().has_intermediate_mov()) v.push_back(&b.ff().intermediate_mov().router());
+    return v;
+  }
+
+  /**
+   * @brief Inference: runs the encoder over `src` (B·Ts ids, the `set_batch` layout) into `c.enc_out`
+   * (B·Ts, d), the cross-attentions' input. `forward` runs the same code.
+   */
+  void encode(const std::vector<std::int64_t>& src, Cache& c) {
+    PEMOE_CHECK_CONFIG(m_store != nullptr, "T5: call register_params() before forward");
+    PEMOE_CHECK_CONFIG(m_batch > 0, "T5: call set_batch(B, Ts, Tt) before forward");
+    const Index B = m_batch, Ts = m_src_len, d = m_config.d_model;
+    PEMOE_CHECK_SHAPE(Index(src.size()) == B * Ts, "T5: ", src.size(),
+                      " source ids, expected B·Ts = ", B * Ts);
+    c.batch = B;
+    c.src_len = Ts;
+    c.src = src;
+    c.ex.resize(m_enc.size() + 1);
+    for (auto& m : c.ex) m.resize(B * Ts, d);
+    m_shared.forward(c.src, c.ex[0], c.emb_src);
+    m_enc_drop.forward(c.ex[0], c.ex[0], c.drop_src);
+    m_enc[0].relative_bias().forward(Ts, Ts, c.enc_bias, c.bias_enc);
+    c.enc_blocks.resize(m_enc.size());
+    for (std::size_t l = 0; l < m_enc.size(); ++l)
+      m_enc[l].forward(c.ex[l], nullptr, c.enc_bias, c.ex[l + 1], c.enc_blocks[l]);
+    c.enc_out.resize(B * Ts, d);
+    m_enc_ln.forward(c.ex.back(), c.enc_out, c.ln_enc);
+    m_enc_drop.forward(c.enc_out, c.enc_out, c.drop_enc);
   }
 
   /// Forward with decoder inputs = shift_right(labels) (HF, when only labels are given); returns the loss.
@@ -775,24 +842,10 @@ class T5 {
                       " decoder ids, expected B·Tt = ", B * Tt);
     PEMOE_CHECK_SHAPE(labels.empty() || Index(labels.size()) == B * Tt, "T5: ", labels.size(),
                       " labels, expected B·Tt = ", B * Tt, " (or none)");
-    c.batch = B;
-    c.src_len = Ts;
+    encode(src, c);
     c.tgt_len = Tt;
-    c.src = src;
     c.dec = dec;
     c.labels = labels;
-    // Encoder.
-    c.ex.resize(m_enc.size() + 1);
-    for (auto& m : c.ex) m.resize(B * Ts, d);
-    m_shared.forward(c.src, c.ex[0], c.emb_src);
-    m_enc_drop.forward(c.ex[0], c.ex[0], c.drop_src);
-    m_enc[0].relative_bias().forward(Ts, Ts, c.enc_bias, c.bias_enc);
-    c.enc_blocks.resize(m_enc.size());
-    for (std::size_t l = 0; l < m_enc.size(); ++l)
-      m_enc[l].forward(c.ex[l], nullptr, c.enc_bias, c.ex[l + 1], c.enc_blocks[l]);
-    c.enc_out.resize(B * Ts, d);
-    m_enc_ln.forward(c.ex.back(), c.enc_out, c.ln_enc);
-    m_enc_drop.forward(c.enc_out, c.enc_out, c.drop_enc);
     // Decoder.
     c.dx.resize(m_dec.size() + 1);
     for (auto& m : c.dx) m.resize(B * Tt, d);
@@ -896,6 +949,13 @@ class T5 {
     for_each_rng([&](auto& r) { v.push_back(r.call_counter()); });
     return v;
   }
+  /// Whether any dropout or adapter router is in training mode.
+  bool training() {
+    bool on = false;
+    for_each_rng([&](auto& r) { on = on || r.training(); });
+    return on;
+  }
+
   /// Restores `rng_counters()`; `ConfigError` when the count differs (another model or adapter).
   void set_rng_counters(const std::vector<std::uint64_t>& v) {
     std::size_t n = 0;
@@ -968,6 +1028,7 @@ class T5 {
   CrossEntropy<T> m_ce;
   ParamStore<T>* m_store = nullptr;
   Index m_batch = 0, m_src_len = 0, m_tgt_len = 0;
+  std::vector<std::int64_t> m_src_mask, m_tgt_mask;  ///< of the last set_batch
   bool m_adapted = false;
 };
 

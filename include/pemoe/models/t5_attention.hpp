@@ -262,6 +262,99 @@ class T5Attention {
     m_o.forward(c.ctx, y, c.co);
   }
 
+  /// Keys and values kept for incremental decoding (inference only): k, v (B·capacity, inner), sequence b in
+  /// rows b·capacity …, `len` positions filled; `key_mask` (B·capacity) or empty.
+  struct KVCache {
+    Matrix<T> k, v;
+    Index batch = 0, capacity = 0, len = 0;
+    std::vector<std::int64_t> key_mask;
+  };
+
+  /// Self-attention decoding: an empty cache for up to `capacity` positions of B sequences.
+  void begin_self(Index batch, Index capacity, KVCache& kv) const {
+    PEMOE_CHECK_CONFIG(batch > 0 && capacity > 0, site(), ": begin_self needs positive B and capacity");
+    kv.batch = batch;
+    kv.capacity = capacity;
+    kv.len = 0;
+    kv.k.resize(batch * capacity, m_config.inner());
+    kv.v.resize(batch * capacity, m_config.inner());
+    kv.key_mask.clear();
+  }
+
+  /// Cross-attention decoding: k and v of the encoder output xkv (B·Tk, d), computed once; key padding
+  /// (B·Tk) or none.
+  void begin_cross(ConstMatrixRef<T> xkv, Index batch, std::vector<std::int64_t> key_mask, KVCache& kv) {
+    PEMOE_CHECK_CONFIG(m_store != nullptr, site(), ": call register_params() before decoding");
+    PEMOE_CHECK_CONFIG(batch > 0 && xkv.rows() % batch == 0, site(), ": begin_cross: ", xkv.rows(),
+                       " encoder rows are not B = ", batch, " sequences");
+    const Index tk = xkv.rows() / batch;
+    PEMOE_CHECK_SHAPE(key_mask.empty() || Index(key_mask.size()) == batch * tk, site(), ": key_mask has ",
+                      key_mask.size(), " values, expected B·Tk = ", batch * tk, " (or none)");
+    check_shape(site(), "xkv", xkv, batch * tk, m_config.d_model);
+    kv.batch = batch;
+    kv.capacity = kv.len = tk;
+    kv.k.resize(batch * tk, m_config.inner());
+    kv.v.resize(batch * tk, m_config.inner());
+    typename LinearSite<T>::Cache ck, cv;
+    m_k.forward(xkv, kv.k, ck);
+    m_v.forward(xkv, kv.v, cv);
+    kv.key_mask = std::move(key_mask);
+  }
+
+  /**
+   * @brief One query position per sequence: x (B, d) -> y (B, d). Self-attention (`append`) first appends
+   * k(x), v(x) at position `len` and attends to positions 0 … len (the causal row); cross-attention attends
+   * to the cached encoder keys. `bias` (H, visible keys) is the position bias of this query (or null). The
+   * same scores, masking and softmax as `forward`, one row at a time; no dropout (the model must be in eval
+   * mode), nothing kept for backward.
+   */
+  void step(ConstMatrixRef<T> x, KVCache& kv, bool append, const Matrix<T>* bias, MatrixRef<T> y) {
+    const Index B = kv.batch, H = m_config.n_heads, D = m_config.d_kv, inner = m_config.inner();
+    PEMOE_CHECK_CONFIG(B > 0, site(), ": step before begin_self / begin_cross");
+    check_shape(site(), "x", x, B, m_config.d_model);
+    check_shape(site(), "y", y, B, m_config.d_model);
+    Matrix<T> q(B, inner);
+    typename LinearSite<T>::Cache cq, co;
+    m_q.forward(x, q, cq);
+    if (append) {
+      PEMOE_CHECK_CONFIG(kv.len < kv.capacity, site(), ": the decoding cache is full (", kv.capacity,
+                         " positions)");
+      Matrix<T> k(B, inner), v(B, inner);
+      typename LinearSite<T>::Cache ck, cv;
+      m_k.forward(x, k, ck);
+      m_v.forward(x, v, cv);
+      for (Index b = 0; b < B; ++b) {
+        kv.k.row(b * kv.capacity + kv.len) = k.row(b);
+        kv.v.row(b * kv.capacity + kv.len) = v.row(b);
+      }
+      ++kv.len;
+    }
+    const Index tk = kv.len;
+    if (bias) check_shape(site(), "bias", *bias, H, tk);
+    constexpr T kNegInf = -std::numeric_limits<T>::infinity();
+    Matrix<T> ctx = Matrix<T>::Zero(B, inner);
+    RowVector<T> sc(tk);
+    for (Index b = 0; b < B; ++b) {
+      const std::int64_t* keep = kv.key_mask.empty() ? nullptr : kv.key_mask.data() + b * kv.capacity;
+      for (Index h = 0; h < H; ++h) {
+        sc.noalias() = q.row(b).segment(h * D, D) * kv.k.block(b * kv.capacity, h * D, tk, D).transpose();
+        if (bias) sc += bias->row(h);
+        if (keep)
+          for (Index j = 0; j < tk; ++j)
+            if (keep[j] == 0) sc(j) = kNegInf;
+        const T m = sc.maxCoeff();
+        if (m == kNegInf) continue;  // no visible key: a zero row, as in forward
+        sc = (sc.array() - m).exp().matrix();
+        if (keep)
+          for (Index j = 0; j < tk; ++j)
+            if (keep[j] == 0) sc(j) = T(0);
+        sc /= sc.sum();
+        ctx.row(b).segment(h * D, D).noalias() = sc * kv.v.block(b * kv.capacity, h * D, tk, D);
+      }
+    }
+    m_o.forward(ctx, y, co);
+  }
+
   /**
    * @brief Adds the gradients of q, k, v, o; writes dxq (B·Tq, d) and dxkv (B·Tk, d) (for self-attention
    * the caller adds the two); adds Σ_b dS_bh into `dbias` (H·Tq, Tk) when given (and forward had a bias).

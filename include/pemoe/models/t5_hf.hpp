@@ -99,6 +99,12 @@ void save_t5(T5<T>& model, const std::string& dir, const TensorDtypes& dtypes = 
   detail::write_json_file(dir + "/config.json", cfg);
 }
 
+/// Whether `<dir>/config.json` describes a T5 (`model_type` "t5"); `IoError` when it cannot be read.
+inline bool is_t5_dir(const std::string& dir) {
+  const nlohmann::json j = detail::read_json_file(dir + "/config.json");
+  return j.is_object() && j.value("model_type", std::string()) == "t5";
+}
+
 /**
  * @brief Builds a T5 from a Hugging Face directory (and optionally a PEFT adapter directory: LoRA, (IA)³ or
  * pemoe's MoE extension, `adapter_config.json` + `adapter_model.safetensors`) into `store`. IA3 without
