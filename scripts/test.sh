@@ -17,8 +17,11 @@ bash scripts/cpp_sources.sh | xargs -0 -r clang-format --dry-run -Werror
 # Every test is built once (2 cores, a 25-minute budget): the role tests (tests/<role>/) under the sanitizers,
 # everything else in Release.
 echo "== build (Release, -Werror): library, tools, examples, benches, fast-path tests; run them"
-cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DPEMOE_WERROR=ON -DPEMOE_BUILD_TESTS=ON \
-      -DPEMOE_TEST_SET=fast_paths -DPEMOE_BUILD_EXAMPLES=ON -DPEMOE_BUILD_BENCH=ON -DPEMOE_BUILD_DOCS=ON >/dev/null
+# -O2 rather than -O3 (about 16 % less compile time, measured on bench_t5.cpp; the tests check results, not
+# speed); the benches, which CI only compiles, at -O0. Benchmark with a plain Release build.
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_FLAGS_RELEASE="-O2 -DNDEBUG" \
+      -DPEMOE_WERROR=ON -DPEMOE_BUILD_TESTS=ON -DPEMOE_TEST_SET=fast_paths -DPEMOE_BUILD_EXAMPLES=ON \
+      -DPEMOE_BUILD_BENCH=ON -DPEMOE_BENCH_EXTRA_FLAGS=-O0 -DPEMOE_BUILD_DOCS=ON >/dev/null
 cmake --build build -j "$jobs"
 ctest --test-dir build -j "$jobs" --output-on-failure
 
