@@ -256,9 +256,9 @@ TEST_CASE("dnnl: fine-tuning a LoRA GPT-2 on a bf16-packed backbone follows the 
   const auto f32 = run(false), bf16 = run(true);
   // the run learns (the band below is not met by two flat curves) ...
   CHECK(f32.back() < 0.5 * f32.front());
-  // ... and bf16 stays within 6 % of f32 at every step and within 3 % at the end. Measured: at most 2.7 % (step
-  // 24 of 40) on an AMD EPYC with AVX512-BF16; 4.3 % (step 16, 0.867 vs 0.831) and 1.2 % at the end on an
-  // Intel Xeon with AMX in a -O2 build; the loss falls 4.69 -> 0.35 in both. bf16 rounding of every frozen
+  // ... and bf16 stays within 6 % of f32 at every step and within 3 % at the end. Measured: at most 2.7 %
+  // (step 24 of 40) on an AMD EPYC with AVX512-BF16; 4.3 % (step 16, 0.867 vs 0.831) and 1.2 % at the end on
+  // an Intel Xeon with AMX in a -O2 build; the loss falls 4.69 -> 0.35 in both. bf16 rounding of every frozen
   // product moves the trajectory by a few percent mid-run, not its course.
   double worst = 0;
   for (std::size_t i = 0; i < f32.size(); ++i) {
