@@ -1,7 +1,9 @@
-// Shared helpers of pemoe's benchmarks: random inputs, the GFLOP/s counter, the SIMD context line.
+// Shared helpers of pemoe's benchmarks: random inputs, the GFLOP/s counter, the SIMD context line, the
+// timing loop of a training step.
 #pragma once
 
 #include <benchmark/benchmark.h>
+#include <sys/resource.h>
 
 #include <Eigen/Core>
 #include <fstream>
@@ -9,6 +11,7 @@
 
 #include "pemoe/core/config.hpp"
 #include "pemoe/core/gemm.hpp"
+#include "pemoe/core/profile.hpp"
 #include "pemoe/core/rng.hpp"
 #include "pemoe/core/tensor.hpp"
 
@@ -27,6 +30,34 @@ inline void set_gflops(benchmark::State& state, double flops) {
   state.counters["GFLOPS"] =
       benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
   state.counters["GFLOPS"].value /= 1e9;
+}
+
+/// Peak resident memory of this process so far, MB.
+inline double peak_rss_mb() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return double(u.ru_maxrss) / 1024.0;
+}
+
+/**
+ * @brief Times a training step: 2 warm-up steps (allocations, first touch), the benchmark's iterations, then
+ * one more step under the profiler whose scopes become the counters `t_<scope>` (share of the step). Sets
+ * `tokens_per_s` from `tokens_per_step` and `peak_rss_MB`.
+ */
+template <class Step>
+void time_training_step(benchmark::State& state, Step&& step, double tokens_per_step) {
+  for (int i = 0; i < 2; ++i) step();
+  for (auto _ : state) step();
+  profile::Totals totals;
+  {
+    const profile::Session session(totals);
+    step();
+  }
+  const double t = totals.total();
+  for (const auto& kv : totals.seconds) state.counters["t_" + kv.first] = kv.second / t;
+  state.counters["tokens_per_s"] =
+      benchmark::Counter(tokens_per_step, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["peak_rss_MB"] = peak_rss_mb();
 }
 
 /// Adds the SIMD level Eigen was compiled with and the thread count to the benchmark's context.

@@ -12,8 +12,6 @@
 // Variants (the name's last part): `eigen` (Eigen's GEMM), `dnnl` (oneDNN matmul primitives), and for config
 // d `dnnl_packed_f32` / `dnnl_packed_bf16` (the frozen backbone and tied head packed once, GPT2::pack_frozen;
 // bf16 only on CPUs with bf16 units). The peer's bf16 figure: hf_gpt2_bench.py --bf16.
-#include <sys/resource.h>
-
 #include <fstream>
 #include <memory>
 #include <string>
@@ -43,12 +41,6 @@ double step_flops(const GPT2Config& c, bool full, Index E, Index r) {
   const double sites =
       N * L * ((2.0 * e * rr * (d + 3 * d) + 2.0 * d * e) + (2.0 * e * rr * (d + 4 * d) + 2.0 * d * e));
   return 2.0 * weights + 3.0 * attn + 3.0 * sites;
-}
-
-double peak_rss_mb() {
-  rusage u{};
-  getrusage(RUSAGE_SELF, &u);
-  return double(u.ru_maxrss) / 1024.0;
 }
 
 // full: config a (full fine-tuning); otherwise config d (frozen backbone + MoLoRA E8 r8 on c_attn, c_fc).
@@ -87,20 +79,9 @@ void BM_GPT2Train(benchmark::State& state, bool full, GemmBackend backend, int p
     const profile::Scope s("optimizer");
     opt.step(store);
   };
-  for (int i = 0; i < 2; ++i) step();  // warm-up: allocations, first-touch
-  for (auto _ : state) step();
-  profile::Totals totals;
-  {
-    const profile::Session session(totals);
-    step();
-  }
-  const double t = totals.total();
-  for (const auto& kv : totals.seconds) state.counters["t_" + kv.first] = kv.second / t;
-  state.counters["tokens_per_s"] =
-      benchmark::Counter(double(kB * kT), benchmark::Counter::kIsIterationInvariantRate);
+  bench::time_training_step(state, step, double(kB * kT));
   bench::set_gflops(state, step_flops(cfg, full, E, r));
   state.counters["trainable_M"] = double(store.num_trainable()) / 1e6;
-  state.counters["peak_rss_MB"] = peak_rss_mb();
 }
 
 }  // namespace

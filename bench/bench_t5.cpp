@@ -13,8 +13,6 @@
 // gelu(x Wi0) with its router on it (MlpBlock.intermediate_conv): the same FLOPs to within the router's.
 // Counters: tokens/s (source + target tokens, as the peer's tok_s), trainable parameters, peak RSS, and the
 // share of one step's time per kind of work (`t_<bucket>`, core/profile.hpp).
-#include <sys/resource.h>
-
 #include <memory>
 #include <string>
 #include <vector>
@@ -48,12 +46,6 @@ T5Config small_t5() {
   return c;
 }
 
-double peak_rss_mb() {
-  rusage u{};
-  getrusage(RUSAGE_SELF, &u);
-  return double(u.ru_maxrss) / 1024.0;
-}
-
 void BM_T5Train(benchmark::State& state, bool full, GemmBackend backend) {
   set_gemm_backend(backend);
   const T5Config cfg = small_t5();
@@ -84,19 +76,8 @@ void BM_T5Train(benchmark::State& state, bool full, GemmBackend backend) {
     const profile::Scope s("optimizer");
     opt.step(store);
   };
-  for (int i = 0; i < 2; ++i) step();  // warm-up: allocations, first-touch
-  for (auto _ : state) step();
-  profile::Totals totals;
-  {
-    const profile::Session session(totals);
-    step();
-  }
-  const double t = totals.total();
-  for (const auto& kv : totals.seconds) state.counters["t_" + kv.first] = kv.second / t;
-  state.counters["tokens_per_s"] =
-      benchmark::Counter(double(kB * (kS + kT)), benchmark::Counter::kIsIterationInvariantRate);
+  bench::time_training_step(state, step, double(kB * (kS + kT)));
   state.counters["trainable_M"] = double(store.num_trainable()) / 1e6;
-  state.counters["peak_rss_MB"] = peak_rss_mb();
 }
 
 }  // namespace

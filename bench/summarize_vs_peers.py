@@ -18,6 +18,36 @@ def load_gbench(path):
         return []
 
 
+def model_table(out, t, prefix, bench_prefix, title, labels, config_of):
+    """Prints pemoe's training benchmark <prefix>_pemoe_*_t<t>.json beside the PyTorch peer's
+    <prefix>_torch_<config>_t<t>.json: tokens/s, peak RSS and the ratio, one row per pemoe variant."""
+    rows = []
+    for p in sorted(glob.glob(os.path.join(out, f"{prefix}_pemoe_*_t{t}.json"))):
+        for b in load_gbench(p):
+            rows.append((b["name"].replace(bench_prefix, "").replace("/iterations:8", ""), b["tokens_per_s"],
+                         b.get("peak_rss_MB", 0)))
+    peers = {}
+    for cfg in labels:
+        try:
+            r = json.loads(open(os.path.join(out, f"{prefix}_torch_{cfg}_t{t}.json")).read().strip().splitlines()[-1])
+            peers[cfg] = (r["tok_s"], r.get("peak_rss_mb", 0))
+        except (OSError, ValueError, KeyError, IndexError):
+            pass
+    if not rows:
+        return
+    print(f"## {title}\n")
+    print("| pemoe variant | tokens/s | peak RSS MB | PyTorch peer | peer tokens/s | peer RSS MB | ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for name, tok, rss in rows:
+        cfg = config_of(name)
+        pt = peers.get(cfg)
+        if pt:
+            print(f"| {name} | {tok:.1f} | {rss:.0f} | {labels[cfg]} | {pt[0]:.1f} | {pt[1]:.0f} | {tok / pt[0]:.2f}× |")
+        else:
+            print(f"| {name} | {tok:.1f} | {rss:.0f} | {labels[cfg]} | – | – | – |")
+    print()
+
+
 for t in sorted({re.search(r"_t(\d+)\.", p).group(1) for p in glob.glob(os.path.join(out, "*_t*.*"))}):
     # ---- GEMM seam ----
     pem = load_gbench(os.path.join(out, f"gemm_pemoe_t{t}.json"))
@@ -54,58 +84,13 @@ for t in sorted({re.search(r"_t(\d+)\.", p).group(1) for p in glob.glob(os.path.
                 a, d = v.get("pemoe_skinny"), v.get("dnnl")
                 print(f"| {name} | {a:.3f} | {d:.3f} | {d / a:.2f}× |" if a and d else f"| {name} | {a} | {d} | – |")
             print()
-    # ---- GPT-2 ----
-    rows = []
-    for p in sorted(glob.glob(os.path.join(out, f"gpt2_pemoe_*_t{t}.json"))):
-        for b in load_gbench(p):
-            rows.append((b["name"].replace("BM_GPT2Train/", "").replace("/iterations:8", ""), b["tokens_per_s"],
-                         b.get("peak_rss_MB", 0)))
-    peers = {}
-    for cfg in ("d", "d_bf16", "a"):
-        try:
-            r = json.loads(open(os.path.join(out, f"gpt2_torch_{cfg}_t{t}.json")).read().strip().splitlines()[-1])
-            peers[cfg] = (r["tok_s"], r.get("peak_rss_mb", 0))
-        except (OSError, ValueError, KeyError, IndexError):
-            pass
-    if rows:
-        print(f"## GPT-2-124M training, B4 T64, {t} thread(s)\n")
-        print("| pemoe variant | tokens/s | peak RSS MB | PyTorch peer | peer tokens/s | peer RSS MB | ratio |")
-        print("|---|---|---|---|---|---|---|")
-        for name, tok, rss in rows:
-            cfg = "a" if name.startswith("config_a") else ("d_bf16" if "bf16" in name else "d")
-            pt = peers.get(cfg)
-            label = {"a": "config a (full FT)", "d": "config d (MoLoRA E8 r8)", "d_bf16": "config d --bf16"}[cfg]
-            if pt:
-                print(f"| {name} | {tok:.1f} | {rss:.0f} | {label} | {pt[0]:.1f} | {pt[1]:.0f} | {tok / pt[0]:.2f}× |")
-            else:
-                print(f"| {name} | {tok:.1f} | {rss:.0f} | {label} | – | – | – |")
-        print()
-    # ---- T5 ----
-    rows = []
-    for p in sorted(glob.glob(os.path.join(out, f"t5_pemoe_*_t{t}.json"))):
-        for b in load_gbench(p):
-            rows.append((b["name"].replace("BM_T5Train/", "").replace("/iterations:8", ""), b["tokens_per_s"],
-                         b.get("peak_rss_MB", 0)))
-    peers = {}
-    for cfg in ("c", "a"):
-        try:
-            r = json.loads(open(os.path.join(out, f"t5_torch_{cfg}_t{t}.json")).read().strip().splitlines()[-1])
-            peers[cfg] = (r["tok_s"], r.get("peak_rss_mb", 0))
-        except (OSError, ValueError, KeyError, IndexError):
-            pass
-    if rows:
-        print(f"## T5 v1.1-small-shaped training, B8 S64 T16, {t} thread(s)\n")
-        print("| pemoe variant | tokens/s | peak RSS MB | PyTorch peer | peer tokens/s | peer RSS MB | ratio |")
-        print("|---|---|---|---|---|---|---|")
-        for name, tok, rss in rows:
-            cfg = "a" if name.startswith("config_a") else "c"
-            pt = peers.get(cfg)
-            label = {"a": "config a (full FT)", "c": "config c (MoV E10)"}[cfg]
-            if pt:
-                print(f"| {name} | {tok:.1f} | {rss:.0f} | {label} | {pt[0]:.1f} | {pt[1]:.0f} | {tok / pt[0]:.2f}× |")
-            else:
-                print(f"| {name} | {tok:.1f} | {rss:.0f} | {label} | – | – | – |")
-        print()
+    # ---- GPT-2 and T5 training ----
+    model_table(out, t, "gpt2", "BM_GPT2Train/", f"GPT-2-124M training, B4 T64, {t} thread(s)",
+                {"a": "config a (full FT)", "d": "config d (MoLoRA E8 r8)", "d_bf16": "config d --bf16"},
+                lambda name: "a" if name.startswith("config_a") else ("d_bf16" if "bf16" in name else "d"))
+    model_table(out, t, "t5", "BM_T5Train/", f"T5 v1.1-small-shaped training, B8 S64 T16, {t} thread(s)",
+                {"a": "config a (full FT)", "c": "config c (MoV E10)"},
+                lambda name: "a" if name.startswith("config_a") else "c")
     # ---- adapter layers ----
     pem = load_gbench(os.path.join(out, f"layers_pemoe_t{t}.json"))
     if pem:

@@ -43,18 +43,17 @@
 #include <pemoe/train/gradient_mask.hpp>
 #include <pemoe/train/trainer.hpp>
 
-#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <map>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "plot/dynmix_report.hpp"   // the mixing weights and gate-load distance plots
 #include "plot/plot.hpp"            // pemoe_plot (tools/plot): CSV + PNG
 #include "plot/routing_report.hpp"  // task × expert routing heatmap, expert load
+#include "results_table.hpp"        // results.md, results.csv
 
 using namespace pemoe;
 namespace fs = std::filesystem;
@@ -194,14 +193,7 @@ int main(int argc, char** argv) {
     }
 
     // ---- 3. one run per seed, method and mixing policy ---------------------------------------------------
-    struct Result {
-      std::string run, method, policy;
-      std::uint64_t seed = 0;
-      long trainable = 0;
-      double share = 0, eval_loss = 0, tokens_per_s = 0, mean_em = 0;
-      std::vector<double> em;  // per task family
-    };
-    std::vector<Result> results;
+    std::vector<examples::RunResult> results;
     std::vector<plot::PlotSeries> train_curves, eval_curves;
     for (const std::string& seed_text : seeds) {
       const std::uint64_t seed = std::stoull(seed_text);
@@ -299,7 +291,7 @@ int main(int argc, char** argv) {
           Rng rng(seed);
           gpt.register_params(params, rng);
           load_gpt2_weights(gpt, model_dir);
-          Result res;
+          examples::RunResult res;
           res.run = run;
           res.method = method;
           res.policy = method == "base" ? "-" : policy;
@@ -424,72 +416,7 @@ int main(int argc, char** argv) {
     }  // seeds
 
     // ---- 4. the table and the plots --------------------------------------------------------------------
-    std::ostringstream md;
-    md << "| run | trainable params | % of model | eval loss |";
-    for (const auto& t : tasks) md << " EM " << t << " |";
-    md << " mean EM | train tokens/s |\n|---|---:|---:|---:|";
-    for (std::size_t k = 0; k < tasks.size(); ++k) md << "---:|";
-    md << "---:|---:|\n";
-    std::ofstream csv(out_dir + "/results.csv");
-    csv << "run,method,mixing,seed,trainable,percent,eval_loss";
-    for (const auto& t : tasks) csv << ",em_" << t;
-    csv << ",mean_em,tokens_per_s\n";
-    char buf[128];
-    for (const Result& r : results) {
-      std::snprintf(buf, sizeof buf, "| %s | %ld | %.2f | %.4f |", r.run.c_str(), r.trainable, r.share,
-                    r.eval_loss);
-      md << buf;
-      csv << r.run << "," << r.method << "," << r.policy << "," << r.seed << "," << r.trainable << ","
-          << r.share << "," << r.eval_loss;
-      for (double e : r.em) {
-        std::snprintf(buf, sizeof buf, " %.1f |", e);
-        md << buf;
-        csv << "," << e;
-      }
-      if (r.method == "base")
-        std::snprintf(buf, sizeof buf, " **%.1f** | - |\n", r.mean_em);
-      else
-        std::snprintf(buf, sizeof buf, " **%.1f** | %.0f |\n", r.mean_em, r.tokens_per_s);
-      md << buf;
-      csv << "," << r.mean_em << "," << r.tokens_per_s << "\n";
-    }
-    // Over the seeds: mean ± sample standard deviation of every method and policy.
-    if (seeds.size() > 1) {
-      auto mean_sd = [](const std::vector<double>& v, int digits = 1) {
-        double m = 0, q = 0;
-        for (double x : v) m += x / double(v.size());
-        for (double x : v) q += (x - m) * (x - m);
-        char b[64];
-        std::snprintf(b, sizeof b, "%.*f ± %.*f", digits, m, digits,
-                      v.size() > 1 ? std::sqrt(q / double(v.size() - 1)) : 0.0);
-        return std::string(b);
-      };
-      md << "\nMean ± standard deviation over the seeds " << seeds.front() << " to " << seeds.back()
-         << " (exact match in %, eval loss):\n\n";
-      md << "| method | mixing |";
-      for (const auto& t : tasks) md << " EM " << t << " |";
-      md << " mean EM | eval loss |\n|---|---|";
-      for (std::size_t k = 0; k < tasks.size(); ++k) md << "---:|";
-      md << "---:|---:|\n";
-      std::vector<std::pair<std::string, std::string>> groups;
-      for (const Result& r : results)
-        if (std::find(groups.begin(), groups.end(), std::make_pair(r.method, r.policy)) == groups.end())
-          groups.push_back({r.method, r.policy});
-      for (const auto& [method, policy] : groups) {
-        std::vector<std::vector<double>> em(tasks.size());
-        std::vector<double> mean_em, loss;
-        for (const Result& r : results)
-          if (r.method == method && r.policy == policy) {
-            for (std::size_t k = 0; k < tasks.size(); ++k) em[k].push_back(r.em[k]);
-            mean_em.push_back(r.mean_em);
-            loss.push_back(r.eval_loss);
-          }
-        md << "| " << method << " | " << policy << " |";
-        for (const auto& v : em) md << " " << mean_sd(v) << " |";
-        md << " **" << mean_sd(mean_em) << "** | " << mean_sd(loss, 3) << " |\n";
-      }
-    }
-    std::ofstream(out_dir + "/results.md") << md.str();
+    const std::string md = examples::write_results(out_dir, tasks, results, seeds);
     plot::LinePlotOptions po;
     po.x_label = "step";
     po.y_label = "cross-entropy of the answers (nats / byte)";
@@ -501,8 +428,7 @@ int main(int argc, char** argv) {
         "\n%s\ntable:  %s/results.md (and results.csv)\nplots:  %s/loss_train.png, %s/loss_eval.png, "
         "%s/<run>/routing.png, %s/<run>/expert_load.png; with --mixing: <run>/mixing_weights.png, "
         "<run>/gate_load_distance.png\n",
-        md.str().c_str(), out_dir.c_str(), out_dir.c_str(), out_dir.c_str(), out_dir.c_str(),
-        out_dir.c_str());
+        md.c_str(), out_dir.c_str(), out_dir.c_str(), out_dir.c_str(), out_dir.c_str(), out_dir.c_str());
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;

@@ -12,56 +12,7 @@ endforeach()
 file(REMOVE_RECURSE ${WORK})
 file(MAKE_DIRECTORY ${WORK})
 
-function(run_example)
-  execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
-  if(NOT rc EQUAL 0)
-    message(FATAL_ERROR "failed (${rc}): ${ARGN}\n${out}\n${err}")
-  endif()
-  message(STATUS "${out}")
-endfunction()
-
-function(expect_files)
-  foreach(_f IN LISTS ARGN)
-    if(NOT EXISTS ${_f})
-      message(FATAL_ERROR "missing output: ${_f}")
-    endif()
-    file(SIZE ${_f} _size)
-    if(_size EQUAL 0)
-      message(FATAL_ERROR "empty output: ${_f}")
-    endif()
-  endforeach()
-endfunction()
-
-# The loss column (2nd) of a Trainer metrics.csv: the mean of its first 3 rows must exceed that of its last 3.
-function(expect_loss_decreases csv)
-  file(STRINGS ${csv} _rows)
-  list(REMOVE_AT _rows 0)  # header
-  list(LENGTH _rows _n)
-  if(_n LESS 6)
-    message(FATAL_ERROR "${csv}: ${_n} rows, expected at least 6")
-  endif()
-  set(_first 0)
-  set(_last 0)
-  foreach(_i 0 1 2)
-    math(EXPR _j "${_n} - 1 - ${_i}")
-    list(GET _rows ${_i} _a)
-    list(GET _rows ${_j} _b)
-    string(REPLACE "," ";" _a "${_a}")
-    string(REPLACE "," ";" _b "${_b}")
-    list(GET _a 1 _la)
-    list(GET _b 1 _lb)
-    # CMake math is integer-only: compare in micro-nats.
-    execute_process(COMMAND awk "BEGIN{printf \"%d\", ${_la} * 1000000}" OUTPUT_VARIABLE _ma)
-    execute_process(COMMAND awk "BEGIN{printf \"%d\", ${_lb} * 1000000}" OUTPUT_VARIABLE _mb)
-    math(EXPR _first "${_first} + ${_ma}")
-    math(EXPR _last "${_last} + ${_mb}")
-  endforeach()
-  if(NOT _first GREATER _last)
-    message(FATAL_ERROR "${csv}: the loss did not decrease (sum of the first 3 rows ${_first}e-6, of the last 3 "
-                        "${_last}e-6)")
-  endif()
-  message(STATUS "${csv}: loss ${_first}e-6 -> ${_last}e-6 (sums of 3 rows)")
-endfunction()
+include(${CMAKE_CURRENT_LIST_DIR}/smoke_helpers.cmake)  # run_example, expect_files, expect_loss_decreases
 
 # 1. pretraining: a 2-layer model, 60 steps
 run_example(${PRETRAIN} --out ${WORK}/model --steps 60 --batch 8 --seq-len 64 --n-layer 2 --n-head 2 --n-embd 64

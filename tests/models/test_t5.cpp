@@ -698,6 +698,77 @@ TEST_CASE("T5 MoV at its reference placement: per-head k and v, the intermediate
   CHECK_THROWS_AS(m.inject_mov(MoVConfig::for_ai(2)), ConfigError);  // after register_params
 }
 
+TEST_CASE(
+    "T5 MoLoRA at the paper's sites: q, k, v, o, wi_0, wi_1, wo, routers on the layer input, gradients pass",
+    "[t5]") {
+  const T5Config cfg = tiny_t5(true);
+  T5<double> m(cfg);
+  AdapterSpec spec;
+  spec.kind = AdapterKind::molora;
+  spec.experts = LoraExpertsConfig::for_ai(3, 2);
+  spec.experts.router.aux.z_coef = 0.01;  // an aux loss, so its gradient is checked too
+  TargetModules t;
+  t.names = {"q", "k", "v", "o", "wi_0", "wi_1", "wo"};
+  const auto hit = m.inject(spec, t);
+  CHECK(hit.size() == m.linear_sites().size());  // every linear site of both stacks
+  ParamStore<double> s;
+  Rng rng(1);
+  m.register_params(s, rng);
+  const Index E = 3, inner = cfg.inner();
+  // The router reads the adapted layer's input: (E, d_in), d_in = inner for o, d_ff for wo, d_model else.
+  CHECK(s.entry(s.id("encoder.block.0.layer.0.SelfAttention.q.router.weight")).shape ==
+        Shape{E, cfg.d_model});
+  CHECK(s.entry(s.id("decoder.block.1.layer.1.EncDecAttention.o.router.weight")).shape == Shape{E, inner});
+  CHECK(s.entry(s.id("decoder.block.0.layer.2.DenseReluDense.wo.router.weight")).shape == Shape{E, cfg.d_ff});
+  for (const auto& e : s.entries()) {
+    INFO(e.name);
+    CHECK(e.trainable == !T5<double>::is_backbone(e.name));
+  }
+  // B = 0 at init: the model equals the unadapted one (the loss differs by the aux loss only)
+  T5<double> plain(cfg);
+  ParamStore<double> sp;
+  Rng rng2(1);
+  plain.register_params(sp, rng2);
+  testing::randomize_params(sp, 2, 0.5);
+  for (const auto& e : sp.entries()) std::copy_n(sp.value(sp.id(e.name)), e.size, s.value(s.id(e.name)));
+  const TinyBatch b;
+  typename T5<double>::Cache c, cp;
+  plain.set_batch(b.B, b.Ts, b.Tt, b.src_mask, b.tgt_mask);
+  m.set_batch(b.B, b.Ts, b.Tt, b.src_mask, b.tgt_mask);
+  const double lp = plain.forward(b.ids, b.labels, cp), lm = m.forward(b.ids, b.labels, c);
+  CHECK(std::abs((lm - c.aux_loss) - lp) < 1e-13);
+  // Every router's cache, in named_routers() order: encoder sites and the cross-attention's k, v route the
+  // B·Ts source positions, every other decoder site the B·Tt target positions; padding is left out.
+  const auto named = m.named_routers();
+  const auto caches = m.router_caches(c);
+  REQUIRE(named.size() == m.linear_sites().size());
+  REQUIRE(caches.size() == named.size());
+  const Index src_tokens = 15, tgt_tokens = 12;  // TinyBatch's mask ones
+  for (std::size_t i = 0; i < named.size(); ++i) {
+    const std::string& name = named[i].first;
+    INFO(name);
+    const bool src = name.rfind("encoder.", 0) == 0 || name.find("EncDecAttention.k") != std::string::npos ||
+                     name.find("EncDecAttention.v") != std::string::npos;
+    CHECK(caches[i]->probs.rows() == (src ? b.B * b.Ts : b.B * b.Tt));
+    CHECK(caches[i]->n_valid == (src ? src_tokens : tgt_tokens));
+    CHECK(named[i].second == m.routers()[i]);
+    // the mean routing probability sums to 1 over the experts
+    const std::vector<double> mean = Router<double>::mean_probs(*caches[i]);
+    double sum = 0;
+    for (double v : mean) sum += v;
+    CHECK(std::abs(sum - 1.0) < 1e-12);
+  }
+  // random experts: every adapter gradient passes central differences (padding, −100)
+  Rng vec(12);
+  for (const auto& e : s.entries())
+    if (e.trainable) vec.split(e.name).fill_normal(s.value(s.id(e.name)), e.size, 0.0, 0.4);
+  std::string where;
+  const double worst = t5_gradcheck(
+      m, s, b, where, [] {}, 2);  // 2 entries of each of 108 tensors
+  INFO("worst " << worst << " at " << where);
+  CHECK(worst < 1e-5);
+}
+
 TEST_CASE("T5 save and load: F32 round trip is exact, F16 / BF16 checkpoints load rounded", "[t5]") {
   const auto dir = std::filesystem::temp_directory_path() / "pemoe_t5_save";
   for (const char* name : {"v11", "orig"}) {

@@ -1,7 +1,8 @@
-// The routing report of a GPT-2 with MoE adapters, for the examples and `pemoe train` / `pemoe eval`: which
-// experts each task family uses (routing.csv/.png: task × expert mean routing probability of every layer's
-// first MLP router) and how evenly each of those routers spreads the tokens (expert_load.csv/.png: the share
-// of the top-k selections, or the mean probability for a soft router, averaged over the families).
+// The routing report of a GPT-2 or a T5 with MoE adapters, for the examples and `pemoe train` / `pemoe eval`:
+// which experts each task family uses (routing.csv/.png: task × expert mean routing probability of one
+// feed-forward router per layer) and how evenly each of those routers spreads the tokens
+// (expert_load.csv/.png: the share of the top-k selections, or the mean probability for a soft router,
+// averaged over the families).
 #pragma once
 
 #include <cstddef>
@@ -9,11 +10,15 @@
 #include <map>
 #include <set>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "pemoe/data/packing.hpp"
+#include "pemoe/data/seq2seq.hpp"
 #include "pemoe/models/gpt2.hpp"
 #include "pemoe/models/lm_eval.hpp"
+#include "pemoe/models/t5.hpp"
+#include "pemoe/models/t5_eval.hpp"
 #include "pemoe/train/trainer.hpp"  // expert_load
 #include "plot/plot.hpp"
 
@@ -32,73 +37,144 @@ inline std::string short_router_name(const std::string& name) {
   return "L" + layer + " " + (site_names.count(site) ? site_names.at(site) : site);
 }
 
+/// The routing statistics of one router shown in a report, for each family: mean probabilities and load.
+struct ShownRouter {
+  std::string label;                      ///< e.g. "L3 fc" (GPT-2), "dec 1 ff" (T5)
+  std::vector<std::vector<double>> mean;  ///< [family][expert] mean routing probability
+  std::vector<std::vector<double>> load;  ///< [family][expert] share of the selections (or mean, soft)
+};
+
+/**
+ * @brief Writes `dir`/routing.{csv,png} (family × (router, expert) mean routing probability) and
+ * `dir`/expert_load.{csv,png} (each router's load averaged over the families). `which` says which routers
+ * are shown (e.g. "each layer's MLP router"); `title` starts the plots' titles.
+ */
+inline void write_routing_plots(const std::vector<ShownRouter>& shown,
+                                const std::vector<std::string>& families, const std::string& which,
+                                const std::string& dir, const std::string& title) {
+  std::vector<double> heat;
+  std::vector<std::string> col_names;
+  for (const ShownRouter& r : shown)
+    for (std::size_t e = 0; e < r.mean.front().size(); ++e)
+      col_names.push_back(r.label + " e" + std::to_string(e));
+  for (std::size_t k = 0; k < families.size(); ++k)
+    for (const ShownRouter& r : shown) heat.insert(heat.end(), r.mean[k].begin(), r.mean[k].end());
+  HeatmapOptions ho;
+  ho.title = title + ": mean routing probability per task family (" + which + ")";
+  ho.row_label = "task";
+  ho.col_label = "router, expert";
+  ho.row_names = families;
+  ho.col_names = col_names;
+  plot_heatmap(dir + "/routing", heat, int(families.size()), int(col_names.size()), ho);
+  std::vector<std::string> labels;
+  std::vector<double> values;
+  for (const ShownRouter& r : shown)
+    for (std::size_t e = 0; e < r.load.front().size(); ++e) {
+      double sum = 0;
+      for (const auto& family : r.load) sum += family[e];
+      labels.push_back(r.label + " e" + std::to_string(e));
+      values.push_back(sum / double(r.load.size()));
+    }
+  BarPlotOptions bo;
+  bo.title = title + ": expert load of " + which +
+             " on the eval data (top-k: share of the selections; soft: mean probability)";
+  bo.x_label = "router, expert";
+  bo.y_label = "share of the tokens";
+  plot_bars(dir + "/expert_load", labels, values, bo);
+}
+
+/// Adds one family's statistics from a forward's router caches to `shown` (`index[i]`: the position in
+/// `routers` / `caches` of `shown[i]`).
+template <class Routers, class Caches>
+void add_family_routing(std::vector<ShownRouter>& shown, const std::vector<std::size_t>& index,
+                        const Routers& routers, const Caches& caches) {
+  for (std::size_t i = 0; i < shown.size(); ++i) {
+    const auto& router = *routers[index[i]];
+    const auto& cache = *caches[index[i]];
+    std::vector<double> mean = std::decay_t<decltype(router)>::mean_probs(cache);
+    shown[i].load.push_back(router.config().mode != GateMode::soft ? expert_load(router, cache) : mean);
+    shown[i].mean.push_back(std::move(mean));
+  }
+}
+
 /**
  * @brief Writes `dir`/routing.{csv,png} and `dir`/expert_load.{csv,png} for `gpt` (switched to inference
  * mode) on the examples of each family: `examples[k]` are family `families[k]`'s tokenised examples, run as
- * one batch right-padded with `pad_id` (padding excluded). `title` starts the plots' titles. Does nothing for
- * a model without routers; returns whether it wrote.
+ * one batch right-padded with `pad_id` (padding excluded). One router per layer is shown: its first MLP
+ * router. Does nothing for a model without routers; returns whether it wrote.
  */
 inline bool write_routing_report(GPT2<float>& gpt, const std::vector<std::string>& families,
                                  const std::vector<std::vector<TokenizedExample>>& examples,
                                  std::int64_t pad_id, const std::string& dir, const std::string& title) {
-  const auto routers = gpt.routers();
-  if (routers.empty() || families.empty()) return false;
-  gpt.set_training(false);
-  std::vector<std::string> short_names;
-  for (const auto& r : routers) short_names.push_back(short_router_name(r.first));
-  // One router per layer: its first MLP router (c_fc, or the MLP's c_proj, or MPOE's).
-  std::vector<std::size_t> shown;
+  const auto named = gpt.routers();
+  std::vector<std::size_t> index;
+  std::vector<ShownRouter> shown;
   std::set<std::string> layers_done;
-  for (std::size_t i = 0; i < routers.size(); ++i)
-    if (routers[i].first.find(".mlp.") != std::string::npos &&
-        layers_done.insert(short_names[i].substr(0, short_names[i].find(' '))).second)
-      shown.push_back(i);
+  for (std::size_t i = 0; i < named.size(); ++i) {
+    const std::string label = short_router_name(named[i].first);
+    if (named[i].first.find(".mlp.") != std::string::npos &&
+        layers_done.insert(label.substr(0, label.find(' '))).second) {
+      index.push_back(i);
+      shown.push_back({label, {}, {}});
+    }
+  }
   if (shown.empty()) return false;
-  std::vector<double> heat;
-  std::vector<std::string> col_names;
-  std::vector<std::vector<double>> load(routers.size());
+  std::vector<Router<float>*> routers;
+  for (const auto& [name, r] : named) routers.push_back(r);
+  gpt.set_training(false);
   GPT2<float>::Cache cache;
-  std::size_t rows = 0;
-  std::vector<std::string> row_names;
-  for (std::size_t k = 0; k < families.size(); ++k) {
+  std::vector<std::string> rows;
+  for (std::size_t k = 0; k < families.size() && k < examples.size(); ++k) {
     if (examples[k].empty()) continue;
     forward_batch(gpt, pad_batch(examples[k], 0, pad_id), cache);
-    const auto mean = mean_routing(gpt, cache);
-    const auto caches = gpt.router_caches(cache);
-    for (std::size_t i : shown) {
-      heat.insert(heat.end(), mean[i].begin(), mean[i].end());
-      for (std::size_t e = 0; rows == 0 && e < mean[i].size(); ++e)
-        col_names.push_back(short_names[i] + " e" + std::to_string(e));
-      const bool top_k_routed = routers[i].second->config().mode != GateMode::soft;
-      const std::vector<double> l = top_k_routed ? expert_load(*routers[i].second, *caches[i]) : mean[i];
-      load[i].resize(l.size());
-      for (std::size_t e = 0; e < l.size(); ++e) load[i][e] += l[e];
-    }
-    row_names.push_back(families[k]);
-    ++rows;
+    add_family_routing(shown, index, routers, gpt.router_caches(cache));
+    rows.push_back(families[k]);
   }
-  if (rows == 0) return false;
-  HeatmapOptions ho;
-  ho.title = title + ": mean routing probability per task family (each layer's MLP router)";
-  ho.row_label = "task";
-  ho.col_label = "router, expert";
-  ho.row_names = row_names;
-  ho.col_names = col_names;
-  plot_heatmap(dir + "/routing", heat, int(rows), int(col_names.size()), ho);
-  std::vector<std::string> labels;
-  std::vector<double> values;
-  for (std::size_t i : shown)
-    for (std::size_t e = 0; e < load[i].size(); ++e) {
-      labels.push_back(short_names[i] + " e" + std::to_string(e));
-      values.push_back(load[i][e] / double(rows));
+  if (rows.empty()) return false;
+  write_routing_plots(shown, rows, "each layer's MLP router", dir, title);
+  return true;
+}
+
+/**
+ * @brief The same report for a T5 (switched to inference mode): `pairs[k]` are family `families[k]`'s
+ * source–target pairs, run as one batch padded with `pad_id`. One router per block is shown: the first
+ * router of its feed-forward (wi_0's for MoLoRA, the intermediate activation's for MoV), labelled
+ * "enc <i> ff" / "dec <i> ff". Returns whether it wrote (false without feed-forward routers).
+ */
+template <class T>
+bool write_routing_report(T5<T>& t5, const std::vector<std::string>& families,
+                          const std::vector<std::vector<Seq2SeqExample>>& pairs, std::int64_t pad_id,
+                          const std::string& dir, const std::string& title) {
+  const auto named = t5.named_routers();
+  std::vector<std::size_t> index;
+  std::vector<ShownRouter> shown;
+  std::set<std::string> blocks_done;
+  for (std::size_t i = 0; i < named.size(); ++i) {
+    const std::string& name = named[i].first;
+    if (name.find(".DenseReluDense.") == std::string::npos) continue;
+    const bool enc = name.rfind("encoder.", 0) == 0;
+    const std::string prefix = enc ? "encoder.block." : "decoder.block.";
+    const std::string block = name.substr(prefix.size(), name.find('.', prefix.size()) - prefix.size());
+    const std::string label = (enc ? "enc " : "dec ") + block + " ff";
+    if (blocks_done.insert(label).second) {
+      index.push_back(i);
+      shown.push_back({label, {}, {}});
     }
-  BarPlotOptions bo;
-  bo.title = title +
-             ": expert load of each layer's MLP router on the eval data (top-k: share of the selections; "
-             "soft: mean probability)";
-  bo.x_label = "layer, expert";
-  bo.y_label = "share of the tokens";
-  plot_bars(dir + "/expert_load", labels, values, bo);
+  }
+  if (shown.empty()) return false;
+  std::vector<Router<T>*> routers;
+  for (const auto& [name, r] : named) routers.push_back(r);
+  t5.set_training(false);
+  typename T5<T>::Cache cache;
+  std::vector<std::string> rows;
+  for (std::size_t k = 0; k < families.size() && k < pairs.size(); ++k) {
+    if (pairs[k].empty()) continue;
+    forward_batch(t5, pad_seq2seq(pairs[k], pad_id), cache);
+    add_family_routing(shown, index, routers, t5.router_caches(cache));
+    rows.push_back(families[k]);
+  }
+  if (rows.empty()) return false;
+  write_routing_plots(shown, rows, "each block's feed-forward router", dir, title);
   return true;
 }
 

@@ -137,6 +137,54 @@ std::int64_t next_token(const T* logits, Index vocab, const GenerateOptions& o, 
 
 namespace detail {
 
+/**
+ * @brief The token choice of every `generate`: sequence b draws from its own counter-based stream
+ * `Rng(o.seed).split(b)` at counter s (so the tokens do not depend on the batch they were decoded in), a
+ * sequence stops after one of `o.eos_token_ids`, and a stopped sequence keeps being fed its last token (its
+ * output is unused).
+ */
+class TokenChooser {
+ public:
+  /// `first_feed`: what `feed()` holds before the first choice (T5: the decoder start token).
+  TokenChooser(const GenerateOptions& o, Index batch, std::int64_t first_feed = 0)
+      : m_options(o),
+        m_tokens(static_cast<std::size_t>(batch)),
+        m_done(static_cast<std::size_t>(batch), false),
+        m_feed(static_cast<std::size_t>(batch), first_feed) {
+    const Rng rng(o.seed);
+    for (Index b = 0; b < batch; ++b) m_streams.push_back(rng.split(std::uint64_t(b)));
+  }
+
+  /// Chooses step s's token of every unfinished sequence from logits (B, vocab); false when all stopped.
+  template <class T>
+  bool choose(const Matrix<T>& logits, Index s) {
+    bool any = false;
+    for (std::size_t b = 0; b < m_done.size(); ++b) {
+      if (m_done[b]) continue;
+      const std::int64_t t = next_token(logits.row(Index(b)).data(), logits.cols(), m_options,
+                                        m_streams[b].uniform_at(std::uint64_t(s)));
+      m_tokens[b].push_back(t);
+      m_feed[b] = t;
+      const auto& eos = m_options.eos_token_ids;
+      m_done[b] = std::find(eos.begin(), eos.end(), t) != eos.end();
+      any |= !m_done[b];
+    }
+    return any;
+  }
+
+  /// The token to feed each sequence next (B).
+  const std::vector<std::int64_t>& feed() const { return m_feed; }
+  /// The chosen tokens of each sequence (eos included when one was chosen).
+  std::vector<std::vector<std::int64_t>> take_tokens() { return std::move(m_tokens); }
+
+ private:
+  GenerateOptions m_options;
+  std::vector<Rng> m_streams;
+  std::vector<std::vector<std::int64_t>> m_tokens;
+  std::vector<bool> m_done;
+  std::vector<std::int64_t> m_feed;
+};
+
 /// While alive, every router of the model records nothing: no aux-loss collector, no token mask, and its
 /// call counter (training state) restored on exit. Decoding then leaves the model as it found it.
 template <class T>
@@ -453,38 +501,17 @@ std::vector<std::vector<std::int64_t>> generate(GPT2<T>& model,
                      "; shorten the prompt or lower max_new_tokens");
   detail::check_eval_mode(model, "generate");
   const Index B = Index(prompts.size()), V = c.vocab_size;
-  std::vector<std::vector<std::int64_t>> out(static_cast<std::size_t>(B));
-  if (o.max_new_tokens == 0) return out;
-
-  const Rng rng(o.seed);
-  std::vector<Rng> streams;
-  for (Index b = 0; b < B; ++b) streams.push_back(rng.split(std::uint64_t(b)));
-  std::vector<bool> done(std::size_t(B), false);
-  std::vector<std::int64_t> feed(static_cast<std::size_t>(B));
-  // Chooses step s's tokens from logits (B, V); false when every sequence has stopped.
-  auto choose = [&](const Matrix<T>& logits, Index s) {
-    bool any = false;
-    for (Index b = 0; b < B; ++b) {
-      if (done[std::size_t(b)]) continue;
-      const std::int64_t t =
-          next_token(logits.row(b).data(), V, o, streams[std::size_t(b)].uniform_at(std::uint64_t(s)));
-      out[std::size_t(b)].push_back(t);
-      feed[std::size_t(b)] = t;  // a stopped sequence keeps being fed its last token (its output is unused)
-      done[std::size_t(b)] =
-          std::find(o.eos_token_ids.begin(), o.eos_token_ids.end(), t) != o.eos_token_ids.end();
-      any |= !done[std::size_t(b)];
-    }
-    return any;
-  };
+  if (o.max_new_tokens == 0) return std::vector<std::vector<std::int64_t>>(static_cast<std::size_t>(B));
+  detail::TokenChooser chooser(o, B);
 
   if (o.use_cache) {
     GPT2Decoder<T> dec(model, longest + o.max_new_tokens);
     const Matrix<T>* logits = &dec.prefill(prompts);
     for (Index s = 0; s < o.max_new_tokens; ++s) {
-      if (!choose(*logits, s) || s + 1 == o.max_new_tokens) break;
-      logits = &dec.step(feed);
+      if (!chooser.choose(*logits, s) || s + 1 == o.max_new_tokens) break;
+      logits = &dec.step(chooser.feed());
     }
-    return out;
+    return chooser.take_tokens();
   }
 
   // Uncached: the model's forward over the whole sequences at each step; the model's batch layout and the
@@ -511,12 +538,12 @@ std::vector<std::vector<std::int64_t>> generate(GPT2<T>& model,
           logits.row(b) = cache.logits.row(len - 1);
         }
       }
-      const bool more = choose(logits, s);
-      for (Index b = 0; b < B; ++b) seqs[std::size_t(b)].push_back(feed[std::size_t(b)]);
+      const bool more = chooser.choose(logits, s);
+      for (Index b = 0; b < B; ++b) seqs[std::size_t(b)].push_back(chooser.feed()[std::size_t(b)]);
       if (!more) break;
     }
   }
-  return out;
+  return chooser.take_tokens();
 }
 
 }  // namespace pemoe

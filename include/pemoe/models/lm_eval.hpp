@@ -140,19 +140,7 @@ std::vector<std::string> greedy_answers(GPT2<T>& model, const std::vector<Instru
 template <class T>
 std::vector<std::vector<double>> mean_routing(GPT2<T>& model, const typename GPT2<T>::Cache& cache) {
   std::vector<std::vector<double>> out;
-  for (const auto* rc : model.router_caches(cache)) {
-    const Index n = rc->probs.rows(), e = rc->probs.cols();
-    std::vector<double> mean(std::size_t(e), 0.0);
-    double counted = 0;
-    for (Index t = 0; t < n; ++t) {
-      if (rc->valid.size() != 0 && rc->valid(t) == T(0)) continue;
-      for (Index j = 0; j < e; ++j) mean[std::size_t(j)] += double(rc->probs(t, j));
-      counted += 1;
-    }
-    if (counted > 0)
-      for (double& v : mean) v /= counted;
-    out.push_back(std::move(mean));
-  }
+  for (const auto* rc : model.router_caches(cache)) out.push_back(Router<T>::mean_probs(*rc));
   return out;
 }
 

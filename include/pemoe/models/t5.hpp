@@ -779,14 +779,64 @@ class T5 {
   };
   BatchLayout batch_layout() const { return {m_batch, m_src_len, m_tgt_len, m_src_mask, m_tgt_mask}; }
 
-  /// Every router of the model's adapters (linear sites, then the feed-forwards' intermediate MoVs).
+  /// Every router of the model's adapters with the name of the module it routes: a linear site's Hugging
+  /// Face name, or "<block>.layer.<n>.DenseReluDense.intermediate" for MoV on the feed-forward's intermediate
+  /// activation. Linear sites first (model order), then the intermediate MoVs (encoder, then decoder).
+  std::vector<std::pair<std::string, Router<T>*>> named_routers() {
+    std::vector<std::pair<std::string, Router<T>*>> v;
+    for (auto& [name, site] : linear_sites())
+      if (Router<T>* r = site->router()) v.push_back({name, r});
+    for (std::size_t i = 0; i < m_enc.size(); ++i)
+      if (m_enc[i].ff().has_intermediate_mov())
+        v.push_back({"encoder.block." + std::to_string(i) + ".layer.1.DenseReluDense.intermediate",
+                     &m_enc[i].ff().intermediate_mov().router()});
+    for (std::size_t i = 0; i < m_dec.size(); ++i)
+      if (m_dec[i].ff().has_intermediate_mov())
+        v.push_back({"decoder.block." + std::to_string(i) + ".layer.2.DenseReluDense.intermediate",
+                     &m_dec[i].ff().intermediate_mov().router()});
+    return v;
+  }
+  /// The routers of `named_routers()`, in its order.
   std::vector<Router<T>*> routers() {
     std::vector<Router<T>*> v;
-    for (auto& [name, site] : linear_sites())
-      if (Router<T>* r = site->router()) v.push_back(r);
-    for (auto* stack : {&m_enc, &m_dec})
-      for (auto& b : *stack)
-        if (b.ff().has_intermediate_mov()) v.push_back(&b.ff().intermediate_mov().router());
+    for (auto& [name, r] : named_routers()) v.push_back(r);
+    return v;
+  }
+  /**
+   * @brief The routing caches of the forward call that filled `c`, in `routers()` order: `routers()[i]`
+   * routed the tokens of `router_caches(c)[i]` (its `probs`, `topk_idx`, `valid`; per-head MoV routers have
+   * one row per token and head). For routing statistics: the mean routing probability per task, expert load.
+   */
+  std::vector<const typename Router<T>::Cache*> router_caches(const Cache& c) {
+    PEMOE_CHECK_CONFIG(c.enc_blocks.size() == m_enc.size() && c.dec_blocks.size() == m_dec.size(),
+                       "T5: router_caches needs the cache of a forward call");
+    // The linear sites' caches in linear_sites() order.
+    std::vector<const typename LinearSite<T>::Cache*> site_caches;
+    auto attn = [&](const typename T5Attention<T>::Cache& a) {
+      for (const auto* x : {&a.cq, &a.ck, &a.cv, &a.co}) site_caches.push_back(x);
+    };
+    auto ff = [&](const T5DenseReluDense<T>& f, const typename T5DenseReluDense<T>::Cache& x) {
+      site_caches.push_back(&x.c0);
+      if (f.gated()) site_caches.push_back(&x.c1);
+      site_caches.push_back(&x.co);
+    };
+    for (std::size_t i = 0; i < m_enc.size(); ++i) {
+      attn(c.enc_blocks[i].sa);
+      ff(m_enc[i].ff(), c.enc_blocks[i].ff);
+    }
+    for (std::size_t i = 0; i < m_dec.size(); ++i) {
+      attn(c.dec_blocks[i].sa);
+      attn(c.dec_blocks[i].ca);
+      ff(m_dec[i].ff(), c.dec_blocks[i].ff);
+    }
+    std::vector<const typename Router<T>::Cache*> v;
+    const auto sites = linear_sites();
+    for (std::size_t i = 0; i < sites.size(); ++i)
+      if (sites[i].second->router()) v.push_back(LinearSite<T>::router_cache(*site_caches[i]));
+    for (std::size_t i = 0; i < m_enc.size(); ++i)
+      if (m_enc[i].ff().has_intermediate_mov()) v.push_back(&c.enc_blocks[i].ff.cm.router);
+    for (std::size_t i = 0; i < m_dec.size(); ++i)
+      if (m_dec[i].ff().has_intermediate_mov()) v.push_back(&c.dec_blocks[i].ff.cm.router);
     return v;
   }
 

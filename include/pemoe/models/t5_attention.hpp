@@ -119,6 +119,20 @@ class T5RelativePositionBias {
         for (Index j = 0; j < tk; ++j) bias(h * tq + i, j) = rows(i * tk + j, h);
   }
 
+  /// The bias of the one query position i over keys 0 … tk − 1: bias (H, tk), row h equal to row h·Tq + i of
+  /// `forward(Tq, tk)` for any Tq > i. O(H·tk): a cached decoder's step. Nothing is kept for backward.
+  void forward_row(Index i, Index tk, Matrix<T>& bias) {
+    const Index H = m_config.n_heads;
+    std::vector<std::int64_t> buckets(static_cast<std::size_t>(tk));
+    for (Index j = 0; j < tk; ++j)
+      buckets[std::size_t(j)] = t5_relative_position_bucket(j - i, m_config.bidirectional,
+                                                            m_config.num_buckets, m_config.max_distance);
+    Matrix<T> rows(tk, H);
+    typename Embedding<T>::Cache ec;
+    m_table.forward(buckets, rows, ec);
+    bias = rows.transpose();
+  }
+
   /// dW[bucket(j − i), h] += dbias(h·Tq + i, j).   dbias: (H·Tq, Tk)
   void backward(const Cache& c, ConstMatrixRef<T> dbias) {
     const Index H = m_config.n_heads;

@@ -9,12 +9,74 @@
 #include <vector>
 
 #include "pemoe/core/error.hpp"
-#include "pemoe/core/rng.hpp"
 #include "pemoe/core/tensor.hpp"
 #include "pemoe/models/generate.hpp"
 #include "pemoe/models/t5.hpp"
 
 namespace pemoe {
+
+namespace detail {
+
+/// Sources right-padded to the longest with the pad id: ids and mask (B·longest), 1 on tokens.
+struct T5PaddedSources {
+  Index batch = 0, longest = 0;
+  std::vector<std::int64_t> ids, mask;
+};
+
+/// Checks the sources (non-empty sequences of in-vocabulary ids) and pads them; `who` names the caller.
+inline T5PaddedSources pad_t5_sources(const T5Config& c,
+                                      const std::vector<std::vector<std::int64_t>>& sources,
+                                      const char* who) {
+  PEMOE_CHECK_CONFIG(!sources.empty(), who, ": no sources (need at least one sequence)");
+  T5PaddedSources p;
+  p.batch = Index(sources.size());
+  for (std::size_t b = 0; b < sources.size(); ++b) {
+    PEMOE_CHECK_CONFIG(!sources[b].empty(), who, ": source ", b, " is empty");
+    for (std::size_t i = 0; i < sources[b].size(); ++i)
+      PEMOE_CHECK_SHAPE(sources[b][i] >= 0 && sources[b][i] < c.vocab_size, who, ": source ", b, " token ", i,
+                        " is id ", sources[b][i], ", outside the vocabulary [0, ", c.vocab_size, ")");
+    p.longest = std::max(p.longest, Index(sources[b].size()));
+  }
+  for (const auto& src : sources)
+    for (Index t = 0; t < p.longest; ++t) {
+      const bool token = t < Index(src.size());
+      p.ids.push_back(token ? src[std::size_t(t)] : c.pad_token_id);
+      p.mask.push_back(token ? 1 : 0);
+    }
+  return p;
+}
+
+/// While alive, decoding may change the T5's batch layout (`set_batch`); the saved one is put back on exit.
+template <class T>
+class T5LayoutRestore {
+ public:
+  explicit T5LayoutRestore(T5<T>& model) : m_model(model), m_layout(model.batch_layout()) {}
+  ~T5LayoutRestore() {
+    try {
+      if (m_layout.batch > 0)
+        m_model.set_batch(m_layout.batch, m_layout.src_len, m_layout.tgt_len, m_layout.src_mask,
+                          m_layout.tgt_mask);
+    } catch (...) {  // the layout was valid when saved; never throw from a destructor
+    }
+  }
+  T5LayoutRestore(const T5LayoutRestore&) = delete;
+  T5LayoutRestore& operator=(const T5LayoutRestore&) = delete;
+
+ private:
+  T5<T>& m_model;
+  typename T5<T>::BatchLayout m_layout;
+};
+
+/// `ConfigError` unless the model can decode: parameters registered and eval mode.
+template <class T>
+void check_t5_can_decode(T5<T>& model, const char* who) {
+  PEMOE_CHECK_CONFIG(model.store() != nullptr, who, ": call register_params() on the model first");
+  PEMOE_CHECK_CONFIG(
+      !model.training(), who,
+      ": the model is in training mode (dropout, router noise); call set_training(false) first");
+}
+
+}  // namespace detail
 
 /**
  * @brief Incremental T5 inference: the constructor runs the encoder over the sources (right-padded to the
@@ -36,49 +98,21 @@ class T5Decoder {
  public:
   /// Sources: B non-empty id sequences; up to `capacity` decoder positions per sequence.
   T5Decoder(T5<T>& model, const std::vector<std::vector<std::int64_t>>& sources, Index capacity)
-      : m_model(model), m_layout(model.batch_layout()), m_quiet(model.routers()) {
+      : m_model(model), m_quiet(model.routers()), m_restore(model) {
     const T5Config& c = model.config();
-    PEMOE_CHECK_CONFIG(model.store() != nullptr, "T5Decoder: call register_params() on the model first");
-    PEMOE_CHECK_CONFIG(!sources.empty(), "T5Decoder: no sources (need at least one sequence)");
+    detail::check_t5_can_decode(model, "T5Decoder");
     PEMOE_CHECK_CONFIG(capacity > 0, "T5Decoder: capacity must be positive, got ", capacity);
-    PEMOE_CHECK_CONFIG(!model.training(),
-                       "T5Decoder: the model is in training mode (dropout, router noise); call "
-                       "set_training(false) first");
-    Index longest = 0;
-    for (std::size_t b = 0; b < sources.size(); ++b) {
-      PEMOE_CHECK_CONFIG(!sources[b].empty(), "T5Decoder: source ", b, " is empty");
-      for (std::size_t i = 0; i < sources[b].size(); ++i)
-        PEMOE_CHECK_SHAPE(sources[b][i] >= 0 && sources[b][i] < c.vocab_size, "T5Decoder: source ", b,
-                          " token ", i, " is id ", sources[b][i], ", outside the vocabulary [0, ",
-                          c.vocab_size, ")");
-      longest = std::max(longest, Index(sources[b].size()));
-    }
-    m_batch = Index(sources.size());
-    std::vector<std::int64_t> ids, mask;
-    for (const auto& src : sources) {
-      for (Index t = 0; t < longest; ++t) {
-        const bool token = t < Index(src.size());
-        ids.push_back(token ? src[std::size_t(t)] : c.pad_token_id);
-        mask.push_back(token ? 1 : 0);
-      }
-    }
-    model.set_batch(m_batch, longest, 1, mask);
+    const detail::T5PaddedSources src = detail::pad_t5_sources(c, sources, "T5Decoder");
+    m_batch = src.batch;
+    model.set_batch(m_batch, src.longest, 1, src.mask);
     typename T5<T>::Cache cache;
-    model.encode(ids, cache);
+    model.encode(src.ids, cache);
     m_self.resize(std::size_t(c.decoder_layers()));
     m_cross.resize(m_self.size());
     for (Index l = 0; l < c.decoder_layers(); ++l) {
       T5Block<T>& blk = model.decoder_block(l);
       blk.self_attention().begin_self(m_batch, capacity, m_self[std::size_t(l)]);
-      blk.cross_attention().begin_cross(cache.enc_out, m_batch, mask, m_cross[std::size_t(l)]);
-    }
-  }
-  ~T5Decoder() {
-    try {
-      if (m_layout.batch > 0)
-        m_model.set_batch(m_layout.batch, m_layout.src_len, m_layout.tgt_len, m_layout.src_mask,
-                          m_layout.tgt_mask);
-    } catch (...) {  // the layout was valid when saved; never throw from a destructor
+      blk.cross_attention().begin_cross(cache.enc_out, m_batch, src.mask, m_cross[std::size_t(l)]);
     }
   }
   T5Decoder(const T5Decoder&) = delete;
@@ -93,12 +127,9 @@ class T5Decoder {
     for (std::size_t b = 0; b < tokens.size(); ++b)
       PEMOE_CHECK_SHAPE(tokens[b] >= 0 && tokens[b] < c.vocab_size, "T5Decoder: token ", b, " is id ",
                         tokens[b], ", outside the vocabulary [0, ", c.vocab_size, ")");
-    const Index t = m_self.front().len, H = c.num_heads, d = c.d_model;
-    // this query's row of the causal position bias: rows h·(t+1) + t of the (H·(t+1), t+1) table
-    Matrix<T> table, bias(H, t + 1);
-    typename T5RelativePositionBias<T>::Cache bc;
-    m_model.decoder_block(0).relative_bias().forward(t + 1, t + 1, table, bc);
-    for (Index h = 0; h < H; ++h) bias.row(h) = table.row(h * (t + 1) + t);
+    const Index t = m_self.front().len, d = c.d_model;
+    Matrix<T> bias;  // (H, t + 1): this query's row of the causal position bias
+    m_model.decoder_block(0).relative_bias().forward_row(t, t + 1, bias);
     Matrix<T> x(m_batch, d), y(m_batch, d);
     typename Embedding<T>::Cache ec;
     m_model.shared().forward(tokens, x, ec);
@@ -125,8 +156,8 @@ class T5Decoder {
 
  private:
   T5<T>& m_model;
-  typename T5<T>::BatchLayout m_layout;
-  detail::RouterQuiet<T> m_quiet;
+  detail::RouterQuiet<T> m_quiet;  // destroyed last: the routers' own masks win over set_batch's
+  detail::T5LayoutRestore<T> m_restore;
   Index m_batch = 0;
   std::vector<typename T5Attention<T>::KVCache> m_self, m_cross;
   Matrix<T> m_logits;
@@ -148,43 +179,19 @@ std::vector<std::vector<std::int64_t>> generate(T5<T>& model,
   if (o.eos_token_ids.empty()) o.eos_token_ids = {c.eos_token_id};
   o.validate(c.vocab_size);
   const Index B = Index(sources.size()), V = c.vocab_size;
-  std::vector<std::vector<std::int64_t>> out(static_cast<std::size_t>(B));
-  T5Decoder<T> dec(model, sources, std::max<Index>(o.max_new_tokens, 1));  // validates the sources
-  if (o.max_new_tokens == 0) return out;
-  const Rng rng(o.seed);
-  std::vector<Rng> streams;
-  for (Index b = 0; b < B; ++b) streams.push_back(rng.split(std::uint64_t(b)));
-  std::vector<bool> done(std::size_t(B), false);
-  std::vector<std::int64_t> feed(std::size_t(B), c.decoder_start_token_id);
-  auto choose = [&](const Matrix<T>& logits, Index s) {
-    bool any = false;
-    for (Index b = 0; b < B; ++b) {
-      if (done[std::size_t(b)]) continue;
-      const std::int64_t t =
-          next_token(logits.row(b).data(), V, o, streams[std::size_t(b)].uniform_at(std::uint64_t(s)));
-      out[std::size_t(b)].push_back(t);
-      feed[std::size_t(b)] = t;  // a stopped sequence keeps being fed its last token (its output is unused)
-      done[std::size_t(b)] =
-          std::find(o.eos_token_ids.begin(), o.eos_token_ids.end(), t) != o.eos_token_ids.end();
-      any |= !done[std::size_t(b)];
-    }
-    return any;
-  };
+  detail::TokenChooser chooser(o, B, c.decoder_start_token_id);
   if (o.use_cache) {
+    T5Decoder<T> dec(model, sources, std::max<Index>(o.max_new_tokens, 1));  // validates the sources
     for (Index s = 0; s < o.max_new_tokens; ++s)
-      if (!choose(dec.step(feed), s)) break;
-    return out;
+      if (!chooser.choose(dec.step(chooser.feed()), s)) break;
+    return chooser.take_tokens();
   }
-  // Uncached: the full forward over [start, tokens so far] each step (the decoder's layout: sources padded as
-  // in T5Decoder; its destructor restores the model's own layout)
-  Index longest = 0;
-  for (const auto& src : sources) longest = std::max(longest, Index(src.size()));
-  std::vector<std::int64_t> ids, mask;
-  for (const auto& src : sources)
-    for (Index t = 0; t < longest; ++t) {
-      ids.push_back(t < Index(src.size()) ? src[std::size_t(t)] : c.pad_token_id);
-      mask.push_back(t < Index(src.size()) ? 1 : 0);
-    }
+  // Uncached: the full forward over [start, tokens so far] at every step, the sources padded as T5Decoder
+  // pads them; the model's layout and routers are put back afterwards.
+  detail::check_t5_can_decode(model, "generate");
+  const detail::T5PaddedSources src = detail::pad_t5_sources(c, sources, "generate");
+  detail::RouterQuiet<T> quiet(model.routers());  // outlives `restore`: the routers' own masks win
+  detail::T5LayoutRestore<T> restore(model);
   std::vector<std::vector<std::int64_t>> inputs(std::size_t(B), {c.decoder_start_token_id});
   typename T5<T>::Cache cache;
   Matrix<T> logits(B, V);
@@ -192,14 +199,14 @@ std::vector<std::vector<std::int64_t>> generate(T5<T>& model,
     const Index len = s + 1;
     std::vector<std::int64_t> flat;
     for (const auto& q : inputs) flat.insert(flat.end(), q.begin(), q.end());
-    model.set_batch(B, longest, len, mask);
-    model.forward(ids, flat, {}, cache);
+    model.set_batch(B, src.longest, len, src.mask);
+    model.forward(src.ids, flat, {}, cache);
     for (Index b = 0; b < B; ++b) logits.row(b) = cache.logits.row(b * len + len - 1);
-    const bool more = choose(logits, s);
-    for (Index b = 0; b < B; ++b) inputs[std::size_t(b)].push_back(feed[std::size_t(b)]);
+    const bool more = chooser.choose(logits, s);
+    for (Index b = 0; b < B; ++b) inputs[std::size_t(b)].push_back(chooser.feed()[std::size_t(b)]);
     if (!more) break;
   }
-  return out;
+  return chooser.take_tokens();
 }
 
 }  // namespace pemoe

@@ -132,6 +132,23 @@ class Router {
 
   explicit Router(const RouterConfig& config = {}) : m_config(config) {}
 
+  /// The mean routing probability of each expert over the rows of the forward that filled `cache`, padding
+  /// (`valid` = 0) excluded: [e] = mean_t softmax(z)_{t,e}. For a soft mixture, the expert's share of the
+  /// output; under top-k, the probability before the selection (`expert_load` has the selections' share).
+  /// E zeros when no row counted. O(N·E).
+  static std::vector<double> mean_probs(const Cache& cache) {
+    std::vector<double> mean(static_cast<std::size_t>(cache.probs.cols()), 0.0);
+    double counted = 0;
+    for (Index t = 0; t < cache.probs.rows(); ++t) {
+      if (cache.valid.size() != 0 && cache.valid(t) == T(0)) continue;
+      for (Index j = 0; j < cache.probs.cols(); ++j) mean[std::size_t(j)] += double(cache.probs(t, j));
+      counted += 1;
+    }
+    if (counted > 0)
+      for (double& v : mean) v /= counted;
+    return mean;
+  }
+
   /// Checks the configuration (called by register_params, once E and d_in are known).
   void validate() const {
     const auto& c = m_config;
