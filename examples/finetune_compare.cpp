@@ -50,6 +50,7 @@
 #include <string>
 #include <vector>
 
+#include "example_common.hpp"       // parse_method_rates
 #include "plot/dynmix_report.hpp"   // the mixing weights and gate-load distance plots
 #include "plot/plot.hpp"            // pemoe_plot (tools/plot): CSV + PNG
 #include "plot/routing_report.hpp"  // task × expert routing heatmap, expert load
@@ -158,12 +159,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   try {
-    std::map<std::string, double> lr_of;
-    for (const auto& kv : lr_list) {
-      const auto eq = kv.find('=');
-      if (eq == std::string::npos) throw ConfigError("--lr: '" + kv + "' is not method=value");
-      lr_of[kv.substr(0, eq)] = std::stod(kv.substr(eq + 1));
-    }
+    const std::map<std::string, double> lr_of = examples::parse_method_rates(lr_list);
     for (const auto& p : policies) MixingConfig::from_json({{"policy", p}}, "--mixing");  // a clear error now
     for (const auto& x : seeds)
       if (x.find_first_not_of("0123456789") != std::string::npos)
@@ -365,7 +361,7 @@ int main(int argc, char** argv) {
               }
             };
             AdamWConfig ocfg;
-            ocfg.lr = lr_of[method];
+            ocfg.lr = lr_of.at(method);
             ocfg.weight_decay = method == "full" ? 0.01 : 0.0;
             AdamW<float> opt(ocfg, ParamGroups::standard());
             ScheduleConfig scfg;
@@ -394,18 +390,8 @@ int main(int argc, char** argv) {
           }
 
           // 3d. exact match: greedy answers to the held-out prompts, checked by the task's own checker
-          for (std::size_t k = 0; k < tasks.size(); ++k) {
-            const std::vector<std::string> answers =
-                greedy_answers(gpt, eval_ex[k], tok, tmpl, eos, Index(max_new_tokens), 4 * batch);
-            double right = 0;
-            for (std::size_t i = 0; i < answers.size(); ++i)
-              right += check_answer(tasks[k], eval_ex[k][i], answers[i]);
-            res.em.push_back(100.0 * right / double(answers.size()));
-            res.mean_em += res.em.back() / double(tasks.size());
-            std::printf("  %-14s exact match %5.1f%%   e.g. %s -> \"%s\" (want \"%s\")\n", tasks[k].c_str(),
-                        res.em.back(), eval_ex[k][0].input.c_str(), answers[0].c_str(),
-                        eval_ex[k][0].output.c_str());
-          }
+          examples::add_exact_match(res, gpt, tasks, eval_ex, tok, tmpl, eos, Index(max_new_tokens),
+                                    4 * batch);
 
           // 3e. routing: which experts each task family uses (mean routing probability on its eval examples),
           // and the load of every layer's MLP router (the CSV files have the numbers)

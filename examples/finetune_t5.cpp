@@ -27,7 +27,7 @@
 // (task × expert mean routing probability of each block's feed-forward router) and <run>/expert_load.png.
 // With --seeds 7,8,9 every run is repeated per seed and results.md adds the mean ± standard deviation.
 //
-//   ./build/examples/pemoe_finetune_t5 --out runs/t5-compare                 (about 12 minutes on 2 cores)
+//   ./build/examples/pemoe_finetune_t5 --out runs/t5-compare                 (about 6 minutes on 2 cores)
 //   ./build/examples/pemoe_finetune_t5 --model runs/t5-compare/pretrained --methods mov,molora --steps 800
 //   ./build/examples/pemoe_finetune_t5 --help
 #include <CLI/CLI.hpp>
@@ -39,17 +39,17 @@
 #include <pemoe/models/t5_eval.hpp>
 #include <pemoe/models/t5_hf.hpp>
 #include <pemoe/train/adafactor.hpp>
-#include <pemoe/train/adamw.hpp>
+#include <pemoe/train/adamw.hpp>  // ParamGroups
 #include <pemoe/train/trainer.hpp>
 
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <string>
 #include <vector>
 
+#include "example_common.hpp"       // read_documents, parse_method_rates
 #include "plot/plot.hpp"            // pemoe_plot (tools/plot): CSV + PNG
 #include "plot/routing_report.hpp"  // task × expert routing heatmap, expert load
 #include "results_table.hpp"        // results.md, results.csv
@@ -70,8 +70,8 @@ int main(int argc, char** argv) {
   long steps = 400, batch = 32, experts = 10, expert_rank = 4, eval_every = 50, max_new_tokens = 16;
   long train_per_task = 2000, eval_per_task = 50;
   // the pretraining of stage 1 (without --model)
-  long pretrain_steps = 1500, d_model = 128, d_kv = 32, heads = 4, d_ff = 256, layers = 2, text_window = 64;
-  double pretrain_lr = 2e-3, task_fraction = 0.3;
+  long pretrain_steps = 3000, d_model = 128, d_kv = 32, heads = 4, d_ff = 256, layers = 2, text_window = 64;
+  double pretrain_lr = 1e-2, task_fraction = 0.3;
   std::string progress = "auto";
   app.add_option("--model", model_dir, "a byte-level T5 directory (empty: pretrain one first)");
   app.add_option("--out", out_dir, "output directory")->capture_default_str();
@@ -112,7 +112,8 @@ int main(int argc, char** argv) {
   app.add_option("--pretrain-steps", pretrain_steps, "stage 1: pretraining steps (without --model)")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  app.add_option("--pretrain-lr", pretrain_lr, "stage 1: peak AdamW rate (cosine decay)")
+  app.add_option("--pretrain-lr", pretrain_lr,
+                 "stage 1: peak Adafactor rate, relative to each weight's RMS (cosine decay)")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   app.add_option("--corpus", corpus, "stage 1: a text file, or a directory of fortune files")
@@ -143,12 +144,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   try {
-    std::map<std::string, double> lr_of;
-    for (const auto& kv : lr_list) {
-      const auto eq = kv.find('=');
-      if (eq == std::string::npos) throw ConfigError("--lr: '" + kv + "' is not method=value");
-      lr_of[kv.substr(0, eq)] = std::stod(kv.substr(eq + 1));
-    }
+    const std::map<std::string, double> lr_of = examples::parse_method_rates(lr_list);
     for (const auto& m : methods) {
       if (m != "base" && m != "full" && m != "ia3" && m != "mov" && m != "molora")
         throw ConfigError("--methods: unknown method '" + m + "'; allowed: base, full, ia3, mov, molora");
@@ -164,28 +160,14 @@ int main(int argc, char** argv) {
     const std::int64_t pad = tok.special_id("<pad>"), eos = tok.special_id("</s>");
     const PromptTemplate tmpl;
 
-    // ---- 2. stage 1: the pretrained model
-    // ------------------------------------------------------------------
+    // ---- 2. stage 1: the pretrained model -----------------------------------------------------------------
     if (model_dir.empty()) {
       model_dir = out_dir + "/pretrained";
       std::printf("=== stage 1: pretraining a tiny T5 v1.1 -> %s ===\n", model_dir.c_str());
       // 2a. text pairs: the first half of a document -> its continuation (at most text_window bytes each)
-      std::vector<std::string> files;
-      if (fs::is_directory(corpus)) {
-        for (const auto& entry : fs::directory_iterator(corpus))  // fortune files have no extension
-          if (entry.is_regular_file() && entry.path().extension().empty())
-            files.push_back(entry.path().string());
-        std::sort(files.begin(), files.end());
-      } else if (fs::is_regular_file(corpus)) {
-        files.push_back(corpus);
-      }
-      if (files.empty())
-        throw IoError(
-            "no text in '" + corpus +
-            "': install the fortunes (apt-get install fortunes fortunes-min) or pass --corpus FILE");
       std::vector<Seq2SeqExample> text_pairs;
-      auto add_document = [&](const std::string& doc) {
-        if (doc.size() < 8) return;
+      for (const std::string& doc : examples::read_documents(corpus)) {
+        if (doc.size() < 8) continue;
         const std::size_t half = std::min<std::size_t>(doc.size() / 2, std::size_t(text_window));
         Seq2SeqExample p;
         for (TokenId t : tok.encode(doc.substr(0, half))) p.source.push_back(t);
@@ -193,19 +175,6 @@ int main(int argc, char** argv) {
         p.source.push_back(eos);
         p.target.push_back(eos);
         text_pairs.push_back(std::move(p));
-      };
-      for (const auto& f : files) {
-        std::ifstream in(f, std::ios::binary);
-        std::string line, doc;
-        while (std::getline(in, line)) {
-          if (line == "%") {
-            add_document(doc);
-            doc.clear();
-          } else {
-            doc += line + "\n";
-          }
-        }
-        add_document(doc);
       }
       // 2b. the pretraining task families, as source -> target pairs
       TaskSuiteConfig suite;
@@ -222,9 +191,8 @@ int main(int argc, char** argv) {
         (i % 20 == 19 ? text_eval : text_train).push_back(text_pairs[i]);
       text_eval.resize(std::min<std::size_t>(text_eval.size(), 128));
       task_eval.resize(std::min<std::size_t>(task_eval.size(), 128));
-      std::printf(
-          "text: %zu files, %zu train / %zu eval pairs; tasks upper, count: %zu pairs (%.0f%% of a batch)\n",
-          files.size(), text_train.size(), text_eval.size(), task_pairs.size(), 100 * task_fraction);
+      std::printf("text: %zu train / %zu eval pairs; tasks upper, count: %zu pairs (%.0f%% of a batch)\n",
+                  text_train.size(), text_eval.size(), task_pairs.size(), 100 * task_fraction);
 
       // 2c. a fresh T5 v1.1, every parameter trainable
       T5Config c;
@@ -285,10 +253,13 @@ int main(int argc, char** argv) {
           curves[2].y.push_back(r.eval.at("task_loss"));
         }
       };
-      AdamWConfig ocfg;
+      // T5's own pretraining optimizer: Adafactor with updates relative to each weight's scale (the head
+      // starts at N(0, 1) as Hugging Face initialises it; absolute AdamW steps shrink it far more slowly)
+      AdafactorConfig ocfg;
       ocfg.lr = pretrain_lr;
-      ocfg.weight_decay = 0.01;
-      AdamW<float> opt(ocfg, ParamGroups::standard());
+      ocfg.relative_step = false;
+      ocfg.scale_parameter = true;
+      Adafactor<float> opt(ocfg, ParamGroups::standard());
       ScheduleConfig scfg;
       scfg.kind = ScheduleKind::cosine;
       scfg.warmup_steps = std::min(50L, pretrain_steps / 10);
@@ -330,8 +301,7 @@ int main(int argc, char** argv) {
       backbone = long(plan.num_values());
     }
 
-    // ---- 3. stage 2: one run per seed and method
-    // -------------------------------------------------------------
+    // ---- 3. stage 2: one run per seed and method ----------------------------------------------------------
     std::vector<examples::RunResult> results;
     std::vector<plot::PlotSeries> train_curves, eval_curves;
     for (const std::string& seed_text : seeds) {
@@ -429,7 +399,7 @@ int main(int argc, char** argv) {
             }
           };
           // the recipe: Adafactor, decay rate 0.8, constant rate, no parameter scaling, no warm-up
-          Adafactor<float> opt(AdafactorConfig::constant(lr_of[method]), ParamGroups::standard());
+          Adafactor<float> opt(AdafactorConfig::constant(lr_of.at(method)), ParamGroups::standard());
           fs::create_directories(out_dir + "/" + run);
           TrainerOptions topt;
           topt.total_steps = steps;
@@ -448,26 +418,14 @@ int main(int argc, char** argv) {
         }
 
         // 3d. exact match: greedy answers to the held-out prompts (cached decoder), checked by the task
-        for (std::size_t k = 0; k < tasks.size(); ++k) {
-          const std::vector<std::string> answers =
-              greedy_answers(t5, eval_ex[k], tok, tmpl, eos, Index(max_new_tokens), 4 * batch);
-          double right = 0;
-          for (std::size_t i = 0; i < answers.size(); ++i)
-            right += check_answer(tasks[k], eval_ex[k][i], answers[i]);
-          res.em.push_back(100.0 * right / double(answers.size()));
-          res.mean_em += res.em.back() / double(tasks.size());
-          std::printf("  %-14s exact match %5.1f%%   e.g. %s -> \"%s\" (want \"%s\")\n", tasks[k].c_str(),
-                      res.em.back(), eval_ex[k][0].input.c_str(), answers[0].c_str(),
-                      eval_ex[k][0].output.c_str());
-        }
+        examples::add_exact_match(res, t5, tasks, eval_ex, tok, tmpl, eos, Index(max_new_tokens), 4 * batch);
         // 3e. routing: which experts each family uses, and each feed-forward router's load
         plot::write_routing_report(t5, tasks, eval_of, pad, out_dir + "/" + run, run);
         results.push_back(res);
       }
     }
 
-    // ---- 4. the table and the plots
-    // ------------------------------------------------------------------------
+    // ---- 4. the table and the plots -----------------------------------------------------------------------
     const std::string md = examples::write_results(out_dir, tasks, results, seeds);
     plot::LinePlotOptions po;
     po.x_label = "step";

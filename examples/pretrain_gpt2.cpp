@@ -31,7 +31,8 @@
 #include <string>
 #include <vector>
 
-#include "plot/plot.hpp"  // pemoe_plot (tools/plot): CSV + PNG
+#include "example_common.hpp"  // read_documents
+#include "plot/plot.hpp"       // pemoe_plot (tools/plot): CSV + PNG
 
 using namespace pemoe;
 namespace fs = std::filesystem;
@@ -95,35 +96,10 @@ int main(int argc, char** argv) {
 
   try {
     // ---- 2. the text corpus: documents, every 20th held out ----------------------------------------------
-    std::vector<std::string> files;
-    if (fs::is_directory(corpus)) {
-      for (const auto& entry : fs::directory_iterator(corpus))  // fortune files have no extension (.dat, .u8)
-        if (entry.is_regular_file() && entry.path().extension().empty())
-          files.push_back(entry.path().string());
-      std::sort(files.begin(), files.end());
-    } else if (fs::is_regular_file(corpus)) {
-      files.push_back(corpus);
-    }
-    if (files.empty())
-      throw IoError("no text in '" + corpus +
-                    "': install the fortunes (apt-get install fortunes fortunes-min) or pass --corpus FILE");
     std::vector<std::string> train_docs, eval_docs;
-    for (const auto& f : files) {
-      std::ifstream in(f, std::ios::binary);
-      std::string line, doc;
-      auto flush = [&] {
-        if (doc.size() > 1)
-          ((train_docs.size() + eval_docs.size()) % 20 == 19 ? eval_docs : train_docs).push_back(doc);
-        doc.clear();
-      };
-      while (std::getline(in, line)) {
-        if (line == "%")
-          flush();
-        else
-          doc += line + "\n";
-      }
-      flush();
-    }
+    for (const std::string& doc : examples::read_documents(corpus))
+      if (doc.size() > 1)
+        ((train_docs.size() + eval_docs.size()) % 20 == 19 ? eval_docs : train_docs).push_back(doc);
 
     // ---- 3. tokens: text documents end in <|endoftext|>, packed into blocks of seq_len --------------------
     ByteTokenizer tok({"<|endoftext|>"});
@@ -154,9 +130,8 @@ int main(int argc, char** argv) {
     }
     const TokenBatch task_train = pack_sequences(task_train_ex, seq_len, PackTail::pad, eos);
     const TokenBatch task_eval = pack_sequences(task_eval_ex, seq_len, PackTail::pad, eos);
-    std::printf("corpus: %zu files, %zu + %zu documents -> %zu train / %zu eval blocks of %ld tokens\n",
-                files.size(), train_docs.size(), eval_docs.size(), long(text_train.batch),
-                long(text_eval.batch), seq_len);
+    std::printf("corpus: %zu + %zu documents -> %zu train / %zu eval blocks of %ld tokens\n",
+                train_docs.size(), eval_docs.size(), long(text_train.batch), long(text_eval.batch), seq_len);
     std::printf("tasks %s: %ld train / %ld eval blocks; %.0f%% of the rows\n", task_list.c_str(),
                 long(task_train.batch), long(task_eval.batch), 100 * task_fraction);
 

@@ -13,6 +13,9 @@
 #include <utility>
 #include <vector>
 
+#include "pemoe/data/instruction.hpp"
+#include "pemoe/data/tasks.hpp"
+
 namespace pemoe::examples {
 
 /// One fine-tuning run of a comparison.
@@ -28,6 +31,30 @@ struct RunResult {
   double mean_em = 0;       ///< mean exact match over the families, %
   std::vector<double> em;   ///< exact match per task family, %
 };
+
+/**
+ * @brief Exact match of `model`'s greedy answers (`greedy_answers` of lm_eval.hpp or t5_eval.hpp, whichever
+ * fits the model) to the held-out examples of each family, checked by the task's own checker: appends the
+ * percentage per family to `res.em`, adds their mean to `res.mean_em` and prints a line per family.
+ */
+template <class Model, class Tokenizer>
+void add_exact_match(RunResult& res, Model& model, const std::vector<std::string>& tasks,
+                     const std::vector<std::vector<InstructionExample>>& eval_ex, const Tokenizer& tok,
+                     const PromptTemplate& tmpl, std::int64_t eos, Index max_new_tokens, Index batch) {
+  for (std::size_t k = 0; k < tasks.size(); ++k) {
+    const std::vector<std::string> answers =
+        greedy_answers(model, eval_ex[k], tok, tmpl, eos, max_new_tokens, batch);
+    double right = 0;
+    for (std::size_t i = 0; i < answers.size(); ++i)
+      right += check_answer(tasks[k], eval_ex[k][i], answers[i]);
+    res.em.push_back(answers.empty() ? 0.0 : 100.0 * right / double(answers.size()));
+    res.mean_em += res.em.back() / double(tasks.size());
+    if (!answers.empty())
+      std::printf("  %-14s exact match %5.1f%%   e.g. %s -> \"%s\" (want \"%s\")\n", tasks[k].c_str(),
+                  res.em.back(), eval_ex[k][0].input.c_str(), answers[0].c_str(),
+                  eval_ex[k][0].output.c_str());
+  }
+}
 
 /// "m ± s" of `v` (sample standard deviation) with `digits` decimals.
 inline std::string mean_sd(const std::vector<double>& v, int digits = 1) {

@@ -2,7 +2,8 @@
 # few dozen steps, stage 2 fine-tunes it with every method for a few steps. Checks: the program succeeds,
 # writes the Hugging Face directory, the table, the metrics and the plots (routing and expert load for MoV and
 # MoLoRA), and every training loss decreases. The adapters' rates are raised above the recipe's 3e-4 so that
-# a few steps show a decrease.
+# a few steps show a decrease. One thread: the model is tiny, and OpenMP threads spinning beside the other ctest
+# jobs cost more than they bring.
 #   cmake -DEXE=<pemoe_finetune_t5> -DWORK=<dir> -P t5_smoke.cmake
 foreach(_v EXE WORK)
   if(NOT DEFINED ${_v})
@@ -13,8 +14,9 @@ file(REMOVE_RECURSE ${WORK})
 file(MAKE_DIRECTORY ${WORK})
 include(${CMAKE_CURRENT_LIST_DIR}/smoke_helpers.cmake)
 
-run_example(${EXE} --out ${WORK} --pretrain-steps 40 --pretrain-lr 3e-3 --d-model 32 --d-kv 8 --heads 2
-            --d-ff 48 --layers 1 --text-window 24 --steps 24 --batch 8 --train-per-task 100 --eval-per-task 4
+run_example(${CMAKE_COMMAND} -E env OMP_NUM_THREADS=1
+            ${EXE} --out ${WORK} --pretrain-steps 40 --pretrain-lr 3e-3 --d-model 32 --d-kv 8 --heads 2 --d-ff 48
+            --layers 1 --text-window 24 --steps 24 --batch 8 --train-per-task 100 --eval-per-task 4
             --eval-every 12 --max-new-tokens 4 --experts 3 --lr full=3e-3,ia3=3e-2,mov=3e-2,molora=1e-2
             --progress off)
 expect_files(${WORK}/pretrained/config.json ${WORK}/pretrained/model.safetensors ${WORK}/pretrained/metrics.csv
