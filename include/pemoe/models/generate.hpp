@@ -18,6 +18,7 @@
 #include "pemoe/core/gemm.hpp"
 #include "pemoe/core/rng.hpp"
 #include "pemoe/core/tensor.hpp"
+#include "pemoe/data/byte_tokenizer.hpp"  // TokenId
 #include "pemoe/models/gpt2.hpp"
 
 namespace pemoe {
@@ -133,6 +134,18 @@ std::int64_t next_token(const T* logits, Index vocab, const GenerateOptions& o, 
     if (u < cum) return i;
   }
   return last;  // rounding left cum just below u: the last token with mass
+}
+
+/// The text of generated `tokens` up to (not including) the first `eos`, decoded by `tok` with special tokens
+/// skipped (`ByteTokenizer`, `Gpt2Tokenizer`): a model's answer to a prompt.
+template <class Tokenizer>
+std::string decode_answer(const Tokenizer& tok, const std::vector<std::int64_t>& tokens, std::int64_t eos) {
+  std::vector<TokenId> ids;
+  for (std::int64_t t : tokens) {
+    if (t == eos) break;
+    ids.push_back(TokenId(t));
+  }
+  return tok.decode(ids, true);
 }
 
 namespace detail {

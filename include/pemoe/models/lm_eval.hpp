@@ -119,12 +119,7 @@ std::vector<std::string> greedy_answers(GPT2<T>& model, const std::vector<Instru
     g.max_new_tokens = std::max<Index>(0, std::min(max_new_tokens, model.config().n_positions - longest));
     g.eos_token_ids = {eos};
     for (const auto& out : generate(model, prompts, g)) {
-      std::vector<TokenId> ids;
-      for (std::int64_t t : out) {
-        if (t == eos) break;
-        ids.push_back(TokenId(t));
-      }
-      answers.push_back(tok.decode(ids, true));
+      answers.push_back(decode_answer(tok, out, eos));
     }
   }
   return answers;

@@ -71,12 +71,7 @@ std::vector<std::string> greedy_answers(T5<T>& model, const std::vector<Instruct
     for (std::size_t j = i; j < std::min(examples.size(), i + std::size_t(batch)); ++j)
       sources.push_back(tokenize_seq2seq(examples[j], tok, tmpl, eos).source);
     for (const auto& out : generate(model, sources, g)) {
-      std::vector<TokenId> ids;
-      for (std::int64_t t : out) {
-        if (t == eos) break;
-        ids.push_back(TokenId(t));
-      }
-      answers.push_back(tok.decode(ids, true));
+      answers.push_back(decode_answer(tok, out, eos));
     }
   }
   return answers;
