@@ -5,9 +5,12 @@
 // refusal instead (and the ctest "dnnl: refusal without bf16 units" forces that case on any CPU).
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <string>
 #include <vector>
 
+#include "pemoe/core/dnnl/packed_weight.hpp"
 #include "pemoe/core/gemm.hpp"
 #include "pemoe/core/weight_pack.hpp"
 #include "pemoe/io/safetensors.hpp"
@@ -61,9 +64,10 @@ bool bf16_here() {
 TEST_CASE("dnnl: gemm runs on cached oneDNN primitives (one per shape, reused)") {
   REQUIRE(have_dnnl());
   REQUIRE(gemm_backend() == GemmBackend::dnnl);
-  const Matrix<float> A = testing::random_matrix<float>(45, 70, 1),
-                      B = testing::random_matrix<float>(70, 33, 2);
-  Matrix<float> C(45, 33);
+  // 75·90·53 multiply-adds: above detail::kDnnlMinWork, so oneDNN runs it
+  const Matrix<float> A = testing::random_matrix<float>(75, 90, 1),
+                      B = testing::random_matrix<float>(90, 53, 2);
+  Matrix<float> C(75, 53);
   auto& cache = dnnl_backend::MatmulCache::instance();
   gemm<float>(Op::N, Op::N, 1.0f, A, B, 0.0f, C);
   const std::size_t after_first = cache.size();
@@ -72,13 +76,72 @@ TEST_CASE("dnnl: gemm runs on cached oneDNN primitives (one per shape, reused)")
   gemm<float>(Op::N, Op::N, 1.0f, A, B, 1.0f, C);  // beta differs: a new primitive
   CHECK(cache.size() == after_first + 1);
   // the Eigen backend at run time gives the same product to rounding
-  Matrix<float> C2(45, 33);
+  Matrix<float> C2(75, 53);
   set_gemm_backend(GemmBackend::eigen);
   gemm<float>(Op::N, Op::N, 1.0f, A, B, 0.0f, C2);
   set_gemm_backend(GemmBackend::dnnl);
   gemm<float>(Op::N, Op::N, 1.0f, A, B, 0.0f, C);
   CHECK(testing::max_abs_diff(C, C2) < 1e-4);
   CHECK(cache.size() == after_first + 1);
+  CHECK(dnnl_backend::last_executed_impl().rfind("ref", 0) != 0);  // an optimized implementation
+  // a product of at most kDnnlMinWork multiply-adds (attention's per-head products) stays on Eigen
+  const Matrix<float> a = testing::random_matrix<float>(64, 64, 3),
+                      b = testing::random_matrix<float>(64, 64, 4);
+  Matrix<float> c(64, 64);
+  gemm<float>(Op::N, Op::T, 1.0f, a, b, 0.0f, c);
+  CHECK(cache.size() == after_first + 1);
+  CHECK(testing::max_abs_diff(c, Matrix<float>(a * b.transpose())) < 1e-4);
+}
+
+TEST_CASE("dnnl: a packed product into a strided output view avoids oneDNN's reference loop") {
+  // oneDNN 2.6 has only its reference implementation (~100× slower) for a packed weight writing into rows
+  // of stride != n; the pack then runs the optimized product into contiguous scratch and adds it into C.
+  const Matrix<float> W = testing::random_matrix<float>(96, 80, 11),
+                      b = testing::random_matrix<float>(1, 96, 12);
+  for (PackDtype dt : {PackDtype::f32, PackDtype::bf16}) {
+    if (!weight_pack_available<float>(dt)) continue;
+    INFO((dt == PackDtype::bf16 ? "bf16" : "f32"));
+    const auto pack = make_weight_pack<float>(W, dt);
+    const Matrix<float> Wr = pack->unpack();  // W as the product sees it (bf16-rounded in bf16)
+    const Matrix<float> x = testing::random_matrix<float>(40, 80, 13);
+    const auto round = [dt](const Matrix<float>& m) {
+      return dt == PackDtype::bf16 ? Matrix<float>(m.unaryExpr([](float v) { return to_bf16(v); })) : m;
+    };
+    Matrix<float> wide = Matrix<float>::Zero(40, 130);
+    pack->forward(x, wide.middleCols(17, 96), b.data());
+    CHECK(dnnl_backend::last_executed_impl().rfind("ref", 0) != 0);
+    const Matrix<float> want = (round(x) * Wr.transpose()).rowwise() + b.row(0);
+    CHECK(testing::max_abs_diff(Matrix<float>(wide.middleCols(17, 96)), want) < 1e-4);
+    CHECK(wide.leftCols(17).isZero());
+    CHECK(wide.rightCols(17).isZero());
+    // backward_input with beta = 1 into a strided view accumulates
+    const Matrix<float> dy = testing::random_matrix<float>(40, 96, 14);
+    Matrix<float> dwide = Matrix<float>::Constant(40, 100, 1.0f);
+    pack->backward_input(dy, dwide.middleCols(7, 80), 1.0f);
+    CHECK(dnnl_backend::last_executed_impl().rfind("ref", 0) != 0);
+    const Matrix<float> dwant = (round(dy) * Wr).array() + 1.0f;
+    CHECK(testing::max_abs_diff(Matrix<float>(dwide.middleCols(7, 80)), dwant) < 1e-4);
+    CHECK((dwide.leftCols(7).array() == 1.0f).all());
+  }
+}
+
+TEST_CASE("dnnl: round_to_bf16 gives the bits of Eigen's bf16 conversion, ties to even, any width") {
+  for (Index cols : {1, 31, 32, 33, 64, 100}) {
+    Matrix<float> a = testing::random_matrix<float>(5, cols + 3, 15) * 1e3f;
+    for (Index i = 0; i < a.size(); i += 3) {  // exact ties: the low 16 bits 0x8000
+      std::uint32_t u;
+      std::memcpy(&u, a.data() + i, 4);
+      u = (u & 0xFFFF0000u) | 0x8000u;
+      std::memcpy(a.data() + i, &u, 4);
+    }
+    const auto view = a.leftCols(cols);  // strided rows
+    std::vector<Eigen::bfloat16> got(std::size_t(5 * cols));
+    dnnl_backend::round_to_bf16(view, got.data());
+    for (Index r = 0; r < 5; ++r)
+      for (Index c = 0; c < cols; ++c)
+        REQUIRE(Eigen::numext::bit_cast<std::uint16_t>(got[std::size_t(r * cols + c)]) ==
+                Eigen::numext::bit_cast<std::uint16_t>(Eigen::bfloat16(view(r, c))));
+  }
 }
 
 TEST_CASE(

@@ -100,7 +100,16 @@ struct CachedMatmul {
   dnnl::matmul::primitive_desc pd;
   dnnl::matmul primitive;
   std::size_t scratch_bytes = 0;
+  std::string impl;        ///< oneDNN's name of the implementation it chose ("brg:avx512_core", ...)
+  bool reference = false;  ///< no optimized implementation fits: oneDNN's reference loop, 10-1000× slower
 };
+
+/// The implementation name of the last matmul this thread executed ("" before the first): lets a test or
+/// a bench check that a product did not land on oneDNN's slow reference implementation.
+inline std::string& last_executed_impl() {
+  thread_local std::string name;
+  return name;
+}
 
 /// The key of a cached matmul: everything that selects a primitive.
 struct MatmulKey {
@@ -149,6 +158,8 @@ class MatmulCache {
     entry->pd = make();
     entry->primitive = dnnl::matmul(entry->pd);
     entry->scratch_bytes = entry->pd.scratchpad_desc().get_size();
+    entry->impl = entry->pd.impl_info_str();
+    entry->reference = entry->impl.rfind("ref", 0) == 0;
     std::lock_guard<std::mutex> lock(m_mutex);
     auto [it, inserted] = m_map.emplace(key, std::move(entry));
     (void)inserted;
@@ -192,6 +203,7 @@ inline void execute(const CachedMatmul& mm, const void* a, const void* b, void* 
   if (bias) args.emplace(DNNL_ARG_BIAS, dnnl::memory(mm.pd.bias_desc(), eng, const_cast<float*>(bias)));
   mm.primitive.execute(stream(), args);
   stream().wait();
+  last_executed_impl() = mm.impl;
 }
 
 /**
@@ -199,8 +211,10 @@ inline void execute(const CachedMatmul& mm, const void* a, const void* b, void* 
  *
  * Same contract as `pemoe::gemm` (row-major views, op(A) (m, k), op(B) (k, n), C (m, n), `beta == 0`
  * overwrites C); the caller has checked the extents. Transposes are strides, never copies.
+ * Returns false, having done nothing, when oneDNN has only its reference implementation for these strides
+ * (e.g. operands that are neither row- nor column-contiguous): the caller then runs the product on Eigen.
  */
-inline void gemm_f32(bool trans_a, bool trans_b, float alpha, ConstMatrixRef<float> A,
+inline bool gemm_f32(bool trans_a, bool trans_b, float alpha, ConstMatrixRef<float> A,
                      ConstMatrixRef<float> B, float beta, MatrixRef<float> C) {
   using dt = dnnl::memory::data_type;
   const Index m = C.rows(), n = C.cols();
@@ -223,7 +237,9 @@ inline void gemm_f32(bool trans_a, bool trans_b, float alpha, ConstMatrixRef<flo
                                strided_desc(m, n, key.c_rs, 1, dt::f32));
     return dnnl::matmul::primitive_desc(d, matmul_attr(alpha, beta), engine());
   });
+  if (mm.reference) return false;
   execute(mm, A.data(), B.data(), C.data());
+  return true;
 }
 
 }  // namespace pemoe::dnnl_backend
