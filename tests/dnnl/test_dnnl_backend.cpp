@@ -93,6 +93,30 @@ TEST_CASE("dnnl: gemm runs on cached oneDNN primitives (one per shape, reused)")
   CHECK(testing::max_abs_diff(c, Matrix<float>(a * b.transpose())) < 1e-4);
 }
 
+TEST_CASE("dnnl: a long bf16 weight's backward product, summed over blocks of rows, is still exact") {
+  // d_out > kChunkAbove: dx = dy·W runs as a sum over blocks of kBackwardChunk rows (the last one short)
+  using dnnl_backend::PackedWeight;
+  const Index d_out = PackedWeight::kChunkAbove + PackedWeight::kBackwardChunk + 93, d_in = 24;
+  const Matrix<float> W = testing::random_matrix<float>(d_out, d_in, 16);
+  if (!bf16_here()) return;
+  const PackedWeight pack(W, true);
+  for (Index n : {9, 130}) {
+    INFO(n << " rows");
+    const Matrix<float> dyw = testing::random_matrix<float>(n, d_out + 5, 17);
+    const auto dy = dyw.rightCols(d_out);  // strided rows
+    Matrix<float> dx(n, d_in);
+    pack.backward_input(dy, dx, 0.0f);
+    CHECK(worst_vs_naive(Matrix<float>(dy), Matrix<float>(W.transpose()), dx, 0x1p-24, to_bf16) <= 1.0);
+    Matrix<float> acc = dx;  // beta applies once, to what dx held before
+    pack.backward_input(dy, acc, 0.5f);
+    CHECK(testing::max_abs_diff(acc, Matrix<float>(1.5f * dx)) <= 1e-5 * dx.cwiseAbs().maxCoeff());
+    const Matrix<float> x = testing::random_matrix<float>(n, d_in, 18);
+    Matrix<float> y(n, d_out);
+    pack.forward(x, y);
+    CHECK(worst_vs_naive(x, W, y, 0x1p-24, to_bf16) <= 1.0);
+  }
+}
+
 TEST_CASE("dnnl: a packed product into a strided output view avoids oneDNN's reference loop") {
   // oneDNN 2.6 has only its reference implementation (~100× slower) for a packed weight writing into rows
   // of stride != n; the pack then runs the optimized product into contiguous scratch and adds it into C.
