@@ -104,11 +104,20 @@ struct CachedMatmul {
   bool reference = false;  ///< no optimized implementation fits: oneDNN's reference loop, 10-1000× slower
 };
 
+namespace detail {
+/// The implementation name of the last matmul this thread executed (a cache entry's, which lives as long as
+/// the process), or null before the first.
+inline const std::string*& last_impl() {
+  thread_local const std::string* name = nullptr;
+  return name;
+}
+}  // namespace detail
+
 /// The implementation name of the last matmul this thread executed ("" before the first): lets a test or
 /// a bench check that a product did not land on oneDNN's slow reference implementation.
-inline std::string& last_executed_impl() {
-  thread_local std::string name;
-  return name;
+inline std::string last_executed_impl() {
+  const std::string* name = detail::last_impl();
+  return name ? *name : std::string();
 }
 
 /// The key of a cached matmul: everything that selects a primitive.
@@ -203,7 +212,7 @@ inline void execute(const CachedMatmul& mm, const void* a, const void* b, void* 
   if (bias) args.emplace(DNNL_ARG_BIAS, dnnl::memory(mm.pd.bias_desc(), eng, const_cast<float*>(bias)));
   mm.primitive.execute(stream(), args);
   stream().wait();
-  last_executed_impl() = mm.impl;
+  detail::last_impl() = &mm.impl;
 }
 
 /**

@@ -25,7 +25,14 @@
 
 namespace pemoe::dnnl_backend {
 
-/// This thread's buffer number `Slot` of `elements` values of T (grown on demand, never shrunk).
+/// The per-thread scratch buffers of packed products (`thread_buffer`'s slots).
+enum BufferSlot : int {
+  kBf16LeftOperand,   ///< the left operand rounded to bf16
+  kContiguousLeft,    ///< an f32 left operand copied contiguous (reference-loop avoidance)
+  kContiguousOutput,  ///< the product before it is added into a strided output (reference-loop avoidance)
+};
+
+/// This thread's buffer in `Slot` of `elements` values of T (grown on demand, never shrunk).
 template <class T, int Slot>
 T* thread_buffer(std::size_t elements) {
   thread_local std::unique_ptr<T[]> buf;
@@ -35,11 +42,6 @@ T* thread_buffer(std::size_t elements) {
     size = elements;
   }
   return buf.get();
-}
-
-/// This thread's buffer for a bf16 copy of a left operand.
-inline Eigen::bfloat16* bf16_buffer(std::size_t elements) {
-  return thread_buffer<Eigen::bfloat16, 0>(elements);
 }
 
 /**
@@ -181,7 +183,8 @@ class PackedWeight {
     const void* src = a.data();
     Index a_rs = a.outerStride();
     if (m_bf16) {  // round the left operand to bf16, contiguous
-      Eigen::bfloat16* buf = bf16_buffer(static_cast<std::size_t>(m * p.k));
+      Eigen::bfloat16* buf =
+          thread_buffer<Eigen::bfloat16, kBf16LeftOperand>(static_cast<std::size_t>(m * p.k));
       round_to_bf16(a, buf);
       src = buf;
       a_rs = p.k;
@@ -194,12 +197,12 @@ class PackedWeight {
     // oneDNN has only its reference loop (100× slower) for these strides (a strided output, typically):
     // run the optimized product on contiguous operands and add its result into C.
     if (a_rs != p.k) {  // f32 left operand with a row stride: copy it contiguous
-      float* a_copy = thread_buffer<float, 1>(static_cast<std::size_t>(m * p.k));
+      float* a_copy = thread_buffer<float, kContiguousLeft>(static_cast<std::size_t>(m * p.k));
       Eigen::Map<Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(a_copy, m, p.k) = a;
       src = a_copy;
       a_rs = p.k;
     }
-    float* out = thread_buffer<float, 2>(static_cast<std::size_t>(m * p.n));
+    float* out = thread_buffer<float, kContiguousOutput>(static_cast<std::size_t>(m * p.n));
     execute(primitive(p, m, a_rs, p.n, 0.0f, bias != nullptr), src, p.data, out, bias);
     const Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> product(
         out, m, p.n);
