@@ -250,8 +250,8 @@ void load_optimizer(const Checkpoint& c, AdamW<T>& opt, const ParamStore<T>& sto
     typename AdamW<T>::ParamState st;
     st.step = c.get<std::int64_t>(p + "step").at(0);
     if (c.contains(p + "exp_avg")) {
-      st.exp_avg = c.get<double>(p + "exp_avg");
-      st.exp_avg_sq = c.get<double>(p + "exp_avg_sq");
+      st.exp_avg = c.get<T>(p + "exp_avg");  // an older checkpoint's double moments are rounded to T
+      st.exp_avg_sq = c.get<T>(p + "exp_avg_sq");
     }
     opt.set_state(i, std::move(st));
   }
