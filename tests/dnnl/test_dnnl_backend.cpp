@@ -93,6 +93,49 @@ TEST_CASE("dnnl: gemm runs on cached oneDNN primitives (one per shape, reused)")
   CHECK(testing::max_abs_diff(c, Matrix<float>(a * b.transpose())) < 1e-4);
 }
 
+TEST_CASE("dnnl: a wide or deep product with a plain B runs in blocks and stays exact (alpha, beta, views)") {
+  using dnnl_backend::detail::block_length;
+  CHECK(block_length(768, 1024) == 768);
+  CHECK(block_length(3072, 1024) == 1024);
+  CHECK(block_length(2304, 1024) == 768);
+  CHECK(block_length(50257, 2048) == 2016);  // 25 blocks, the last one short
+  // n > kPlainBMaxCols and k > kPlainBMaxDepth, neither a multiple of the block: 2 × 2 blocks of an NN and a
+  // TN product into a view of a wider C, with alpha ≠ 1 and beta ≠ 0 (which must apply once)
+  const Index m = 37, k = dnnl_backend::detail::kPlainBMaxDepth + 77, n = dnnl_backend::detail::kPlainBMaxCols + 45;
+  const Matrix<float> A = testing::random_matrix<float>(m, k, 31), At = A.transpose();
+  const Matrix<float> Bw = testing::random_matrix<float>(k, n + 3, 32);
+  const auto B = Bw.leftCols(n);  // strided rows
+  const Matrix<float> C0 = testing::random_matrix<float>(m, n + 6, 33);
+  for (bool trans_a : {false, true}) {
+    INFO((trans_a ? "TN" : "NN"));
+    Matrix<float> Cw = C0;
+    auto C = Cw.middleCols(2, n);
+    const std::size_t primitives_before = dnnl_backend::MatmulCache::instance().size();
+    if (trans_a)
+      gemm<float>(Op::T, Op::N, 0.5f, At, B, 0.25f, C);
+    else
+      gemm<float>(Op::N, Op::N, 0.5f, A, B, 0.25f, C);
+    CHECK(dnnl_backend::last_executed_impl().rfind("ref", 0) != 0);
+    // blocks of 544 and 525 columns, 1072 and 1053 of depth (beta 0.25, then 1): four primitives
+    CHECK(dnnl_backend::MatmulCache::instance().size() == primitives_before + 4);
+    double worst = 0;
+    for (Index i = 0; i < m; ++i)
+      for (Index j = 0; j < n; ++j) {
+        long double acc = 0, mag = 0;
+        for (Index l = 0; l < k; ++l) {
+          acc += (long double)A(i, l) * B(l, j);
+          mag += std::fabs((long double)A(i, l) * B(l, j));
+        }
+        const long double want = 0.5L * acc + 0.25L * C0(i, j + 2);
+        const long double bound = (2 * k + 8) * 0x1p-24L * (0.5L * mag + std::fabs(0.25L * C0(i, j + 2)));
+        worst = std::max(worst, double(std::fabs((long double)C(i, j) - want) / bound));
+      }
+    CHECK(worst <= 1.0);
+    CHECK(Cw.leftCols(2) == C0.leftCols(2));  // nothing outside the view is written
+    CHECK(Cw.rightCols(4) == C0.rightCols(4));
+  }
+}
+
 TEST_CASE("dnnl: a long bf16 weight's backward product, summed over blocks of rows, is still exact") {
   // d_out > kChunkAbove: dx = dy·W runs as a sum over blocks of kBackwardChunk rows (the last one short)
   using dnnl_backend::PackedWeight;
