@@ -101,7 +101,8 @@ TEST_CASE("dnnl: a wide or deep product with a plain B runs in blocks and stays 
   CHECK(block_length(50257, 2048) == 2016);  // 25 blocks, the last one short
   // n > kPlainBMaxCols and k > kPlainBMaxDepth, neither a multiple of the block: 2 × 2 blocks of an NN and a
   // TN product into a view of a wider C, with alpha ≠ 1 and beta ≠ 0 (which must apply once)
-  const Index m = 37, k = dnnl_backend::detail::kPlainBMaxDepth + 77, n = dnnl_backend::detail::kPlainBMaxCols + 45;
+  const Index m = 37, k = dnnl_backend::detail::kPlainBMaxDepth + 77,
+              n = dnnl_backend::detail::kPlainBMaxCols + 45;
   const Matrix<float> A = testing::random_matrix<float>(m, k, 31), At = A.transpose();
   const Matrix<float> Bw = testing::random_matrix<float>(k, n + 3, 32);
   const auto B = Bw.leftCols(n);  // strided rows
@@ -134,6 +135,31 @@ TEST_CASE("dnnl: a wide or deep product with a plain B runs in blocks and stays 
     CHECK(Cw.leftCols(2) == C0.leftCols(2));  // nothing outside the view is written
     CHECK(Cw.rightCols(4) == C0.rightCols(4));
   }
+}
+
+TEST_CASE("dnnl: a tall weight gradient (transposed A) runs in row blocks and stays exact") {
+  // dW = dYᵀ·X with more than kTransposedAMaxRows rows (the tied head's): blocks of kTransposedARowBlock
+  // rows, the last one short, written into a view of a wider C with beta = 1 (gradient accumulation)
+  const Index rows = dnnl_backend::detail::kTransposedAMaxRows + 77, batch = 40, d = 72;
+  const Matrix<float> dY = testing::random_matrix<float>(batch, rows, 41),
+                      X = testing::random_matrix<float>(batch, d, 42);
+  const Matrix<float> G0 = testing::random_matrix<float>(rows, d + 1, 43);
+  Matrix<float> Gw = G0;
+  auto G = Gw.leftCols(d);
+  const std::size_t primitives_before = dnnl_backend::MatmulCache::instance().size();
+  gemm<float>(Op::T, Op::N, 1.0f, dY, X, 1.0f, G);
+  CHECK(dnnl_backend::MatmulCache::instance().size() == primitives_before + 2);  // full and last block
+  CHECK(dnnl_backend::last_executed_impl().rfind("ref", 0) != 0);
+  const Eigen::MatrixXd want =
+      dY.cast<double>().transpose() * X.cast<double>() + G0.leftCols(d).cast<double>();
+  const Eigen::MatrixXd mag = dY.cast<double>().cwiseAbs().transpose() * X.cast<double>().cwiseAbs();
+  double worst = 0;
+  for (Index i = 0; i < rows; ++i)
+    for (Index j = 0; j < d; ++j)
+      worst = std::max(worst, std::abs(double(G(i, j)) - want(i, j)) /
+                                  ((2 * batch + 8) * 0x1p-24 * (mag(i, j) + std::abs(G0(i, j)))));
+  CHECK(worst <= 1.0);
+  CHECK(Gw.col(d) == G0.col(d));
 }
 
 TEST_CASE("dnnl: a long bf16 weight's backward product, summed over blocks of rows, is still exact") {

@@ -313,8 +313,8 @@ TEST_CASE("AdamW<float> stores float moments (as PyTorch for float32 parameters)
     reference_adamw_step(cfg, theta, std::vector<double>(s.grads().begin(), s.grads().end()), ref);
     opt.step(s);
   }
-  // the float run computes in float (as PyTorch); after 20 steps values and moments stay within a few float ulps
-  // of the double reference relative to the step scale (lr), and the moments within float rounding
+  // the float run computes in float (as PyTorch); after 20 steps values and moments stay within a few float
+  // ulps of the double reference relative to the step scale (lr), and the moments within float rounding
   for (std::size_t i = 0; i < theta.size(); ++i) {
     CHECK(std::abs(double(s.values()[i]) - theta[i]) < 1e-6 + 1e-5 * std::abs(theta[i]));
     CHECK(rel_diff(opt.state(0).exp_avg[i], ref.m[i]) < 1e-5);

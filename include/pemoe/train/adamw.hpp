@@ -33,10 +33,11 @@ struct AdamWConfig {
  *
  * State is per parameter (PyTorch's `state[p]`: `step`, `exp_avg`, `exp_avg_sq`), created at the parameter's
  * first update and stored and computed in the parameter's type T, as PyTorch keeps and computes it in the
- * parameter's dtype (the scalar coefficients — bias corrections, step size, decay — are computed in double). A parameter that a step does not update — frozen, or skipped by the
- * `update` mask of `step` (MPOE's `GradientMask`) — is treated as PyTorch treats a parameter whose `.grad`
- * is None: no moment update, no step increment, no weight decay; when it is updated again, its bias
- * correction uses its own count. Because the state is keyed by `ParamId`, changing the trainable set
+ * parameter's dtype (the scalar coefficients — bias corrections, step size, decay — are computed in double).
+ * A parameter that a step does not update — frozen, or skipped by the `update` mask of `step` (MPOE's
+ * `GradientMask`) — is treated as PyTorch treats a parameter whose `.grad` is None: no moment update, no step
+ * increment, no weight decay; when it is updated again, its bias correction uses its own count. Because the
+ * state is keyed by `ParamId`, changing the trainable set
  * (`set_trainable`) needs no `reset()`: a re-enabled parameter resumes from its own state.
  *
  * Parameter groups (`ParamGroups`, as PyTorch's `param_groups`): a parameter's rate is
@@ -112,8 +113,9 @@ class AdamW {
       }
       ++st.step;
       const double t = double(st.step);
-      const Coefficients k{b1, b2, m_config.eps, lr / (1.0 - std::pow(b1, t)), std::sqrt(1.0 - std::pow(b2, t)),
-                           1.0 - lr * wd};
+      const Coefficients k{
+          b1,           b2, m_config.eps, lr / (1.0 - std::pow(b1, t)), std::sqrt(1.0 - std::pow(b2, t)),
+          1.0 - lr * wd};
       T* w = store.values().data() + e.offset;
       const T* g = store.grads().data() + e.grad_offset;
       if (skip)
@@ -182,7 +184,8 @@ class AdamW {
   /// memory-bound: 230 instead of 300 ms per 124 M scalars on one AVX-512 core).
   static void update_all(const Coefficients& k, T* w, const T* g, T* m, T* v, Index n) {
     const T one_minus_b1 = T(1.0 - k.b1), b2 = T(k.b2), one_minus_b2 = T(1.0 - k.b2);
-    const T inv_bc2_sqrt = T(1.0 / k.bc2_sqrt), eps = T(k.eps), step_size = T(k.step_size), decay = T(k.decay);
+    const T inv_bc2_sqrt = T(1.0 / k.bc2_sqrt), eps = T(k.eps), step_size = T(k.step_size),
+            decay = T(k.decay);
     for (Index i = 0; i < n; ++i) {
       const T mi = m[i] + one_minus_b1 * (g[i] - m[i]);
       const T vi = b2 * v[i] + one_minus_b2 * g[i] * g[i];

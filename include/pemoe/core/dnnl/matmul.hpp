@@ -226,6 +226,10 @@ namespace detail {
 /// blocking and is not blocked.
 inline constexpr Index kPlainBMaxCols = 1024;
 inline constexpr Index kPlainBMaxDepth = 2048;
+/// Row limit of one product whose A is transposed (a weight gradient dYᵀ·X) and whose C is tall: the
+/// tied head's dW (50257, 256)·(256, 768) runs in blocks of 512 rows.
+inline constexpr Index kTransposedAMaxRows = 4096;
+inline constexpr Index kTransposedARowBlock = 512;
 
 /// The block length that splits `extent` into ⌈extent / limit⌉ near-equal blocks (a multiple of 16 but the
 /// last); `extent` itself when it is within `limit`.
@@ -243,7 +247,8 @@ inline Index block_length(Index extent, Index limit) {
  * Same contract as `pemoe::gemm` (row-major views, op(A) (m, k), op(B) (k, n), C (m, n), `beta == 0`
  * overwrites C); the caller has checked the extents. Transposes are strides, never copies. A product whose
  * B is plain row-major runs in blocks of at most `kPlainBMaxCols` columns and `kPlainBMaxDepth` of depth
- * (the depth blocks after the first accumulate with beta = 1), as measured faster on oneDNN 2.6.
+ * (the depth blocks after the first accumulate with beta = 1), and one with a transposed A and more than
+ * `kTransposedAMaxRows` rows in blocks of `kTransposedARowBlock` rows, as measured faster on oneDNN 2.6.
  * Returns false, having done nothing, when oneDNN has only its reference implementation for these strides
  * (e.g. operands that are neither row- nor column-contiguous): the caller then runs the product on Eigen.
  */
@@ -254,8 +259,8 @@ inline bool gemm_f32(bool trans_a, bool trans_b, float alpha, ConstMatrixRef<flo
   const Index k = trans_a ? A.rows() : A.cols();
   const Index n_block = trans_b ? n : detail::block_length(n, detail::kPlainBMaxCols);
   const Index k_block = trans_b ? k : detail::block_length(k, detail::kPlainBMaxDepth);
+  const Index m_block = trans_a && m > detail::kTransposedAMaxRows ? detail::kTransposedARowBlock : m;
   MatmulKey key = make_key();
-  key.m = m;
   key.a_rs = trans_a ? 1 : A.outerStride();
   key.a_cs = trans_a ? A.outerStride() : 1;
   key.b_rs = trans_b ? 1 : B.outerStride();
@@ -271,21 +276,25 @@ inline bool gemm_f32(bool trans_a, bool trans_b, float alpha, ConstMatrixRef<flo
   // every block's primitive first: one that would run oneDNN's reference loop sends the whole product to
   // Eigen before any block has written C
   std::vector<Block> blocks;
-  for (Index j = 0; j < n; j += n_block) {
-    for (Index p = 0; p < k; p += k_block) {
-      key.n = std::min(n_block, n - j);
-      key.k = std::min(k_block, k - p);
-      key.beta = p == 0 ? beta : 1.0f;
-      const CachedMatmul& mm = MatmulCache::instance().get(key, [&] {
-        const dnnl::matmul::desc d(strided_desc(m, key.k, key.a_rs, key.a_cs, dt::f32),
-                                   strided_desc(key.k, key.n, key.b_rs, key.b_cs, dt::f32),
-                                   strided_desc(m, key.n, key.c_rs, 1, dt::f32));
-        return dnnl::matmul::primitive_desc(d, matmul_attr(alpha, key.beta), engine());
-      });
-      if (mm.reference) return false;
-      // op(A)'s columns p.. and op(B)'s block (p.., j..): B is transposed only when unblocked (j = p = 0)
-      blocks.push_back({&mm, A.data() + p * (trans_a ? A.outerStride() : 1), B.data() + p * B.outerStride() + j,
-                        C.data() + j});
+  for (Index i = 0; i < m; i += m_block) {
+    for (Index j = 0; j < n; j += n_block) {
+      for (Index p = 0; p < k; p += k_block) {
+        key.m = std::min(m_block, m - i);
+        key.n = std::min(n_block, n - j);
+        key.k = std::min(k_block, k - p);
+        key.beta = p == 0 ? beta : 1.0f;
+        const CachedMatmul& mm = MatmulCache::instance().get(key, [&] {
+          const dnnl::matmul::desc d(strided_desc(key.m, key.k, key.a_rs, key.a_cs, dt::f32),
+                                     strided_desc(key.k, key.n, key.b_rs, key.b_cs, dt::f32),
+                                     strided_desc(key.m, key.n, key.c_rs, 1, dt::f32));
+          return dnnl::matmul::primitive_desc(d, matmul_attr(alpha, key.beta), engine());
+        });
+        if (mm.reference) return false;
+        // op(A)'s block (i.., p..), op(B)'s block (p.., j..), C's block (i.., j..); B is transposed only when
+        // unblocked (j = p = 0)
+        const float* a = trans_a ? A.data() + p * A.outerStride() + i : A.data() + i * A.outerStride() + p;
+        blocks.push_back({&mm, a, B.data() + p * B.outerStride() + j, C.data() + i * C.outerStride() + j});
+      }
     }
   }
   for (const Block& b : blocks) execute(*b.mm, b.a, b.b, b.c);
