@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <limits>
 #include <string>
@@ -16,11 +17,35 @@
 #include <utility>
 #include <vector>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
+
 #include "pemoe/core/error.hpp"
 #include "pemoe/core/rng.hpp"
 #include "pemoe/core/tensor.hpp"
 
 namespace pemoe {
+
+namespace detail {
+
+/// Returns the whole pages inside [p, p + bytes) to the system without freeing the allocation (Linux:
+/// `madvise(MADV_DONTNEED)`; they read as zero if touched again); elsewhere does nothing. For a buffer that
+/// shrinks for good and is too large to copy into a smaller one (the peak would hold both).
+inline void discard_pages(void* p, std::size_t bytes) {
+#if defined(__linux__)
+  static const std::uintptr_t page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const std::uintptr_t first = reinterpret_cast<std::uintptr_t>(p);
+  const std::uintptr_t begin = (first + page - 1) / page * page, end = (first + bytes) / page * page;
+  if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+#else
+  (void)p;
+  (void)bytes;
+#endif
+}
+
+}  // namespace detail
 
 /// Handle of one parameter inside a `ParamStore` (stable for the store's lifetime).
 using ParamId = std::size_t;
@@ -274,7 +299,8 @@ class ParamStore {
    * arena, returning the memory (a model that keeps only a packed bf16 copy of its frozen backbone calls
    * this). Released entries keep their name and shape; `value()` on them throws `ConfigError`, checkpoints
    * skip them. `ConfigError` if a selected parameter is trainable (nothing changes then). Returns how many
-   * were released. Peak memory during the call: the kept values twice.
+   * were released. The arena is compacted in place and the whole pages of its freed tail are returned to the
+   * system (`detail::discard_pages`), so the call needs no memory beyond the arena it shrinks.
    */
   template <class Pred>
   std::size_t release_values_if(Pred&& pred) {
@@ -288,11 +314,9 @@ class ParamStore {
       ++matched;
     }
     if (matched == 0 || m_declaring) return matched;
+    // in place: every kept entry moves to a lower (or its own) offset, in declaration order, so a forward
+    // copy never overwrites values it has still to read; the freed tail's pages go back to the system
     Index kept = 0;
-    for (std::size_t i = 0; i < m_entries.size(); ++i)
-      if (!m_entries[i].released && !drop[i]) kept += m_entries[i].size;
-    AlignedVector<T> values;
-    values.reserve(static_cast<std::size_t>(kept));
     for (std::size_t i = 0; i < m_entries.size(); ++i) {
       Entry& e = m_entries[i];
       if (e.released) continue;
@@ -301,11 +325,14 @@ class ParamStore {
         e.offset = -1;
         continue;
       }
-      const Index at = static_cast<Index>(values.size());
-      values.insert(values.end(), m_values.begin() + e.offset, m_values.begin() + e.offset + e.size);
-      e.offset = at;
+      if (e.offset != kept) std::copy_n(m_values.begin() + e.offset, e.size, m_values.begin() + kept);
+      e.offset = kept;
+      kept += e.size;
     }
-    m_values.swap(values);
+    T* const tail = m_values.data() + kept;
+    const std::size_t tail_bytes = (m_values.size() - static_cast<std::size_t>(kept)) * sizeof(T);
+    m_values.resize(static_cast<std::size_t>(kept));
+    detail::discard_pages(tail, tail_bytes);
     m_num_values = kept;
     return matched;
   }
