@@ -565,7 +565,10 @@ TEST_CASE("ParamStore::release_values_if compacts in place: no second arena, the
   const double after = status_mb("VmRSS"), peak = status_mb("VmHWM");
   INFO("resident " << before << " MB -> " << after << " MB, peak during the call " << peak << " MB");
   CHECK(before - after > 100.0);
-  if (peak_resettable) CHECK(peak - before < 32.0);
+  if (peak_resettable)
+    CHECK(peak - before < 32.0);
+  else
+    WARN("/proc/self/clear_refs is not writable here: the peak during the call is not checked");
   CHECK(s.value(kept)[12345] == 7.0);
   CHECK(s.value(kept)[0] == 1.0);
   CHECK(s.entry(kept).offset == 0);

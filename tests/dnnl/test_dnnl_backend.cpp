@@ -52,6 +52,30 @@ double worst_vs_naive(const Matrix<float>& A, const Matrix<float>& Bt, const Mat
   return worst;
 }
 
+// max over C's entries of |C − (alpha·opA·opB + beta·C0)| relative to (2k + 8)·2⁻²⁴·(|alpha|·Σ|a·b| +
+// |beta·C0|), in long double: an f32 product's error against its own bound (opA (m, k), opB (k, n) as plain
+// matrices)
+double worst_gemm_error(const Matrix<float>& opA, const Matrix<float>& opB, float alpha, float beta,
+                        const Matrix<float>& C0, const Matrix<float>& C) {
+  double worst = 0;
+  const Index k = opA.cols();
+  for (Index i = 0; i < C.rows(); ++i)
+    for (Index j = 0; j < C.cols(); ++j) {
+      long double acc = 0, mag = 0;
+      for (Index l = 0; l < k; ++l) {
+        const long double p = (long double)opA(i, l) * opB(l, j);
+        acc += p;
+        mag += std::fabs(p);
+      }
+      const long double c0 = (long double)beta * C0(i, j);
+      const long double bound =
+          (2 * k + 8) * 0x1p-24L * (std::fabs((long double)alpha) * mag + std::fabs(c0));
+      worst =
+          std::max(worst, double(std::fabs((long double)C(i, j) - (alpha * acc + c0)) / (bound + 1e-30L)));
+    }
+  return worst;
+}
+
 bool bf16_here() {
   std::string why;
   const bool ok = weight_pack_available<float>(PackDtype::bf16, &why);
@@ -119,19 +143,7 @@ TEST_CASE("dnnl: a wide or deep product with a plain B runs in blocks and stays 
     CHECK(dnnl_backend::last_executed_impl().rfind("ref", 0) != 0);
     // blocks of 544 and 525 columns, 1072 and 1053 of depth (beta 0.25, then 1): four primitives
     CHECK(dnnl_backend::MatmulCache::instance().size() == primitives_before + 4);
-    double worst = 0;
-    for (Index i = 0; i < m; ++i)
-      for (Index j = 0; j < n; ++j) {
-        long double acc = 0, mag = 0;
-        for (Index l = 0; l < k; ++l) {
-          acc += (long double)A(i, l) * B(l, j);
-          mag += std::fabs((long double)A(i, l) * B(l, j));
-        }
-        const long double want = 0.5L * acc + 0.25L * C0(i, j + 2);
-        const long double bound = (2 * k + 8) * 0x1p-24L * (0.5L * mag + std::fabs(0.25L * C0(i, j + 2)));
-        worst = std::max(worst, double(std::fabs((long double)C(i, j) - want) / bound));
-      }
-    CHECK(worst <= 1.0);
+    CHECK(worst_gemm_error(A, Matrix<float>(B), 0.5f, 0.25f, C0.middleCols(2, n), C) <= 1.0);
     CHECK(Cw.leftCols(2) == C0.leftCols(2));  // nothing outside the view is written
     CHECK(Cw.rightCols(4) == C0.rightCols(4));
   }
@@ -150,15 +162,7 @@ TEST_CASE("dnnl: a tall weight gradient (transposed A) runs in row blocks and st
   gemm<float>(Op::T, Op::N, 1.0f, dY, X, 1.0f, G);
   CHECK(dnnl_backend::MatmulCache::instance().size() == primitives_before + 2);  // full and last block
   CHECK(dnnl_backend::last_executed_impl().rfind("ref", 0) != 0);
-  const Eigen::MatrixXd want =
-      dY.cast<double>().transpose() * X.cast<double>() + G0.leftCols(d).cast<double>();
-  const Eigen::MatrixXd mag = dY.cast<double>().cwiseAbs().transpose() * X.cast<double>().cwiseAbs();
-  double worst = 0;
-  for (Index i = 0; i < rows; ++i)
-    for (Index j = 0; j < d; ++j)
-      worst = std::max(worst, std::abs(double(G(i, j)) - want(i, j)) /
-                                  ((2 * batch + 8) * 0x1p-24 * (mag(i, j) + std::abs(G0(i, j)))));
-  CHECK(worst <= 1.0);
+  CHECK(worst_gemm_error(dY.transpose(), X, 1.0f, 1.0f, G0.leftCols(d), G) <= 1.0);
   CHECK(Gw.col(d) == G0.col(d));
 }
 

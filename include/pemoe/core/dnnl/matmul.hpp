@@ -274,8 +274,9 @@ inline bool gemm_f32(bool trans_a, bool trans_b, float alpha, ConstMatrixRef<flo
     float* c;
   };
   // every block's primitive first: one that would run oneDNN's reference loop sends the whole product to
-  // Eigen before any block has written C
-  std::vector<Block> blocks;
+  // Eigen before any block has written C (the list is this thread's, reused: no allocation per product)
+  thread_local std::vector<Block> blocks;
+  blocks.clear();
   for (Index i = 0; i < m; i += m_block) {
     for (Index j = 0; j < n; j += n_block) {
       for (Index p = 0; p < k; p += k_block) {
