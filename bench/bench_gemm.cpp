@@ -3,6 +3,8 @@
 //   dnnl         oneDNN matmul primitives (f32; PEMOE_WITH_DNNL)
 //   packed_f32   a frozen weight packed once (WeightPack, f32)
 //   packed_bf16  the same in bf16 with f32 accumulation (CPUs with AVX512-BF16 or AMX only)
+//   single_bf16  one plain bf16 copy of the weight serving both products (PackLayout::single: half the
+//   memory)
 // For a linear d_in -> d_out three products: fwd y = x·Wᵀ (N,T), dx = dy·W (N,N), dW = dyᵀ·x (T,N); a frozen
 // weight needs the first two only (packed backends run those). Plus the square 2048³ product that
 // `hf_gpt2_bench.py --mode gemm` times with torch.mm, and (2048, 768, 3072).
@@ -51,11 +53,12 @@ void run_gemm(benchmark::State& state, Shape s, Product p, GemmBackend backend) 
   pemoe::set_gemm_backend(pemoe::have_dnnl() ? GemmBackend::dnnl : GemmBackend::eigen);
 }
 
-void run_packed(benchmark::State& state, Shape s, Product p, pemoe::PackDtype dtype) {
+void run_packed(benchmark::State& state, Shape s, Product p, pemoe::PackDtype dtype,
+                pemoe::PackLayout layout) {
   const Matrix<float> x = pemoe::bench::random_matrix(s.rows, s.d_in, 1);
   const Matrix<float> W = pemoe::bench::random_matrix(s.d_out, s.d_in, 2);
   const Matrix<float> dy = pemoe::bench::random_matrix(s.rows, s.d_out, 3);
-  const auto pack = pemoe::make_weight_pack<float>(W, dtype);
+  const auto pack = pemoe::make_weight_pack<float>(W, dtype, layout);
   Matrix<float> out(s.rows, p == Product::fwd ? s.d_out : s.d_in);
   for (auto _ : state) {
     if (p == Product::fwd)
@@ -120,10 +123,18 @@ const int registered = [] {
         benchmark::RegisterBenchmark(
             ("gemm/" + std::string(pname) + "/" + shape_name(s) + "/packed_" + pemoe::pack_dtype_name(d))
                 .c_str(),
-            [s, p = p, d](benchmark::State& st) { run_packed(st, s, p, d); })
+            [s, p = p, d](benchmark::State& st) { run_packed(st, s, p, d, pemoe::PackLayout::blocked); })
             ->Unit(benchmark::kMillisecond)
             ->UseRealTime();
       }
+      if (pemoe::weight_pack_available<float>(pemoe::PackDtype::bf16))
+        benchmark::RegisterBenchmark(
+            ("gemm/" + std::string(pname) + "/" + shape_name(s) + "/single_bf16").c_str(),
+            [s, p = p](benchmark::State& st) {
+              run_packed(st, s, p, pemoe::PackDtype::bf16, pemoe::PackLayout::single);
+            })
+            ->Unit(benchmark::kMillisecond)
+            ->UseRealTime();
     }
   const Skinny skinny[] = {{"router_logits_x.Wgt_2048x8x768", Op::N, Op::T, 2048, 8, 768},  // (t, d)·(E, d)ᵀ
                            {"lora_h_x.At_2048x8x768", Op::N, Op::T, 2048, 8, 768},      // (t, d)·(r, d)ᵀ

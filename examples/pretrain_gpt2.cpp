@@ -170,7 +170,7 @@ int main(int argc, char** argv) {
       tb.attention_mask.insert(tb.attention_mask.end(), tasks.attention_mask.begin(),
                                tasks.attention_mask.end());
       const double loss = forward_batch(gpt, tb, cache) + cache.aux_loss;
-      gpt.backward(cache);
+      gpt.backward_over_logits(cache);  // the logits are not read after backward
       return MicroBatchResult{loss, double(tb.ids.size())};
     };
     auto held_out = [&](const TokenBatch& blocks) {  // the first eval_blocks rows

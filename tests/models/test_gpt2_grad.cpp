@@ -116,6 +116,39 @@ TEST_CASE("GPT-2 gradients pass central differences, plain and with every adapte
   }
 }
 
+TEST_CASE("GPT-2 with frozen, unadapted projections keeps no input for them and passes central differences") {
+  // MoLoRA at c_attn and c_fc only (config d of the benchmark): the two c_proj sites are frozen plain
+  // linears, whose backward needs dy alone, so the context and gelu(f) are not kept in the cache
+  GPT2<double> m(tiny());
+  TargetModules t;
+  t.names = {"c_attn", "c_fc"};
+  CHECK(m.inject(spec_of(AdapterKind::molora), t).size() == 4);
+  ParamStore<double> s;
+  Rng rng(1);
+  m.register_params(s, rng);
+  testing::randomize_params(s, 2, 0.3);
+  const Batch b;
+  m.set_batch(b.B, b.T);
+  typename GPT2<double>::Cache c;
+  m.forward(b.ids, b.labels, c);
+  for (const auto& blk : c.blocks) {
+    CHECK(blk.g.size() == 0);
+    CHECK(blk.attn.ctx.size() == 0);
+    CHECK(blk.f.rows() == b.B * b.T);  // GELU's backward reads f
+  }
+  std::string where;
+  const double worst = gradcheck_model(m, s, b, where);
+  INFO("worst " << worst << " at " << where);
+  CHECK(worst < 1e-5);
+  // a projection made trainable after forward: its backward needs the input that was not kept
+  s.set_trainable_if([](const auto& e) { return e.name == "transformer.h.1.mlp.c_proj.weight"; }, true);
+  CHECK_THROWS_WITH(m.backward(c), Catch::Contains("needs the forward's input x"));
+  m.forward(b.ids, b.labels, c);  // now it is kept
+  CHECK(c.blocks[1].g.rows() == b.B * b.T);
+  CHECK(c.blocks[0].g.size() == 0);
+  CHECK_NOTHROW(m.backward(c));
+}
+
 TEST_CASE(
     "GPT-2 with a padding mask: padded keys are ignored and padded tokens stay out of router statistics") {
   GPT2<double> m(tiny());
@@ -242,4 +275,35 @@ TEST_CASE("GPT-2 with MPOE banks (GELU experts with biases, scale_by_prob gate) 
   const double worst = gradcheck_model(m, s, Batch{}, where);
   INFO("worst " << worst << " at " << where);
   CHECK(worst < 1e-5);
+}
+
+TEST_CASE("GPT-2 backward_over_logits: the same gradients bit for bit, the logits become their gradient") {
+  // full fine-tuning (every weight, the tied head's included, gets a gradient) with a −100 label
+  ParamStore<float> s;
+  Rng rng(3);
+  GPT2<float> m(tiny());
+  m.register_params(s, rng);
+  const Batch b;
+  m.set_batch(b.B, b.T);
+  typename GPT2<float>::Cache c;
+  m.forward(b.ids, b.labels, c);
+  s.zero_grad();
+  m.backward(c);
+  const AlignedVector<float> kept = s.grads();
+  const Matrix<float> logits = c.logits;
+  m.forward(b.ids, b.labels, c);
+  CHECK(c.logits == logits);
+  s.zero_grad();
+  m.backward_over_logits(c);
+  REQUIRE(s.grads().size() == kept.size());
+  CHECK(std::equal(kept.begin(), kept.end(), s.grads().begin()));
+  // the buffer now holds dloss/dlogits: each counted row sums to 0, the row of the ignored label is 0
+  CHECK(c.logits_hold_gradient);
+  CHECK(c.logits.row(0).sum() == Approx(0.0).margin(1e-6));
+  CHECK(c.logits.row(1).isZero());  // position 1 predicts label 2 = −100
+  CHECK(c.logits != logits);
+  CHECK_THROWS_WITH(m.backward(c), Catch::Contains("run forward again"));
+  m.forward(b.ids, b.labels, c);  // a new forward makes the cache usable again
+  CHECK_FALSE(c.logits_hold_gradient);
+  CHECK_NOTHROW(m.backward(c));
 }

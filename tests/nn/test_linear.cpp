@@ -80,6 +80,35 @@ TEST_CASE("Linear frozen: no gradient buffer, dx still correct; skipping dx work
   lin.backward(x, c, dy, dx);
   CHECK(testing::max_abs_diff(dx, dy * lin.weight()) < 1e-12);
   CHECK_NOTHROW(lin.backward(x, c, dy));
+  // a frozen weight's backward needs dy alone: the same dx without x
+  CHECK_FALSE(lin.backward_needs_input());
+  Matrix<double> dx2(3, 6);
+  lin.backward_without_input(c, dy, dx2);
+  CHECK(dx2 == dx);
+}
+
+TEST_CASE("Linear backward_without_input: the bias gradient from dy alone; refused when the weight trains") {
+  ParamStore<double> s;
+  Rng rng(1);
+  Linear<double> lin({5, 3, true, true});
+  lin.register_params(s, "fc", rng);
+  s.set_trainable_if([](const auto& e) { return e.name == "fc.weight"; }, false);  // only the bias trains
+  const auto x = testing::random_matrix(4, 5, 7), dy = testing::random_matrix(4, 3, 8);
+  Linear<double>::Cache c;
+  Matrix<double> y(4, 3), dx(4, 5), dx2(4, 5);
+  lin.forward(x, y, c);
+  s.zero_grad();
+  lin.backward(x, c, dy, dx);
+  const AlignedVector<double> with_x = s.grads();
+  s.zero_grad();
+  lin.backward_without_input(c, dy, dx2);
+  CHECK(s.grads() == with_x);
+  CHECK(dx2 == dx);
+  CHECK(testing::max_abs_diff(Matrix<double>(s.grad_matrix(lin.bias_id())),
+                              Matrix<double>(dy.colwise().sum())) < 1e-14);
+  s.set_trainable_if([](const auto& e) { return e.name == "fc.weight"; }, true);
+  CHECK(lin.backward_needs_input());
+  CHECK_THROWS_WITH(lin.backward_without_input(c, dy, dx2), Catch::Contains("needs the forward's input x"));
 }
 
 TEST_CASE("Linear shape errors name the layer and both sizes") {

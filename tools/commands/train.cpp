@@ -422,7 +422,7 @@ int train(const TrainOptions& o, const FinetuneConfig& c, const Tok& tok, std::i
     }
     const TokenBatch tb = pad_batch(rows, 0, eos);
     const double loss = forward_batch(gpt, tb, cache) + cache.aux_loss;
-    gpt.backward(cache);
+    gpt.backward_over_logits(cache);  // the logits are not read after backward
     return MicroBatchResult{loss, double(tb.num_tokens())};
   };
   if (!eval_all.empty())

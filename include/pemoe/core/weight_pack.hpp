@@ -26,6 +26,18 @@ enum class PackDtype {
   bf16  ///< inputs and weight rounded to bfloat16 (8-bit mantissa), f32 accumulation; needs bf16 units
 };
 
+/// How a pack holds W: the speed of its products against its memory.
+enum class PackLayout {
+  blocked,  ///< two copies of W, each reordered for one product (fastest; f32: 8 bytes an element, bf16: 4)
+  single    ///< bf16 only: one plain row-major copy read by both products (2 bytes an element; its rows can
+          ///< be gathered, so a tied embedding's lookup can read it); some products are slower, see the bench
+};
+
+/// "blocked" or "single".
+inline const char* pack_layout_name(PackLayout l) {
+  return l == PackLayout::single ? "single" : "blocked";
+}
+
 /// "f32" or "bf16".
 inline const char* pack_dtype_name(PackDtype d) {
   return d == PackDtype::bf16 ? "bf16" : "f32";
@@ -55,9 +67,13 @@ class WeightPack {
   virtual void backward_input(ConstMatrixRef<T> dy, MatrixRef<T> dx, T beta) const = 0;
   /// The unpacked weight (d_out, d_in) (exact in f32; the bf16-rounded weight in bf16).
   virtual Matrix<T> unpack() const = 0;
+  /// Row `o` of W (d_in values, exactly as the products see it) into `out`; `PackLayout::single` only
+  /// (`ConfigError` otherwise).
+  virtual void gather_row(Index o, T* out) const = 0;
   /// Bytes held by the packed copies.
   virtual std::size_t bytes() const = 0;
   virtual PackDtype dtype() const = 0;
+  virtual PackLayout layout() const = 0;
   virtual Index d_out() const = 0;
   virtual Index d_in() const = 0;
 };
@@ -89,17 +105,24 @@ bool weight_pack_available(PackDtype dtype, std::string* why = nullptr) {
   }
 }
 
-/// Packs the frozen weight W (d_out, d_in); throws `ConfigError` with the reason where
-/// `weight_pack_available` says no.
+/// Packs the frozen weight W (d_out, d_in) in `layout`; throws `ConfigError` with the reason where
+/// `weight_pack_available` says no, and for an f32 `PackLayout::single` (a plain f32 copy is W itself).
 template <class T>
-std::shared_ptr<const WeightPack<T>> make_weight_pack(ConstMatrixRef<T> W, PackDtype dtype) {
+std::shared_ptr<const WeightPack<T>> make_weight_pack(ConstMatrixRef<T> W, PackDtype dtype,
+                                                      PackLayout layout = PackLayout::blocked) {
   std::string why;
   PEMOE_CHECK_CONFIG(weight_pack_available<T>(dtype, &why), "cannot pack a weight as ",
                      pack_dtype_name(dtype), ": ", why);
+  PEMOE_CHECK_CONFIG(layout == PackLayout::blocked || dtype == PackDtype::bf16,
+                     "the single-copy pack layout is bf16 only (an f32 copy would duplicate the weight); "
+                     "use PackLayout::blocked for f32");
 #ifdef PEMOE_WITH_DNNL
   if constexpr (std::is_same_v<T, float>) {
     struct Pack final : WeightPack<float> {
-      explicit Pack(ConstMatrixRef<float> w, bool bf16) : packed(w, bf16) {}
+      Pack(ConstMatrixRef<float> w, bool bf16, PackLayout l)
+          : packed(w, bf16, 256,
+                   l == PackLayout::single ? dnnl_backend::PackedWeight::Layout::single
+                                           : dnnl_backend::PackedWeight::Layout::blocked) {}
       void forward(ConstMatrixRef<float> x, MatrixRef<float> y, const float* bias) const override {
         packed.forward(x, y, bias);
       }
@@ -107,16 +130,22 @@ std::shared_ptr<const WeightPack<T>> make_weight_pack(ConstMatrixRef<T> W, PackD
         packed.backward_input(dy, dx, beta);
       }
       Matrix<float> unpack() const override { return packed.unpack(); }
+      void gather_row(Index o, float* out) const override { packed.gather_row(o, out); }
+      PackLayout layout() const override {
+        return packed.layout() == dnnl_backend::PackedWeight::Layout::single ? PackLayout::single
+                                                                             : PackLayout::blocked;
+      }
       std::size_t bytes() const override { return packed.bytes(); }
       PackDtype dtype() const override { return packed.bf16() ? PackDtype::bf16 : PackDtype::f32; }
       Index d_out() const override { return packed.d_out(); }
       Index d_in() const override { return packed.d_in(); }
       dnnl_backend::PackedWeight packed;
     };
-    return std::make_shared<const Pack>(W, dtype == PackDtype::bf16);
+    return std::make_shared<const Pack>(W, dtype == PackDtype::bf16, layout);
   }
 #endif
   (void)W;
+  (void)layout;
   return nullptr;  // unreachable: weight_pack_available said no above
 }
 

@@ -144,7 +144,7 @@ class GPT2Block {
     Matrix<T> xm;                     ///< (N, d) x + attn(h1)
     Matrix<T> h2;                     ///< (N, d) ln_2(xm)
     Matrix<T> f;                      ///< (N, inner) c_fc(h2)
-    Matrix<T> g;                      ///< (N, inner) gelu(f)
+    Matrix<T> g;  ///< (N, inner) gelu(f); empty when c_proj's backward does not read it (frozen, no adapter)
   };
 
   explicit GPT2Block(const GPT2Config& c)
@@ -216,9 +216,13 @@ class GPT2Block {
     } else {
       c.f.resize(n, m_inner);
       m_fc.forward(c.h2, c.f, c.fc);
-      c.g.resize(n, m_inner);
-      m_act.forward(c.f, c.g, c.act);
-      m_proj.forward(c.g, y, c.proj);
+      // gelu(f) is kept only when c_proj's backward reads it; else it lives in a scratch buffer
+      const bool keep = m_proj.backward_needs_input();
+      Matrix<T>& g = keep ? c.g : detail::unkept_activation<T, detail::UnkeptSlot::mlp_hidden>();
+      if (!keep) c.g.resize(0, 0);
+      g.resize(n, m_inner);
+      m_act.forward(c.f, g, c.act);
+      m_proj.forward(g, y, c.proj);
     }
     m_drop.forward(y, y, c.drop);
     y += c.xm;
@@ -239,7 +243,10 @@ class GPT2Block {
       m_mpoe->backward(c.h2, c.mpoe, dm, dh);
     } else {
       Matrix<T> dg(n, m_inner);
-      m_proj.backward(c.g, c.proj, dm, dg);
+      if (c.g.rows() == n)
+        m_proj.backward(c.g, c.proj, dm, dg);
+      else
+        m_proj.backward_without_input(c.proj, dm, dg);
       Matrix<T> df(n, m_inner);
       m_act.backward(c.f, c.act, dg, df);
       m_fc.backward(c.h2, c.fc, df, dh);
@@ -317,8 +324,9 @@ class GPT2 {
     std::vector<Matrix<T>> x;  ///< n_layer + 1 residual-stream states (B·T, d); x[0] = embeddings
     std::vector<typename GPT2Block<T>::Cache> blocks;
     typename LayerNorm<T>::Cache ln_f;
-    Matrix<T> hf;      ///< (B·T, d) ln_f(x[L])
-    Matrix<T> logits;  ///< (B·T, vocab)
+    Matrix<T> hf;                       ///< (B·T, d) ln_f(x[L])
+    Matrix<T> logits;                   ///< (B·T, vocab); their gradient after `backward_over_logits`
+    bool logits_hold_gradient = false;  ///< set by `backward_over_logits`, cleared by `forward`
     typename CrossEntropy<T>::Cache ce;
     double lm_loss = 0.0, aux_loss = 0.0;
   };
@@ -488,6 +496,7 @@ class GPT2 {
     }
     c.logits.resize(n, m_config.vocab_size);
     m_wte.logits(c.hf, c.logits);
+    c.logits_hold_gradient = false;
     c.targets.clear();
     c.lm_loss = c.aux_loss = 0.0;
     if (labels.empty()) return 0.0;
@@ -503,29 +512,18 @@ class GPT2 {
     return c.lm_loss + c.aux_loss;
   }
 
-  /// Backward of the loss of the last forward: adds every trainable parameter's gradient.
+  /// Backward of the loss of the last forward: adds every trainable parameter's gradient. `c.logits` is
+  /// kept; the gradient of the logits takes a buffer of the same size (see `backward_over_logits`).
   void backward(const Cache& c) {
-    PEMOE_CHECK_CONFIG(!c.targets.empty(), "GPT2: backward needs a forward with labels");
-    const Index n = c.batch * c.seq_len, d = m_config.n_embd, L = m_config.n_layer;
-    Matrix<T> dlogits(n, m_config.vocab_size);
-    {
-      const profile::Scope s("loss");
-      m_ce.backward(c.logits, c.targets, c.ce, dlogits);
-    }
-    Matrix<T> dh(n, d), dx(n, d), dprev(n, d);
-    m_wte.logits_backward(c.hf, dlogits, dh);
-    {
-      const profile::Scope s("layernorm");
-      m_ln_f.backward(c.x[std::size_t(L)], c.ln_f, dh, dx);
-    }
-    for (Index l = L - 1; l >= 0; --l) {
-      m_blocks[std::size_t(l)].backward(c.x[std::size_t(l)], c.blocks[std::size_t(l)], dx, dprev);
-      dx.swap(dprev);
-    }
-    const profile::Scope s("embedding");
-    m_drop.backward(dx, c.drop, dx, dx);
-    if (m_store->trainable(m_wte.weight_id())) m_wte.backward(c.ids, c.wte, dx);
-    if (m_store->trainable(m_wpe.weight_id())) m_wpe.backward(c.positions, c.wpe, dx);
+    Matrix<T> dlogits(c.logits.rows(), c.logits.cols());
+    backward_impl(c, dlogits, false);
+  }
+  /// As `backward`, but the gradient of the logits is written over `c.logits` (the logits are lost): a
+  /// training loop that does not read the logits after backward saves B·T·vocab values (51 MB for GPT-2 at
+  /// B·T = 256). Same gradients, bit for bit.
+  void backward_over_logits(Cache& c) {
+    backward_impl(c, c.logits, true);
+    c.logits_hold_gradient = true;
   }
 
   /// Merges every mergeable adapter (LoRA, IA3) into the backbone weights and makes every site a plain
@@ -549,41 +547,46 @@ class GPT2 {
    * packs again. Returns the bytes the packs hold. `ConfigError` where packing is unavailable (no oneDNN,
    * bf16 on a CPU without bf16 units: use f32 there), before anything is packed.
    *
-   * `release_f32` (bf16 only) then drops the f32 values of the packed linear weights from the store: the
-   * bf16 pack replaces them instead of duplicating them (the token embedding keeps its f32 table, which the
-   * lookup reads). The model trains and runs as before; reading, saving or merging those weights is a
-   * `ConfigError` until the model is loaded again.
+   * `release_f32` (bf16 only) makes a bf16-only backbone: each packed weight is kept as one plain bf16
+   * copy (`PackLayout::single`, 2 bytes a value instead of the blocked pack's 4 and the f32 weight's 4) and
+   * its f32 values are dropped from the store right after it is packed, so the peak holds the f32 backbone
+   * plus one bf16 copy, not both backbones. A frozen token embedding goes the same way: its lookup then
+   * reads the head's bf16 copy (the bf16-rounded table). The model trains and runs as before; reading,
+   * saving or merging those weights is a `ConfigError` until the model is loaded again.
    */
   std::size_t pack_frozen(PackDtype dtype, bool release_f32 = false) {
     PEMOE_CHECK_CONFIG(
         !release_f32 || dtype == PackDtype::bf16,
         "GPT2: release_f32 needs a bf16 pack (an f32 pack is as large as the weight it copies)");
     PEMOE_CHECK_CONFIG(m_store != nullptr, "GPT2: pack_frozen() after register_params() and loading weights");
+    PEMOE_CHECK_CONFIG(!m_released,
+                       "GPT2: the backbone is already bf16-only (pack_frozen(bf16, release_f32))");
     std::string why;
     PEMOE_CHECK_CONFIG(weight_pack_available<T>(dtype, &why), "GPT2: cannot pack the frozen backbone as ",
                        pack_dtype_name(dtype), ": ", why);
+    const PackLayout layout = release_f32 ? PackLayout::single : PackLayout::blocked;
+    // Each weight's f32 values go right after its pack is made. In reverse declaration order, each release
+    // compacts only the small values declared after the weight (biases, LayerNorms, adapters).
+    auto release = [&](ParamId id) {
+      if (!release_f32) return;
+      const std::string& name = m_store->entry(id).name;
+      m_store->release_values_if([&](const auto& e) { return e.name == name; });
+    };
     std::size_t bytes = 0;
-    for (auto& [name, site] : linear_sites())
-      if (Linear<T>* base = site->base_linear(); base && !m_store->trainable(base->weight_id())) {
-        base->pack(dtype);
+    auto sites = linear_sites();
+    for (auto it = sites.rbegin(); it != sites.rend(); ++it)
+      if (Linear<T>* base = it->second->base_linear(); base && !m_store->trainable(base->weight_id())) {
+        base->pack(dtype, layout);
         bytes += base->packed()->bytes();
+        release(base->weight_id());
       }
     if (!m_store->trainable(m_wte.weight_id())) {
-      m_wte.pack_head(dtype);
+      m_wte.pack_head(dtype, layout);
       bytes += m_wte.head_packed()->bytes();
+      release(m_wte.weight_id());
     }
     m_pack_dtype = dtype;
-    if (release_f32) {
-      std::vector<ParamId> packed;
-      for (auto& [name, site] : linear_sites())
-        if (Linear<T>* base = site->base_linear(); base && base->packed())
-          packed.push_back(base->weight_id());
-      std::sort(packed.begin(), packed.end());
-      m_store->release_values_if([&](const auto& e) {
-        return std::binary_search(packed.begin(), packed.end(), m_store->id(e.name));
-      });
-      m_released = true;
-    }
+    m_released = release_f32;
     return bytes;
   }
   /// Drops every pack (products read the weights in the store again).
@@ -669,6 +672,34 @@ class GPT2 {
   bool adapted() const { return m_adapted; }
 
  private:
+  /// The backward of `backward` / `backward_over_logits`: `dlogits` is a separate buffer, or `c.logits`
+  /// itself when `in_place`.
+  void backward_impl(const Cache& c, Matrix<T>& dlogits, bool in_place) {
+    PEMOE_CHECK_CONFIG(!c.targets.empty(), "GPT2: backward needs a forward with labels");
+    PEMOE_CHECK_CONFIG(!c.logits_hold_gradient,
+                       "GPT2: backward_over_logits already replaced this cache's logits by their gradient; "
+                       "run forward again (or use backward, which keeps the logits)");
+    const Index n = c.batch * c.seq_len, d = m_config.n_embd, L = m_config.n_layer;
+    {
+      const profile::Scope s("loss");
+      m_ce.backward(in_place ? dlogits : c.logits, c.targets, c.ce, dlogits);
+    }
+    Matrix<T> dh(n, d), dx(n, d), dprev(n, d);
+    m_wte.logits_backward(c.hf, dlogits, dh);
+    {
+      const profile::Scope s("layernorm");
+      m_ln_f.backward(c.x[std::size_t(L)], c.ln_f, dh, dx);
+    }
+    for (Index l = L - 1; l >= 0; --l) {
+      m_blocks[std::size_t(l)].backward(c.x[std::size_t(l)], c.blocks[std::size_t(l)], dx, dprev);
+      dx.swap(dprev);
+    }
+    const profile::Scope s("embedding");
+    m_drop.backward(dx, c.drop, dx, dx);
+    if (m_store->trainable(m_wte.weight_id())) m_wte.backward(c.ids, c.wte, dx);
+    if (m_store->trainable(m_wpe.weight_id())) m_wpe.backward(c.positions, c.wpe, dx);
+  }
+
   template <class F>
   void for_each_rng(F&& f) {
     f(m_drop);

@@ -149,6 +149,25 @@ class LinearSite {
         m_layer);
   }
 
+  /// Whether `backward` reads the input x: always with an adapter, and for a plain linear only when its
+  /// weight trains (see `Linear::backward_needs_input`).
+  bool backward_needs_input() const {
+    const auto* l = std::get_if<Linear<T>>(&m_layer);
+    return l == nullptr || l->backward_needs_input();
+  }
+  /// `backward` of a site whose input was not kept (`backward_needs_input()` false): a plain linear with a
+  /// frozen weight. `ConfigError` otherwise.   dy: (N, d_out) -> dx: (N, d_in)
+  void backward_without_input(const Cache& cache, ConstMatrixRef<T> dy, GradOut<T> dx = std::nullopt) {
+    const profile::Scope scope("linear");
+    auto* l = std::get_if<Linear<T>>(&m_layer);
+    PEMOE_CHECK_CONFIG(l != nullptr, "LinearSite '", m_name, "': a ", adapter_kind_name(m_kind),
+                       " adapter's backward needs the forward's input x");
+    const auto* c = std::get_if<typename Linear<T>::Cache>(&cache);
+    PEMOE_CHECK(c != nullptr, "LinearSite '", m_name,
+                "': backward with a cache from another layer (did forward run on this site?)");
+    l->backward_without_input(*c, dy, dx);
+  }
+
   void set_training(bool on) {
     std::visit([&](auto& l) { l.set_training(on); }, m_layer);
   }

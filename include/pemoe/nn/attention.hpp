@@ -84,7 +84,8 @@ class CausalSelfAttention {
     std::vector<std::int64_t> key_mask;  ///< (B·T) 1 = real, 0 = padding; empty: no padding
     Matrix<T> qkv;                       ///< (B·T, 3·d_model) = c_attn(x): q | k | v
     Matrix<T> probs;                     ///< (B·H·T, T) softmax of (b, h) in rows (b·H + h)·T …
-    Matrix<T> ctx;                       ///< (B·T, d_model) heads merged, before c_proj
+    Matrix<T>
+        ctx;  ///< (B·T, d_model) heads merged, before c_proj; empty when c_proj's backward does not read it
     typename Proj::Cache c_attn, c_proj;
     typename Dropout<T>::Cache attn_drop, resid_drop;
   };
@@ -159,15 +160,19 @@ class CausalSelfAttention {
       cache.attn_drop = typename Dropout<T>::Cache{};
     }
     const Matrix<T>& p = m_attn_drop.active() ? dropped : cache.probs;
-    cache.ctx.resize(n, d);
+    // the context is kept only when c_proj's backward reads it (else it lives in a scratch buffer)
+    const bool keep = m_c_proj.backward_needs_input();
+    Matrix<T>& ctx = keep ? cache.ctx : detail::unkept_activation<T, detail::UnkeptSlot::attention_context>();
+    if (!keep) cache.ctx.resize(0, 0);
+    ctx.resize(n, d);
     const Index D = m_config.head_dim();
     for_each_head(B * H, [&](Index bh) {
       const Index b = bh / H, h = bh % H;
       gemm<T>(Op::N, Op::N, T(1), p.middleRows(bh * S, S), cache.qkv.block(b * S, 2 * d + h * D, S, D), T(0),
-              cache.ctx.block(b * S, h * D, S, D));
+              ctx.block(b * S, h * D, S, D));
     });
 
-    m_c_proj.forward(cache.ctx, y, cache.c_proj);
+    m_c_proj.forward(ctx, y, cache.c_proj);
     m_resid_drop.forward(y, y, cache.resid_drop);
   }
 
@@ -182,7 +187,8 @@ class CausalSelfAttention {
     if (dx) check_shape(site(), "dx", *dx, n, d);
     check_shape(site(), "cache.qkv (did forward run on this x?)", cache.qkv, n, 3 * d);
     check_shape(site(), "cache.probs", cache.probs, B * H * S, S);
-    check_shape(site(), "cache.ctx", cache.ctx, n, d);
+    const bool ctx_kept = cache.ctx.rows() == n;
+    if (ctx_kept) check_shape(site(), "cache.ctx", cache.ctx, n, d);
 
     // Through the residual dropout and c_proj.
     Matrix<T> dproj;
@@ -195,12 +201,18 @@ class CausalSelfAttention {
     if constexpr (std::is_same_v<Proj, Linear<T>>)
       attn_grads = m_store->trainable(m_c_attn.weight_id()) ||
                    (m_config.bias && m_store->trainable(m_c_attn.bias_id()));
+    auto proj_backward = [&](GradOut<T> dctx) {
+      if (ctx_kept)
+        m_c_proj.backward(cache.ctx, cache.c_proj, g, dctx);
+      else
+        m_c_proj.backward_without_input(cache.c_proj, g, dctx);
+    };
     if (!dx && !attn_grads) {
-      m_c_proj.backward(cache.ctx, cache.c_proj, g);
+      proj_backward(std::nullopt);
       return;
     }
     Matrix<T> dctx(n, d);
-    m_c_proj.backward(cache.ctx, cache.c_proj, g, dctx);
+    proj_backward(dctx);
 
     // Per (b, h): dv = drop(P)ᵀ·dc, dP = drop'(dc·vᵀ), dS = P ⊙ (dP − rowsum(P ⊙ dP)), dq = s·dS·k,
     // dk = s·dSᵀ·q (s = 1/√D).

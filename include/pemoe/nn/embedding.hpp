@@ -80,8 +80,15 @@ class Embedding {
     const Index n = static_cast<Index>(ids.size());
     check_shape(site(), "y", y, n, m_config.d);
     check_ids(ids);
-    const MatrixMap<T> w = weight();
-    for (Index i = 0; i < n; ++i) y.row(i) = w.row(static_cast<Index>(ids[static_cast<std::size_t>(i)]));
+    if (m_store->entry(m_weight).released) {  // only the head's single copy is left: gather its rows
+      PEMOE_CHECK_CONFIG(m_head_pack && m_head_pack->layout() == PackLayout::single, site(),
+                         ": the table's values were released and no single-copy head pack holds them");
+      for (Index i = 0; i < n; ++i)
+        m_head_pack->gather_row(static_cast<Index>(ids[static_cast<std::size_t>(i)]), y.row(i).data());
+    } else {
+      const MatrixMap<T> w = weight();
+      for (Index i = 0; i < n; ++i) y.row(i) = w.row(static_cast<Index>(ids[static_cast<std::size_t>(i)]));
+    }
     cache.tokens = n;
   }
 
@@ -131,16 +138,22 @@ class Embedding {
   }
 
   /// Packs the frozen table for the tied head's two products (`logits` and the `dh` of `logits_backward`;
-  /// see core/weight_pack.hpp). The lookup keeps reading the f32 table. `ConfigError` when the table is
-  /// trainable or packing is unavailable here.
-  void pack_head(PackDtype dtype) {
+  /// see core/weight_pack.hpp) in `layout`. The lookup keeps reading the f32 table while the store holds it;
+  /// once its values are released (a bf16-only backbone), it gathers the rows of a `PackLayout::single` pack
+  /// (the bf16-rounded table). `ConfigError` when the table is trainable or packing is unavailable here.
+  void pack_head(PackDtype dtype, PackLayout layout = PackLayout::blocked) {
     check_bound();
     PEMOE_CHECK_CONFIG(!m_store->trainable(m_weight), site(),
                        ": only a frozen table can be packed for the head; freeze it first");
-    m_head_pack = make_weight_pack<T>(weight(), dtype);
+    m_head_pack = make_weight_pack<T>(weight(), dtype, layout);
   }
-  /// Drops the head's pack.
-  void unpack_head() { m_head_pack.reset(); }
+  /// Drops the head's pack (`ConfigError` once the table's values were released: the pack is all that is
+  /// left of them).
+  void unpack_head() {
+    PEMOE_CHECK_CONFIG(!m_store || !m_store->entry(m_weight).released, site(),
+                       ": the table's values were released; its head pack is all that is left of them");
+    m_head_pack.reset();
+  }
   /// The head's pack, or null.
   const WeightPack<T>* head_packed() const { return m_head_pack.get(); }
 

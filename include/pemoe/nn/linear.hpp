@@ -106,15 +106,37 @@ class Linear {
     }
   }
 
+  /// Whether `backward` reads the input x: only for the weight gradient. With a frozen weight the backward
+  /// needs dy alone (db = Σ dy, dx = dy·W), so a model need not keep x (`backward_without_input`).
+  bool backward_needs_input() const {
+    check_bound();
+    return m_store->trainable(m_weight);
+  }
+  /// `backward` of a layer whose input was not kept: db += Σ_rows dy (when trainable); dx = dy·W.
+  /// `ConfigError` when the weight trains (its gradient needs x).   dy: (N, d_out) -> dx: (N, d_in)
+  void backward_without_input(const Cache& /*cache*/, ConstMatrixRef<T> dy, GradOut<T> dx = std::nullopt) {
+    PEMOE_CHECK_CONFIG(
+        !backward_needs_input(), site(),
+        ": the weight trains, so backward needs the forward's input x (it was not kept; was the "
+        "weight made trainable between forward and backward?)");
+    check_shape(site(), "dy", dy, -1, m_config.d_out);
+    if (m_config.bias && m_store->trainable(m_bias)) m_store->grad_matrix(m_bias) += dy.colwise().sum();
+    if (dx) {
+      check_shape(site(), "dx", *dx, dy.rows(), m_config.d_in);
+      input_grad(dy, *dx);
+    }
+  }
+
   void set_training(bool /*on*/) {}
 
-  /// Packs the frozen weight for forward and `dx` (see core/weight_pack.hpp); `ConfigError` when the weight
-  /// is trainable or packing is not available here (no oneDNN, or bf16 on a CPU without bf16 units).
-  void pack(PackDtype dtype) {
+  /// Packs the frozen weight for forward and `dx` (see core/weight_pack.hpp) in `layout`; `ConfigError` when
+  /// the weight is trainable or packing is not available here (no oneDNN, or bf16 on a CPU without bf16
+  /// units).
+  void pack(PackDtype dtype, PackLayout layout = PackLayout::blocked) {
     check_bound();
     PEMOE_CHECK_CONFIG(!m_store->trainable(m_weight), site(),
                        ": only a frozen weight can be packed (its values must not change); freeze it first");
-    m_pack = make_weight_pack<T>(weight(), dtype);
+    m_pack = make_weight_pack<T>(weight(), dtype, layout);
   }
   /// y = x·Wᵀ without the bias, on the pack when there is one (adapters that scale the base output while it
   /// is in cache call this on panels).   x (N, d_in) -> y (N, d_out)

@@ -15,6 +15,7 @@
 #endif
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <vector>
 
@@ -67,13 +68,30 @@ inline void round_to_bf16(ConstMatrixRef<float> a, Eigen::bfloat16* dst) {
   }
 }
 
-/// A frozen W (d_out, d_in) packed for y = x·Wᵀ and dx = dy·W, in f32 or bf16 (f32 accumulation).
+/**
+ * A frozen W (d_out, d_in) packed for y = x·Wᵀ and dx = dy·W, in f32 or bf16 (f32 accumulation).
+ *
+ * Two layouts: `blocked` reorders W twice, once per product, into the layout oneDNN's matmul picks (the
+ * fastest products; 2 copies of W). `single` keeps one plain row-major bf16 copy of W that both products
+ * read through strides (Wᵀ as the forward's right operand, W as the backward's): half the memory of the
+ * blocked bf16 pack, which is a quarter of the f32 weight, and its rows can be gathered (an embedding
+ * lookup reading the tied head's copy).
+ */
 class PackedWeight {
  public:
-  /// Packs W. `rows_hint` is the number of rows the products will mostly have (the layout oneDNN picks
-  /// may depend on it; any row count works).
-  PackedWeight(ConstMatrixRef<float> W, bool bf16, Index rows_hint = 256)
-      : m_bf16(bf16), m_d_out(W.rows()), m_d_in(W.cols()) {
+  enum class Layout { blocked, single };
+
+  /// Packs W. `rows_hint` is the number of rows the products will mostly have (the blocked layout oneDNN
+  /// picks may depend on it; any row count works). `Layout::single` needs `bf16`.
+  PackedWeight(ConstMatrixRef<float> W, bool bf16, Index rows_hint = 256, Layout layout = Layout::blocked)
+      : m_bf16(bf16), m_layout(layout), m_d_out(W.rows()), m_d_in(W.cols()) {
+    PEMOE_CHECK_CONFIG(
+        layout == Layout::blocked || bf16,
+        "PackedWeight: the single-copy layout is a bf16 layout (an f32 copy would duplicate W)");
+    if (layout == Layout::single) {
+      make_single(W);
+      return;
+    }
     // forward: op(B) = Wᵀ, (d_in, d_out), element (i, o) at W[o, i]: strides (1, ld)
     m_fwd = pack(W.data(), m_d_in, m_d_out, 1, W.outerStride(), rows_hint, 1);
     // backward: op(B) = W, (d_out, d_in), strides (ld, 1); in bf16 with a long d_out, one pack per block of
@@ -93,6 +111,12 @@ class PackedWeight {
   /// product (oneDNN 2.6). In f32 blocking gained nothing (110 against 114 ms), so f32 packs stay whole.
   static constexpr Index kChunkAbove = 4096;
   static constexpr Index kBackwardChunk = 512;  ///< see `kChunkAbove`
+  /// In the single-copy layout the backward product reads W plain (row-major, "ab"), which oneDNN 2.6 runs
+  /// faster in depth blocks of at most 768 rows of W. Measured on one AMX core, dx at 256 rows (ms, whole →
+  /// blocked; the blocked pack for reference): (256, 2304)·(2304, 768) 1.43 → 1.17 (1.14), (256, 3072)·(3072,
+  /// 768) 1.97 → 1.38–1.65 (1.59–1.94); (256, 768)·(768, 3072) stays 1.65–1.72 (1.06–1.39), blocking its
+  /// columns gained nothing.
+  static constexpr Index kSingleBackwardDepth = 768;
 
   /// y = x·Wᵀ (+ b, added by the product's epilogue while the tile is in registers, when `bias` is given:
   /// d_out values).   x (N, d_in) -> y (N, d_out)
@@ -117,6 +141,10 @@ class PackedWeight {
   /// W (d_out, d_in) back from the forward pack (bf16-rounded when packed in bf16).
   Matrix<float> unpack() const {
     Matrix<float> W(m_d_out, m_d_in);
+    if (m_layout == Layout::single) {
+      for (Index i = 0; i < m_d_out; ++i) gather_row(i, W.row(i).data());
+      return W;
+    }
     const auto& eng = engine();
     dnnl::memory src(m_fwd.md, eng, m_fwd.data);
     dnnl::memory dst(strided_desc(m_d_in, m_d_out, 1, m_d_in, dnnl::memory::data_type::f32), eng, W.data());
@@ -125,12 +153,22 @@ class PackedWeight {
     return W;
   }
 
+  /// Row `o` of W (d_in values, exact: bf16 → f32 widens) into `out`; `Layout::single` only.
+  void gather_row(Index o, float* out) const {
+    PEMOE_CHECK_CONFIG(m_layout == Layout::single,
+                       "PackedWeight: rows can be read from a single-copy pack only");
+    PEMOE_CHECK_SHAPE(o >= 0 && o < m_d_out, "PackedWeight: row ", o, " outside [0, ", m_d_out, ")");
+    const auto* src = m_single.get() + o * m_d_in;
+    for (Index j = 0; j < m_d_in; ++j) out[j] = static_cast<float>(src[j]);
+  }
+
   std::size_t bytes() const {
-    std::size_t b = m_fwd.bytes;
+    std::size_t b = m_fwd.bytes + m_single_bytes;
     for (const Packed& p : m_bwd) b += p.bytes;
     return b;
   }
   bool bf16() const { return m_bf16; }
+  Layout layout() const { return m_layout; }
   Index d_out() const { return m_d_out; }
   Index d_in() const { return m_d_in; }
 
@@ -141,11 +179,39 @@ class PackedWeight {
     unsigned char* data = nullptr;  // 64-byte aligned inside storage
     std::size_t bytes = 0;
     Index k = 0, n = 0, rows_hint = 0;
-    int which = 0;  // 1 forward, 2 backward (part of the primitive cache key)
+    int which = 0;  // 1 forward, 2 backward, 3 / 4 the same over the single copy (part of the cache key)
   };
 
   dnnl::memory::data_type wdt() const {
     return m_bf16 ? dnnl::memory::data_type::bf16 : dnnl::memory::data_type::f32;
+  }
+
+  /// The single-copy layout: W rounded to bf16, row-major (d_out, d_in), and two plain descriptors over it
+  /// (Wᵀ with strides (1, d_in) forward; W with strides (d_in, 1) backward, in depth blocks of at most
+  /// `kSingleBackwardDepth` rows of W).
+  void make_single(ConstMatrixRef<float> W) {
+    using dt = dnnl::memory::data_type;
+    const std::size_t count = static_cast<std::size_t>(m_d_out * m_d_in);
+    m_single.reset(new Eigen::bfloat16[std::max<std::size_t>(count, 1)]);
+    m_single_bytes = count * sizeof(Eigen::bfloat16);
+    round_to_bf16(W, m_single.get());
+    auto* data = reinterpret_cast<unsigned char*>(m_single.get());
+    m_fwd.md = strided_desc(m_d_in, m_d_out, 1, m_d_in, dt::bf16);
+    m_fwd.data = data;
+    m_fwd.k = m_d_in;
+    m_fwd.n = m_d_out;
+    m_fwd.which = 3;
+    const Index chunk = detail::block_length(std::max<Index>(m_d_out, 1), kSingleBackwardDepth);
+    for (Index start = 0; start < m_d_out; start += chunk) {
+      Packed p;
+      p.k = std::min(chunk, m_d_out - start);
+      p.n = m_d_in;
+      p.md = strided_desc(p.k, p.n, m_d_in, 1, dt::bf16);
+      p.data = data + static_cast<std::size_t>(start * m_d_in) * sizeof(Eigen::bfloat16);
+      p.which = 4;
+      m_bwd.push_back(std::move(p));
+      m_bwd_start.push_back(start);
+    }
   }
 
   Packed pack(const float* w, Index k, Index n, Index rs, Index cs, Index rows_hint, int which) const {
@@ -227,7 +293,11 @@ class PackedWeight {
     key.a_dt = key.b_dt = static_cast<int>(wdt());
     key.c_dt = static_cast<int>(dt::f32);
     // The packed layout is a function of (k, n, dtype, rows_hint, which); those identify it in the cache.
-    key.b_layout = (static_cast<std::uint64_t>(p.rows_hint) << 2) | static_cast<std::uint64_t>(p.which);
+    key.b_layout = (static_cast<std::uint64_t>(p.rows_hint) << 3) | static_cast<std::uint64_t>(p.which);
+    if (p.which >= 3) {  // the single copy: plain strides over W (d_out, d_in)
+      key.b_rs = p.which == 3 ? 1 : m_d_in;
+      key.b_cs = p.which == 3 ? m_d_in : 1;
+    }
     key.alpha = 1.0f;
     key.beta = beta;
     key.post = bias ? 1 : 0;
@@ -244,9 +314,12 @@ class PackedWeight {
   }
 
   bool m_bf16;
+  Layout m_layout;
   Index m_d_out, m_d_in;
+  std::unique_ptr<Eigen::bfloat16[]> m_single;  ///< the single-copy layout's W (d_out, d_in), row-major
+  std::size_t m_single_bytes = 0;
   Packed m_fwd;
-  std::vector<Packed> m_bwd;       ///< the backward pack: one, or one per block of rows of W (bf16)
+  std::vector<Packed> m_bwd;  ///< the backward pack: one, or one per block of rows of W (bf16, single copy)
   std::vector<Index> m_bwd_start;  ///< the first row of W of each backward block
 };
 
