@@ -14,6 +14,7 @@
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -507,6 +508,56 @@ TEST_CASE("tensor views do not copy") {
   CHECK(m(5, 3) == 7.0f);
   CHECK(shape_string({2, 3}) == "(2, 3)");
   CHECK(shape_size({2, 3, 4}) == 24);
+}
+
+TEST_CASE("ParamStore::zero_grad is lazy: no fill, readers see zeros, a first writer overwrites") {
+  ParamStore<double> s;
+  const ParamId a = s.add("a", {2, 3}, true), f = s.add("f", {4}, false), b = s.add("b", {5}, true);
+  (void)f;
+  for (double& g : s.grads()) g = 9.0;  // stale values from a "previous step"
+  s.zero_grad();
+  // the arena still holds the stale values: zero_grad filled nothing
+  CHECK(s.grad_matrix_unfilled(a)(0, 0) == 9.0);
+  // a first writer is told to overwrite, once; it then owns the whole gradient
+  CHECK(s.first_write_beta(a) == 0.0);
+  CHECK(s.first_write_beta(a) == 1.0);
+  s.grad_matrix_unfilled(a).setConstant(2.0);
+  // any other access zero-fills first: b reads 0, then accumulates
+  CHECK(s.grad(b)[4] == 0.0);
+  s.grad_matrix(b).array() += 1.0;
+  CHECK(s.first_write_beta(b) == 1.0);  // b was written (by the fill): later writers add
+  for (double g : s.grads()) CHECK((g == 2.0 || g == 1.0));
+  // grads() zero-fills every unwritten gradient, so a whole-arena reader never sees stale values
+  for (double& g : s.grads()) g = 7.0;
+  s.zero_grad();
+  for (double g : s.grads()) CHECK(g == 0.0);
+  // a parameter declared after zero_grad starts written (zeros); a relayout keeps zeros, not stale values
+  for (double& g : s.grads()) g = 7.0;
+  s.zero_grad();
+  const ParamId c = s.add("c", {3}, true);
+  CHECK(s.first_write_beta(c) == 1.0);
+  s.set_trainable_if([](const auto& e) { return e.name == "f"; }, true);
+  for (double g : s.grads()) CHECK(g == 0.0);
+}
+
+TEST_CASE("ParamStore lazy zeroing is safe when threads zero-fill different and the same gradients at once") {
+  ParamStore<float> s;
+  std::vector<ParamId> ids;
+  for (int i = 0; i < 8; ++i) ids.push_back(s.add("p" + std::to_string(i), {1000}, true));
+  for (int round = 0; round < 20; ++round) {
+    for (float& g : s.grads()) g = 5.0f;
+    s.zero_grad();
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 4; ++t)
+      threads.emplace_back([&, t] {
+        // each thread adds into its own gradients and reads a shared one (which one thread zero-fills)
+        for (int i = t; i < 8; i += 4) s.grad_matrix(ids[std::size_t(i)]).array() += 1.0f;
+        const float* shared = s.grad(ids[7]);
+        (void)shared;
+      });
+    for (auto& th : threads) th.join();
+    for (float g : s.grads()) REQUIRE(g == 1.0f);
+  }
 }
 
 TEST_CASE("ParamStore::release_values_if drops frozen values, compacts the arena, and refuses reads after") {

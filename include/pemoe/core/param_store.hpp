@@ -7,10 +7,13 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <limits>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <type_traits>
 #include <unordered_map>
@@ -78,8 +81,11 @@ struct ParamInfo {
  *   gradients of parameters that stay trainable.
  * - `add` gives the strong exception guarantee: when it throws (a bad name or shape, or memory), the store
  *   is exactly as before, values and gradients in step.
- * - `zero_grad()` is one fill over the gradient arena; optimizers are flat loops over
- *   `values()`/`grads()` through `entries()` offsets.
+ * - `zero_grad()` fills nothing (PyTorch's `zero_grad(set_to_none=True)`): it marks every gradient as
+ *   unwritten. A writer that writes a whole gradient asks `first_write_beta(id)` and overwrites it (beta 0,
+ *   e.g. a weight-gradient product) instead of adding into zeros; any other access (`grad()`,
+ *   `grad_matrix()`, `grads()`) zero-fills an unwritten gradient first, so every reader sees zeros plus what
+ *   was added. Optimizers are flat loops over `values()`/`grads()` through `entries()` offsets.
  * - A declaration-only store (`declaration_only()`) records names, shapes and flags but allocates no arena:
  *   `value()` and `grad()` return a scratch buffer as large as the largest parameter, so a layer's
  *   initialisation runs unchanged (and harmlessly); expensive initialisers skip their work when
@@ -158,13 +164,27 @@ class ParamStore {
       reserve_geometric(m_values, static_cast<std::size_t>(m_num_values + size));
       if (trainable) reserve_geometric(m_grads, static_cast<std::size_t>(m_num_grads + size));
     }
+    std::unique_ptr<std::atomic<std::uint8_t>[]> grown;  // zero_grad's flags, one more entry
+    std::size_t grown_capacity = 0;
+    if (!m_declaring && m_entries.size() + 1 > m_unwritten_capacity) {
+      grown_capacity = std::max<std::size_t>(16, 2 * m_unwritten_capacity);
+      grown.reset(new std::atomic<std::uint8_t>[grown_capacity]);
+      for (std::size_t i = 0; i < grown_capacity; ++i)
+        grown[i].store(i < m_entries.size() ? m_unwritten[i].load(std::memory_order_relaxed) : 0,
+                       std::memory_order_relaxed);
+    }
     const ParamId id = m_entries.size();
     m_index.emplace(name, id);  // the last step that can throw (and if it does, it inserts nothing)
     // No-throw from here: within reserved capacity, no-throw moves, arithmetic values.
     m_entries.push_back(std::move(e));
     if (!m_declaring) {
       m_values.resize(static_cast<std::size_t>(m_num_values + size), T(0));
-      if (trainable) m_grads.resize(static_cast<std::size_t>(m_num_grads + size), T(0));
+      if (trainable) m_grads.resize(static_cast<std::size_t>(m_num_grads + size), T(0));  // written: zeros
+      if (grown) {
+        m_unwritten = std::move(grown);
+        m_unwritten_capacity = grown_capacity;
+      }
+      m_unwritten[id].store(0, std::memory_order_relaxed);
     }
     m_num_values += size;
     if (trainable) m_num_grads += size;
@@ -218,7 +238,33 @@ class ParamStore {
   T* grad(ParamId id) {
     const Entry& e = entry(id);
     PEMOE_CHECK(e.trainable, "ParamStore: '", e.name, "' is frozen and has no gradient");
-    return m_declaring ? m_scratch.data() : m_grads.data() + e.grad_offset;
+    if (m_declaring) return m_scratch.data();
+    if (m_unwritten_count.load(std::memory_order_acquire) != 0) write_zeros_if_unwritten(id);
+    return m_grads.data() + e.grad_offset;
+  }
+  /**
+   * @brief For a writer that writes every element of the gradient of `id` (a weight-gradient product):
+   * returns 0 when the gradient is unwritten since `zero_grad()` (and marks it written: the caller must then
+   * overwrite all of it, e.g. `gemm(..., beta = first_write_beta(id), grad_matrix_unfilled(id))`), else 1
+   * (add into it). Saves the zero fill and the read of zeros. Not for two threads writing one gradient.
+   */
+  T first_write_beta(ParamId id) {
+    const Entry& e = entry(id);
+    PEMOE_CHECK(e.trainable, "ParamStore: '", e.name, "' is frozen and has no gradient");
+    if (m_declaring || m_unwritten_count.load(std::memory_order_acquire) == 0) return T(1);
+    std::lock_guard<std::mutex> lock(m_unwritten_mutex);
+    if (!m_unwritten[id].load(std::memory_order_relaxed)) return T(1);
+    m_unwritten[id].store(0, std::memory_order_release);
+    m_unwritten_count.fetch_sub(1, std::memory_order_acq_rel);
+    return T(0);
+  }
+  /// The gradient of `id` as a matrix without zero-filling it: only right after `first_write_beta(id)`,
+  /// for the writer it told to overwrite (or add).
+  MatrixMap<T> grad_matrix_unfilled(ParamId id) {
+    const Entry& e = entry(id);
+    PEMOE_CHECK(e.trainable, "ParamStore: '", e.name, "' is frozen and has no gradient");
+    T* g = m_declaring ? m_scratch.data() : m_grads.data() + e.grad_offset;
+    return MatrixMap<T>(g, e.size / last_extent(e), last_extent(e));
   }
   const T* grad(ParamId id) const { return const_cast<ParamStore*>(this)->grad(id); }
 
@@ -340,15 +386,29 @@ class ParamStore {
   /// Sets the trainable flag of every parameter.
   void set_all_trainable(bool trainable) { relayout_grads(std::vector<bool>(m_entries.size(), trainable)); }
 
-  /// Zeroes every gradient (one fill).
-  void zero_grad() { std::fill(m_grads.begin(), m_grads.end(), T(0)); }
+  /// Zeroes every gradient, lazily: marks each trainable one unwritten (no fill; see the class comment).
+  void zero_grad() {
+    if (m_declaring) return;
+    std::lock_guard<std::mutex> lock(m_unwritten_mutex);
+    std::size_t count = 0;
+    for (std::size_t i = 0; i < m_entries.size(); ++i) {
+      const bool t = m_entries[i].trainable;
+      m_unwritten[i].store(t ? 1 : 0, std::memory_order_relaxed);
+      count += t;
+    }
+    m_unwritten_count.store(count, std::memory_order_release);
+  }
 
   /// The value arena (all parameters, declaration order; empty in a declaration-only store).
   AlignedVector<T>& values() { return m_values; }
   const AlignedVector<T>& values() const { return m_values; }
-  /// The gradient arena (trainable parameters only, declaration order; empty in a declaration-only store).
-  AlignedVector<T>& grads() { return m_grads; }
-  const AlignedVector<T>& grads() const { return m_grads; }
+  /// The gradient arena (trainable parameters only, declaration order; empty in a declaration-only store);
+  /// zero-fills the gradients still unwritten since `zero_grad()` first.
+  AlignedVector<T>& grads() {
+    write_all_zeros_if_unwritten();
+    return m_grads;
+  }
+  const AlignedVector<T>& grads() const { return const_cast<ParamStore*>(this)->grads(); }
 
   /// Number of scalars held in the value arena (every declared one unless some were released).
   Index num_values() const { return m_num_values; }
@@ -382,8 +442,24 @@ class ParamStore {
     v.reserve(std::max(needed, doubled));
   }
 
+  // Zero-fills the gradient of `id` if it is unwritten since zero_grad (thread-safe).
+  void write_zeros_if_unwritten(ParamId id) {
+    if (!m_unwritten[id].load(std::memory_order_acquire)) return;
+    std::lock_guard<std::mutex> lock(m_unwritten_mutex);
+    if (!m_unwritten[id].load(std::memory_order_relaxed)) return;
+    const Entry& e = m_entries[id];
+    std::fill_n(m_grads.begin() + e.grad_offset, e.size, T(0));
+    m_unwritten[id].store(0, std::memory_order_release);
+    m_unwritten_count.fetch_sub(1, std::memory_order_acq_rel);
+  }
+  void write_all_zeros_if_unwritten() {
+    if (m_declaring || m_unwritten_count.load(std::memory_order_acquire) == 0) return;
+    for (ParamId i = 0; i < m_entries.size(); ++i) write_zeros_if_unwritten(i);
+  }
+
   // Strong guarantee: the only allocation happens before any member changes.
   void relayout_grads(const std::vector<bool>& flags) {
+    write_all_zeros_if_unwritten();  // the kept gradients are copied below
     Index total = 0;
     for (std::size_t i = 0; i < m_entries.size(); ++i) total += flags[i] ? m_entries[i].size : 0;
     AlignedVector<T> grads;
@@ -414,6 +490,12 @@ class ParamStore {
   std::function<bool(const std::string&)> m_frozen_if;  ///< `set_frozen_filter`
   Index m_num_values = 0;
   Index m_num_grads = 0;
+  // zero_grad's lazy zeroing: one flag per entry (1: the gradient is unwritten and reads as zero), their
+  // count, and a lock for the slow path (a flag set, so a fill or a first write)
+  std::unique_ptr<std::atomic<std::uint8_t>[]> m_unwritten;
+  std::size_t m_unwritten_capacity = 0;
+  std::atomic<std::size_t> m_unwritten_count{0};
+  std::mutex m_unwritten_mutex;
 };
 
 /**

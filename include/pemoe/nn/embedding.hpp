@@ -125,8 +125,10 @@ class Embedding {
     check_shape(site(), "h", h, -1, m_config.d);
     check_shape(site(), "dlogits", dlogits, h.rows(), m_config.vocab);
     if (dh) check_shape(site(), "dh", *dh, h.rows(), m_config.d);
-    if (m_store->trainable(m_weight))
-      gemm<T>(Op::T, Op::N, T(1), dlogits, h, T(1), m_store->grad_matrix(m_weight));
+    if (m_store->trainable(m_weight)) {  // the first product after zero_grad overwrites (no zero fill)
+      const T beta = m_store->first_write_beta(m_weight);
+      gemm<T>(Op::T, Op::N, T(1), dlogits, h, beta, m_store->grad_matrix_unfilled(m_weight));
+    }
     if (dh) {
       if (m_head_pack) {
         check_head_pack();

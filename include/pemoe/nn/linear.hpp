@@ -97,8 +97,10 @@ class Linear {
     check_bound();
     check_shape(site(), "x", x, -1, m_config.d_in);
     check_shape(site(), "dy", dy, x.rows(), m_config.d_out);
-    if (m_store->trainable(m_weight))
-      gemm<T>(Op::T, Op::N, T(1), dy, x, T(1), m_store->grad_matrix(m_weight));
+    if (m_store->trainable(m_weight)) {  // the first product after zero_grad overwrites (no zero fill)
+      const T beta = m_store->first_write_beta(m_weight);
+      gemm<T>(Op::T, Op::N, T(1), dy, x, beta, m_store->grad_matrix_unfilled(m_weight));
+    }
     if (m_config.bias && m_store->trainable(m_bias)) m_store->grad_matrix(m_bias) += dy.colwise().sum();
     if (dx) {
       check_shape(site(), "dx", *dx, x.rows(), m_config.d_in);
