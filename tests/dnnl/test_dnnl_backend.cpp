@@ -402,9 +402,13 @@ double scaled_error(const float* got, const std::vector<double>& want) {
 }  // namespace
 
 TEST_CASE("dnnl: GPT-2 with a packed frozen backbone agrees with Hugging Face (f32 1e-4, bf16 2e-2)") {
+  // f32 packs, bf16 packs beside the f32 backbone, and the bf16-only backbone (one bf16 copy per weight, the
+  // token lookup reading the head's bf16 table)
+  const std::vector<std::pair<PackDtype, bool>> variants{
+      {PackDtype::f32, false}, {PackDtype::bf16, false}, {PackDtype::bf16, true}};
   for (const std::string model : {"tiny", "small"})
-    for (PackDtype d : {PackDtype::f32, PackDtype::bf16}) {
-      INFO(model << " packed " << pack_dtype_name(d));
+    for (const auto& [d, release] : variants) {
+      INFO(model << " packed " << pack_dtype_name(d) << (release ? ", f32 released" : ""));
       ParamStore<float> s;
       Rng rng(0);
       auto m =
@@ -415,7 +419,7 @@ TEST_CASE("dnnl: GPT-2 with a packed frozen backbone agrees with Hugging Face (f
         CHECK_THROWS_WITH(m->pack_frozen(d), Catch::Contains("no bf16 units"));
         continue;
       }
-      const std::size_t bytes = m->pack_frozen(d);
+      const std::size_t bytes = m->pack_frozen(d, release);
       CHECK(bytes > 0);
       m->set_training(false);
       m->set_batch(b.B, b.T);
@@ -424,8 +428,9 @@ TEST_CASE("dnnl: GPT-2 with a packed frozen backbone agrees with Hugging Face (f
       const double want_loss = exp.to_vector<double>("loss")[0];
       const double err = scaled_error(c.logits.data(), exp.to_vector<double>("logits"));
       // bf16 rounds every frozen product's inputs to 8 significant bits (relative 2^-9 each); measured on the
-      // fixtures: logits within ≈ 4e-3 of the scale, the loss within ≈ 1e-3 relative. The bounds leave
-      // margin.
+      // fixtures: logits within 6.4e-3 / 7.0e-3 of the scale (tiny / small), 9.8e-3 / 7.2e-3 with the
+      // bf16-only backbone, whose token embedding is bf16 too; the loss within ≈ 1e-3 relative. The bounds
+      // leave margin.
       const double tol = d == PackDtype::f32 ? 1e-4 : 3e-2;
       CHECK(err <= tol);
       CHECK(std::abs(loss - want_loss) <= tol * std::abs(want_loss));

@@ -4,7 +4,9 @@
 /// A frozen `Linear` (the base of every adapter) computes y = x·Wᵀ forward and dx = dy·W backward with
 /// the same W (d_out, d_in) at every step. A fast GEMM reorders ("packs") W into its blocked layout on every
 /// call; a `WeightPack` does it once, in f32 or in bf16 (inputs rounded to bf16, products accumulated in
-/// f32), and serves both products from the packed copies. The oneDNN backend provides it
+/// f32), and serves both products from the packed copies: two reordered copies (`PackLayout::blocked`,
+/// fastest), or in bf16 one plain copy read through strides (`PackLayout::single`, half the memory, rows that
+/// can be gathered). The oneDNN backend provides it
 /// (core/dnnl/packed_weight.hpp, `PEMOE_WITH_DNNL`); `make_weight_pack` says what is missing elsewhere.
 #pragma once
 
