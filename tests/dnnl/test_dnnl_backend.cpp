@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "pemoe/core/dnnl/packed_weight.hpp"
@@ -31,6 +32,18 @@ float to_bf16(float v) {
   return static_cast<float>(Eigen::bfloat16(v));
 }
 
+// Σ_l round(a_l)·round(b_l) and Σ_l |round(a_l)·round(b_l)| in long double (a and b: vectors of k floats)
+template <class VecA, class VecB, class F>
+std::pair<long double, long double> exact_dot(const VecA& a, const VecB& b, F round) {
+  long double acc = 0, mag = 0;
+  for (Index l = 0; l < a.size(); ++l) {
+    const long double p = (long double)round(a(l)) * (long double)round(b(l));
+    acc += p;
+    mag += std::fabs(p);
+  }
+  return {acc, mag};
+}
+
 // max over entries of |got − want| / (k·eps·Σ|a·b| + tiny), the error of a length-k dot product in
 // precision eps relative to its own bound; `round` is applied to both operands first (bf16 or identity).
 template <class F>
@@ -40,12 +53,7 @@ double worst_vs_naive(const Matrix<float>& A, const Matrix<float>& Bt, const Mat
   const Index k = A.cols();
   for (Index i = 0; i < got.rows(); ++i)
     for (Index j = 0; j < got.cols(); ++j) {
-      long double acc = 0, mag = 0;
-      for (Index l = 0; l < k; ++l) {
-        const long double p = (long double)round(A(i, l)) * (long double)round(Bt(j, l));
-        acc += p;
-        mag += std::fabs(p);
-      }
+      const auto [acc, mag] = exact_dot(A.row(i), Bt.row(j), round);
       const long double bound = (2 * k + 4) * eps * mag + 1e-30L;
       worst = std::max(worst, double(std::fabs((long double)got(i, j) - acc) / bound));
     }
@@ -61,12 +69,7 @@ double worst_gemm_error(const Matrix<float>& opA, const Matrix<float>& opB, floa
   const Index k = opA.cols();
   for (Index i = 0; i < C.rows(); ++i)
     for (Index j = 0; j < C.cols(); ++j) {
-      long double acc = 0, mag = 0;
-      for (Index l = 0; l < k; ++l) {
-        const long double p = (long double)opA(i, l) * opB(l, j);
-        acc += p;
-        mag += std::fabs(p);
-      }
+      const auto [acc, mag] = exact_dot(opA.row(i), opB.col(j), [](float v) { return v; });
       const long double c0 = (long double)beta * C0(i, j);
       const long double bound =
           (2 * k + 8) * 0x1p-24L * (std::fabs((long double)alpha) * mag + std::fabs(c0));
