@@ -3,11 +3,14 @@
 /// arXiv 1711.05101; `torch.optim.AdamW`).
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <type_traits>
 #include <utility>
 #include <vector>
+
+#include <Eigen/Core>
 
 #include "pemoe/core/error.hpp"
 #include "pemoe/core/param_store.hpp"
@@ -175,20 +178,29 @@ class AdamW {
 
   /// One parameter's update, in T, as PyTorch computes in the parameter's dtype: m ← m + (1−β1)(g − m)
   /// (`exp_avg.lerp_(grad, 1 − beta1)`), v ← β2 v + (1−β2) g², then, with `kUpdateValue`,
-  /// w ← w·decay − step_size · m / (√v · (1/√(1−β2^t)) + ε), in one pass. The reciprocal of √(1−β2^t) is
-  /// taken once (a multiply instead of a divide per scalar: one rounding of difference, and it keeps the
-  /// float loop memory-bound: 230 instead of 300 ms per 124 M scalars on one AVX-512 core).
+  /// w ← w·decay − step_size · m / (√v · (1/√(1−β2^t)) + ε). The reciprocal of √(1−β2^t) is taken once (a
+  /// multiply instead of a divide per scalar). The three statements run over chunks of `kChunk` scalars that
+  /// stay in L1 between them, so memory is crossed once; they are Eigen array expressions because a plain
+  /// loop with `std::sqrt` does not vectorise unless the user compiles with `-fno-math-errno` (the scalar
+  /// loop took 238 ms per 124 M floats on one AVX-512 core, the vectorised one 135 ms). Eigen's packet square
+  /// root and division are the correctly rounded IEEE operations, so the values are those of the scalar loop.
   template <bool kUpdateValue>
   static void update_parameter(const Coefficients& k, T* w, const T* g, T* m, T* v, Index n) {
+    using Array = Eigen::Array<T, Eigen::Dynamic, 1>;
     const T one_minus_b1 = T(1.0 - k.b1), b2 = T(k.b2), one_minus_b2 = T(1.0 - k.b2);
     const T inv_bc2_sqrt = T(1.0 / k.bc2_sqrt), eps = T(k.eps), step_size = T(k.step_size),
             decay = T(k.decay);
-    for (Index i = 0; i < n; ++i) {
-      const T mi = m[i] + one_minus_b1 * (g[i] - m[i]);
-      const T vi = b2 * v[i] + one_minus_b2 * g[i] * g[i];
-      m[i] = mi;
-      v[i] = vi;
-      if constexpr (kUpdateValue) w[i] = w[i] * decay - step_size * mi / (std::sqrt(vi) * inv_bc2_sqrt + eps);
+    constexpr Index kChunk = 1024;  // 4 arrays of 4 KiB (float): within L1
+    for (Index begin = 0; begin < n; begin += kChunk) {
+      const Index len = std::min(kChunk, n - begin);
+      Eigen::Map<const Array> gc(g + begin, len);
+      Eigen::Map<Array> mc(m + begin, len), vc(v + begin, len);
+      mc = mc + one_minus_b1 * (gc - mc);
+      vc = b2 * vc + one_minus_b2 * gc * gc;
+      if constexpr (kUpdateValue) {
+        Eigen::Map<Array> wc(w + begin, len);
+        wc = wc * decay - step_size * mc / (vc.sqrt() * inv_bc2_sqrt + eps);
+      }
     }
   }
 
