@@ -116,6 +116,49 @@ TEST_CASE("GPT-2 gradients pass central differences, plain and with every adapte
   }
 }
 
+TEST_CASE(
+    "GPT-2 with frozen embeddings skips the first block's input gradient; the gradients are unchanged") {
+  // config d: only MoLoRA trains. Nothing needs the gradient of block 0's input (the embeddings are frozen),
+  // so block 0 computes neither it nor c_attn's input gradient; the adapters' gradients must be the bits they
+  // are when a trainable wpe makes the whole chain run.
+  GPT2<double> m(tiny());
+  TargetModules t;
+  t.names = {"c_attn", "c_fc"};
+  m.inject(spec_of(AdapterKind::molora), t);
+  ParamStore<double> s;
+  Rng rng(1);
+  m.register_params(s, rng);
+  testing::randomize_params(s, 2, 0.3);
+  const Batch b;
+  m.set_batch(b.B, b.T);
+  typename GPT2<double>::Cache c;
+  auto adapter_grads = [&] {
+    m.forward(b.ids, b.labels, c);
+    s.zero_grad();
+    m.backward(c);
+    std::vector<double> out;
+    for (const auto& e : s.entries())
+      if (e.name.find("lora_") != std::string::npos || e.name.find("router") != std::string::npos) {
+        const double* g = s.grads().data() + e.grad_offset;
+        out.insert(out.end(), g, g + e.size);
+      }
+    return out;
+  };
+  const auto skipped = adapter_grads();
+  REQUIRE(!skipped.empty());
+  s.set_trainable_if([](const auto& e) { return e.name == "transformer.wpe.weight"; }, true);
+  const auto full = adapter_grads();
+  CHECK(skipped == full);
+  // block 0's ln_1 trainable with frozen embeddings: ln_1's gradient needs c_attn's input gradient, but not
+  // the block's input gradient
+  s.set_trainable_if([](const auto& e) { return e.name == "transformer.wpe.weight"; }, false);
+  s.set_trainable_if([](const auto& e) { return e.name == "transformer.h.0.ln_1.weight"; }, true);
+  std::string where;
+  const double worst = gradcheck_model(m, s, b, where);
+  INFO("worst " << worst << " at " << where);
+  CHECK(worst < 1e-5);
+}
+
 TEST_CASE("GPT-2 with frozen, unadapted projections keeps no input for them and passes central differences") {
   // MoLoRA at c_attn and c_fc only (config d of the benchmark): the two c_proj sites are frozen plain
   // linears, whose backward needs dy alone, so the context and gelu(f) are not kept in the cache

@@ -81,6 +81,12 @@ class Rng {
     fill_uniform(out, n, -bound, bound);
   }
 
+  /// The Weyl step between consecutive counters' states (the golden ratio in 64 bits).
+  static constexpr std::uint64_t kGamma = 0x9E3779B97F4A7C15ULL;
+  /// The state draw i mixes, key + (i + 1)·γ: `bits_at(i) == mix64(counter_state(i))`, and draw i + 1's state
+  /// is this plus `kGamma` (a hot loop adds instead of multiplying).
+  std::uint64_t counter_state(std::uint64_t i) const { return m_key + (i + 1) * kGamma; }
+
   /// The SplitMix64 finaliser (a bijection on 64-bit words with full avalanche).
   static constexpr std::uint64_t mix64(std::uint64_t z) {
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
@@ -94,7 +100,6 @@ class Rng {
   };
   explicit Rng(Key k) : m_key(k.value) {}
   static double to_unit(std::uint64_t bits) { return static_cast<double>(bits >> 11) * 0x1.0p-53; }
-  static constexpr std::uint64_t kGamma = 0x9E3779B97F4A7C15ULL;
 
   std::uint64_t m_key;
   std::uint64_t m_counter = 0;

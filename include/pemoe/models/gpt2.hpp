@@ -257,13 +257,16 @@ class GPT2Block {
       m_ln_2.backward(c.xm, c.ln_2, dh, dxm);
     }
     dxm += dy;
+    // without dx and with a frozen ln_1, nothing needs the gradient of ln_1's output: attention's backward
+    // skips c_attn's input gradient (PyTorch's autograd skips it too when the block's input needs no grad)
+    const bool need_dh = dx || m_ln_1.has_trainable_params();
     {
       const profile::Scope s2("attention");
-      m_attn.backward(c.h1, c.attn, dxm, dh);
+      m_attn.backward(c.h1, c.attn, dxm, need_dh ? GradOut<T>(dh) : GradOut<T>());
     }
     const profile::Scope s2("layernorm");
     if (!dx) {
-      m_ln_1.backward(x, c.ln_1, dh);
+      if (need_dh) m_ln_1.backward(x, c.ln_1, dh);
       return;
     }
     m_ln_1.backward(x, c.ln_1, dh, *dx);
@@ -690,8 +693,16 @@ class GPT2 {
       const profile::Scope s("layernorm");
       m_ln_f.backward(c.x[std::size_t(L)], c.ln_f, dh, dx);
     }
+    // the first block's input gradient feeds only the embeddings: with both frozen it is not computed
+    const bool embeddings_train =
+        m_store->trainable(m_wte.weight_id()) || m_store->trainable(m_wpe.weight_id());
     for (Index l = L - 1; l >= 0; --l) {
-      m_blocks[std::size_t(l)].backward(c.x[std::size_t(l)], c.blocks[std::size_t(l)], dx, dprev);
+      auto& block = m_blocks[std::size_t(l)];
+      if (l == 0 && !embeddings_train) {
+        block.backward(c.x[0], c.blocks[0], dx);
+        return;
+      }
+      block.backward(c.x[std::size_t(l)], c.blocks[std::size_t(l)], dx, dprev);
       dx.swap(dprev);
     }
     const profile::Scope s("embedding");

@@ -148,6 +148,11 @@ class LayerNorm {
   MatrixMap<T> bias() const { return m_store->matrix(m_bias); }
   ParamId weight_id() const { return m_weight; }
   ParamId bias_id() const { return m_bias; }
+  /// Whether backward has a parameter gradient to write (the weight or the bias is trainable).
+  bool has_trainable_params() const {
+    check_bound();
+    return m_store->trainable(m_weight) || m_store->trainable(m_bias);
+  }
   /// The configuration, with `eps` resolved to the value used.
   const NormConfig& config() const { return m_config; }
   /// The parameter prefix, used to name this layer in error messages.
