@@ -82,6 +82,22 @@ AdapterSpec spec_of(AdapterKind kind) {
   return s;
 }
 
+// Config d of the benchmark on the tiny model: MoLoRA at c_attn and c_fc only, every parameter randomised;
+// only the adapters train.
+struct ConfigD {
+  GPT2<double> m{tiny()};
+  ParamStore<double> s;
+  std::size_t sites = 0;  // adapted sites
+  ConfigD() {
+    TargetModules t;
+    t.names = {"c_attn", "c_fc"};
+    sites = m.inject(spec_of(AdapterKind::molora), t).size();
+    Rng rng(1);
+    m.register_params(s, rng);
+    testing::randomize_params(s, 2, 0.3);
+  }
+};
+
 }  // namespace
 
 TEST_CASE("GPT-2 gradients pass central differences, plain and with every adapter kind at every site") {
@@ -121,14 +137,9 @@ TEST_CASE(
   // config d: only MoLoRA trains. Nothing needs the gradient of block 0's input (the embeddings are frozen),
   // so block 0 computes neither it nor c_attn's input gradient; the adapters' gradients must be the bits they
   // are when a trainable wpe makes the whole chain run.
-  GPT2<double> m(tiny());
-  TargetModules t;
-  t.names = {"c_attn", "c_fc"};
-  m.inject(spec_of(AdapterKind::molora), t);
-  ParamStore<double> s;
-  Rng rng(1);
-  m.register_params(s, rng);
-  testing::randomize_params(s, 2, 0.3);
+  ConfigD d;
+  auto& m = d.m;
+  auto& s = d.s;
   const Batch b;
   m.set_batch(b.B, b.T);
   typename GPT2<double>::Cache c;
@@ -162,14 +173,10 @@ TEST_CASE(
 TEST_CASE("GPT-2 with frozen, unadapted projections keeps no input for them and passes central differences") {
   // MoLoRA at c_attn and c_fc only (config d of the benchmark): the two c_proj sites are frozen plain
   // linears, whose backward needs dy alone, so the context and gelu(f) are not kept in the cache
-  GPT2<double> m(tiny());
-  TargetModules t;
-  t.names = {"c_attn", "c_fc"};
-  CHECK(m.inject(spec_of(AdapterKind::molora), t).size() == 4);
-  ParamStore<double> s;
-  Rng rng(1);
-  m.register_params(s, rng);
-  testing::randomize_params(s, 2, 0.3);
+  ConfigD d;
+  CHECK(d.sites == 4);
+  auto& m = d.m;
+  auto& s = d.s;
   const Batch b;
   m.set_batch(b.B, b.T);
   typename GPT2<double>::Cache c;
