@@ -115,3 +115,35 @@ TEST_CASE("gemm: skinny kernels give the same bits for any row split and thread 
   CHECK(outer1 == outer);
 #endif
 }
+
+TEMPLATE_TEST_CASE("skinny kernels with a lower-triangular G skip its zero half: the same bits as in full", "",
+                   float, double) {
+  // causal attention's G·V and Gᵀ·V (detail::skinny_ab / skinny_atb with `lower`): S not a multiple of the
+  // row block (8) and above the 64-row block of the transposed form, D not a multiple of a packet, strided V
+  for (const Index S : {Index(1), Index(7), Index(64), Index(150)})
+    for (const Index D : {Index(5), Index(20), Index(64)}) {
+      Matrix<TestType> G = testing::random_matrix<TestType>(S, S, 4);
+      for (Index i = 0; i < S; ++i) G.row(i).tail(S - i - 1).setZero();  // G(i, p) = 0 for p > i
+      const Matrix<TestType> Vw = testing::random_matrix<TestType>(S, D + 3, 5);
+      const TestType alpha = TestType(0.37);
+      for (const bool transposed : {false, true}) {
+        Matrix<TestType> full(S, D), skipped(S, D);
+        skipped.setConstant(TestType(NAN));  // beta = 0: C is not read
+        const detail::AxpbyOut<TestType> out_full{full.data(), D, alpha, TestType(0)};
+        const detail::AxpbyOut<TestType> out_skip{skipped.data(), D, alpha, TestType(0)};
+        if (transposed) {
+          detail::skinny_atb(G.data(), S, Vw.data() + 1, D + 3, S, S, D, out_full, false);
+          detail::skinny_atb(G.data(), S, Vw.data() + 1, D + 3, S, S, D, out_skip, true);
+        } else {
+          detail::skinny_ab(G.data(), S, Vw.data() + 1, D + 3, S, S, D, out_full, false);
+          detail::skinny_ab(G.data(), S, Vw.data() + 1, D + 3, S, S, D, out_skip, true);
+        }
+        const Matrix<TestType> V = Vw.middleCols(1, D);
+        const Matrix<TestType> want = naive(transposed ? Op::T : Op::N, Op::N, alpha, G, V, TestType(0), full);
+        INFO("S " << S << " D " << D << (transposed ? " Gᵀ·V" : " G·V"));
+        CHECK(skipped == full);  // the skipped terms are exact zeros
+        const TestType tol = std::is_same<TestType, float>::value ? TestType(1e-5) : TestType(1e-13);
+        CHECK(testing::max_abs_diff(skipped, want) / std::max<TestType>(1, want.cwiseAbs().maxCoeff()) < tol);
+      }
+    }
+}

@@ -187,13 +187,18 @@ inline void ab_block(const T* G, Index ldg, const T* B, Index ldb, Index q, Inde
 }
 
 /// `out(i, j, Σ_p G(i, p)·B(p, j))` for i < m, j < n.   G: (m, q) stride ldg, B: (q, n) stride ldb
+///
+/// With `lower` G is lower triangular (G(i, p) = 0 for p > i: causal attention probabilities), and a block of
+/// rows i … i + R − 1 sums p < i + R only: the skipped terms are exact zeros, so the result is the same bits.
 template <class T, class Out>
-void skinny_ab(const T* G, Index ldg, const T* B, Index ldb, Index m, Index q, Index n, const Out& out) {
+void skinny_ab(const T* G, Index ldg, const T* B, Index ldb, Index m, Index q_all, Index n, const Out& out,
+               bool lower = false) {
   constexpr Index W = Simd<T>::width;
   constexpr int R = Simd<T>::wide_file ? 8 : 4, J = 2;  // 8 × 2 measured best of 4×4, 2×8, 6×3 on AVX-512
   auto rows = [&](Index i0, Index i1) {
     for (Index i = i0; i < i1; i += R) {
       const Index r = std::min<Index>(R, i1 - i);
+      const Index q = lower ? std::min(q_all, i + r) : q_all;
       Index j = 0;
       for (; j + J * W <= n; j += J * W) {
         if (r == R)
@@ -214,7 +219,7 @@ void skinny_ab(const T* G, Index ldg, const T* B, Index ldb, Index m, Index q, I
         }
     }
   };
-  parallel_rows(m, skinny_blocks(m, n * q), [&](int, Index i0, Index i1) { rows(i0, i1); });
+  parallel_rows(m, skinny_blocks(m, n * q_all), [&](int, Index i0, Index i1) { rows(i0, i1); });
 }
 
 // ---- C (q, n) = G (m, q)ᵀ · A (m, n), q small: outer products summed over m rows
@@ -252,9 +257,11 @@ inline void atb_block(const T* G, Index ldg, const T* A, Index lda, Index i0, In
 /// `out(p, j, Σ_i G(i, p)·A(i, j))` for p < q, j < n.   G: (m, q) stride ldg, A: (m, n) stride lda
 ///
 /// The rows are walked in blocks of `kRowBlock` (partial sums kept in a (q, n) scratch): a column walk over
-/// thousands of rows would touch a new page per row and thrash the TLB.
+/// thousands of rows would touch a new page per row and thrash the TLB. With `lower` G is lower triangular
+/// (G(i, p) = 0 for i < p), and the outputs p0 … of a block sum rows i ≥ p0 only (the same bits).
 template <class T, class Out>
-void skinny_atb(const T* G, Index ldg, const T* A, Index lda, Index m, Index q, Index n, const Out& out) {
+void skinny_atb(const T* G, Index ldg, const T* A, Index lda, Index m, Index q, Index n, const Out& out,
+                bool lower = false) {
   constexpr Index W = Simd<T>::width, kRowBlock = 64;
   constexpr int PB = Simd<T>::wide_file ? 8 : 4, J = 2;
   std::vector<T> scratch(m > kRowBlock ? static_cast<std::size_t>(q * n) : 0);
@@ -268,21 +275,24 @@ void skinny_atb(const T* G, Index ldg, const T* A, Index lda, Index m, Index q, 
       const bool first = i0 == 0, last = i1 >= m;
       for (Index p0 = 0; p0 < q; p0 += PB) {
         const Index pb = std::min<Index>(PB, q - p0);
+        // rows before p0 hold zeros for every output of this block when G is lower triangular (a row block
+        // wholly before p0 then only passes its partial sums on)
+        const Index is = lower ? std::min(i1, std::max(i0, p0)) : i0;
         Index j = c0 * W;
         for (; j + J * W <= j_end; j += J * W) {
           if (pb == PB)
-            atb_block<PB, J>(G, ldg, A, lda, i0, i1, p0, j, S, n, first, last, out);
+            atb_block<PB, J>(G, ldg, A, lda, is, i1, p0, j, S, n, first, last, out);
           else
             for (Index p = p0; p < p0 + pb; ++p)
-              atb_block<1, J>(G, ldg, A, lda, i0, i1, p, j, S, n, first, last, out);
+              atb_block<1, J>(G, ldg, A, lda, is, i1, p, j, S, n, first, last, out);
         }
         for (; j + W <= j_end; j += W)
           for (Index p = p0; p < p0 + pb; ++p)
-            atb_block<1, 1>(G, ldg, A, lda, i0, i1, p, j, S, n, first, last, out);
+            atb_block<1, 1>(G, ldg, A, lda, is, i1, p, j, S, n, first, last, out);
         for (; j < j_end; ++j)
           for (Index p = p0; p < p0 + pb; ++p) {
             T s = first ? T(0) : S[p * n + j];
-            for (Index i = i0; i < i1; ++i) s += G[i * ldg + p] * A[i * lda + j];
+            for (Index i = is; i < i1; ++i) s += G[i * ldg + p] * A[i * lda + j];
             if (last)
               out.scalar(p, j, s);
             else
