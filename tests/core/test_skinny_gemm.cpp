@@ -116,8 +116,8 @@ TEST_CASE("gemm: skinny kernels give the same bits for any row split and thread 
 #endif
 }
 
-TEMPLATE_TEST_CASE("skinny kernels with a lower-triangular G skip its zero half: the same bits as in full", "",
-                   float, double) {
+TEMPLATE_TEST_CASE("skinny kernels with a lower-triangular G skip its zero half: the same bits as in full",
+                   "", float, double) {
   // causal attention's G·V and Gᵀ·V (detail::skinny_ab / skinny_atb with `lower`): S not a multiple of the
   // row block (8) and above the 64-row block of the transposed form, D not a multiple of a packet, strided V
   for (const Index S : {Index(1), Index(7), Index(64), Index(150)})
@@ -139,7 +139,8 @@ TEMPLATE_TEST_CASE("skinny kernels with a lower-triangular G skip its zero half:
           detail::skinny_ab(G.data(), S, Vw.data() + 1, D + 3, S, S, D, out_skip, true);
         }
         const Matrix<TestType> V = Vw.middleCols(1, D);
-        const Matrix<TestType> want = naive(transposed ? Op::T : Op::N, Op::N, alpha, G, V, TestType(0), full);
+        const Matrix<TestType> want =
+            naive(transposed ? Op::T : Op::N, Op::N, alpha, G, V, TestType(0), full);
         INFO("S " << S << " D " << D << (transposed ? " Gᵀ·V" : " G·V"));
         CHECK(skipped == full);  // the skipped terms are exact zeros
         const TestType tol = std::is_same<TestType, float>::value ? TestType(1e-5) : TestType(1e-13);
