@@ -117,7 +117,8 @@ class Adafactor {
           const T* gb = g + b * rows * cols;
           double* R = st.row.data() + b * rows;
           double* C = st.col.data() + b * cols;
-          std::vector<double> csum(static_cast<std::size_t>(cols), 0.0);
+          std::vector<double> csum(static_cast<std::size_t>(cols), 0.0),
+              sqrt_col(static_cast<std::size_t>(cols));
           for (Index i = 0; i < rows; ++i) {
             double rsum = 0.0;
             for (Index j = 0; j < cols; ++j) {
@@ -132,11 +133,15 @@ class Adafactor {
           double rmean = 0.0;
           for (Index i = 0; i < rows; ++i) rmean += R[i];
           rmean /= double(rows);
+          // √C once per column (the same values): the inner loop then has no square root, which GCC does
+          // not vectorise without -fno-math-errno
+          for (Index j = 0; j < cols; ++j) sqrt_col[static_cast<std::size_t>(j)] = std::sqrt(C[j]);
           for (Index i = 0; i < rows; ++i) {
             const double rf = 1.0 / std::sqrt(R[i] / rmean);
+            double* ub = u.data() + b * rows * cols + i * cols;
+            const T* gi = gb + i * cols;
             for (Index j = 0; j < cols; ++j)
-              u[static_cast<std::size_t>(b * rows * cols + i * cols + j)] =
-                  rf / std::sqrt(C[j]) * double(gb[i * cols + j]);
+              ub[j] = rf / sqrt_col[static_cast<std::size_t>(j)] * double(gi[j]);
           }
         }
       } else {
