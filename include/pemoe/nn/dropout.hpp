@@ -22,7 +22,7 @@ namespace pemoe {
  * those bits k satisfy k·2⁻³² < p. That is a pure function of (seed, c, i, j), so it does not depend on
  * threads, and backward regenerates it instead of keeping an (N, d) mask (the cache holds the call number
  * only). One 64-bit hash serves two elements, and the comparison is in integers, so the loop vectorises
- * (0.3 instead of 1.2 ns per element on one AVX-512 core); p is resolved to 2⁻³² (PyTorch's CPU
+ * (0.6 instead of 1.2 ns per element on one AVX-512 core); p is resolved to 2⁻³² (PyTorch's CPU
  * `bernoulli_` draws a 24-bit float).
  * `set_call_counter()` replays a call (gradient checks do this). Shapes: x (N, d) -> y (N, d); y may alias
  * x. Cost: one hash per two elements in forward and again in backward.
