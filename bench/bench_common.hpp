@@ -10,6 +10,9 @@
 #include <string>
 
 #include "pemoe/core/config.hpp"
+#ifdef PEMOE_WITH_DNNL
+#include "pemoe/core/dnnl/bf16_speed.hpp"
+#endif
 #include "pemoe/core/gemm.hpp"
 #include "pemoe/core/profile.hpp"
 #include "pemoe/core/rng.hpp"
@@ -74,6 +77,11 @@ inline void add_context() {
   benchmark::AddCustomContext("gemm_backend", gemm_backend_name(gemm_backend()));
 #ifdef PEMOE_WITH_DNNL
   benchmark::AddCustomContext("dnnl_isa", dnnl_backend::isa_name());
+  if (dnnl_backend::cpu_has_bf16()) {  // bf16 units are not always faster than f32 ones: say which here
+    const dnnl_backend::Bf16Speed s = dnnl_backend::bf16_speed();
+    benchmark::AddCustomContext("bf16_vs_f32_GFLOPs", std::to_string(int(s.bf16_gflops)) + " vs " +
+                                                          std::to_string(int(s.f32_gflops)));
+  }
 #endif
 }
 

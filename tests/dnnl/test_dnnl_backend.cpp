@@ -281,6 +281,30 @@ TEST_CASE("dnnl: a packed product into a strided output view avoids oneDNN's ref
   }
 }
 
+TEST_CASE("dnnl: a bf16 slower than f32 is reported with the measured speeds, a faster one is not") {
+  dnnl_backend::Bf16Speed slow;
+  slow.bf16_gflops = 75.4;
+  slow.f32_gflops = 151.2;
+  const std::string w = dnnl_backend::bf16_speed_warning(slow, "avx512_core_bf16");
+  CHECK_THAT(w, Catch::Contains("slower than f32") && Catch::Contains("avx512_core_bf16") &&
+                    Catch::Contains("75 GFLOP/s in bf16 against 151 in f32") &&
+                    Catch::Contains("PackDtype::f32"));
+  dnnl_backend::Bf16Speed fast;
+  fast.bf16_gflops = 900.0;
+  fast.f32_gflops = 170.0;
+  CHECK(dnnl_backend::bf16_speed_warning(fast, "avx512_core_amx").empty());
+  CHECK(dnnl_backend::bf16_speed_warning(dnnl_backend::Bf16Speed{}, "x").size() >
+        0);           // unmeasured: not "fast"
+  if (bf16_here()) {  // the measurement itself: both products ran, at a plausible speed
+    const dnnl_backend::Bf16Speed& s = dnnl_backend::bf16_speed();
+    CHECK(s.f32_gflops > 1.0);
+    CHECK(s.bf16_gflops > 1.0);
+    CHECK(&dnnl_backend::bf16_speed() == &s);  // measured once
+    CHECK(dnnl_backend::warn_once_if_bf16_slow() ==
+          dnnl_backend::bf16_speed_warning(s, dnnl_backend::isa_name()));
+  }
+}
+
 TEST_CASE("dnnl: round_to_bf16 gives the bits of Eigen's bf16 conversion, ties to even, any width") {
   for (Index cols : {1, 31, 32, 33, 64, 100}) {
     Matrix<float> a = testing::random_matrix<float>(5, cols + 3, 15) * 1e3f;

@@ -17,6 +17,7 @@
 #include "pemoe/core/error.hpp"
 #include "pemoe/core/tensor.hpp"
 #ifdef PEMOE_WITH_DNNL
+#include "pemoe/core/dnnl/bf16_speed.hpp"
 #include "pemoe/core/dnnl/packed_weight.hpp"
 #endif
 
@@ -25,7 +26,8 @@ namespace pemoe {
 /// The element type of a packed weight.
 enum class PackDtype {
   f32,  ///< exact: the same products as the unpacked weight, up to summation order
-  bf16  ///< inputs and weight rounded to bfloat16 (8-bit mantissa), f32 accumulation; needs bf16 units
+  bf16  ///< inputs and weight rounded to bfloat16 (8-bit mantissa), f32 accumulation; needs bf16 units, and
+        ///< is faster than f32 only where they outrun the f32 units (AMX; see core/dnnl/bf16_speed.hpp)
 };
 
 /// How a pack holds W: the speed of its products against its memory.
@@ -109,6 +111,8 @@ bool weight_pack_available(PackDtype dtype, std::string* why = nullptr) {
 
 /// Packs the frozen weight W (d_out, d_in) in `layout`; throws `ConfigError` with the reason where
 /// `weight_pack_available` says no, and for an f32 `PackLayout::single` (a plain f32 copy is W itself).
+/// The first bf16 pack of a process times one bf16 and one f32 product (about 20 ms) and prints a warning
+/// on stderr when bf16 is the slower here (core/dnnl/bf16_speed.hpp: AVX512-BF16 without AMX on Intel).
 template <class T>
 std::shared_ptr<const WeightPack<T>> make_weight_pack(ConstMatrixRef<T> W, PackDtype dtype,
                                                       PackLayout layout = PackLayout::blocked) {
@@ -120,6 +124,7 @@ std::shared_ptr<const WeightPack<T>> make_weight_pack(ConstMatrixRef<T> W, PackD
                      "use PackLayout::blocked for f32");
 #ifdef PEMOE_WITH_DNNL
   if constexpr (std::is_same_v<T, float>) {
+    if (dtype == PackDtype::bf16) dnnl_backend::warn_once_if_bf16_slow();
     struct Pack final : WeightPack<float> {
       Pack(ConstMatrixRef<float> w, bool bf16, PackLayout l)
           : packed(w, bf16, 256,

@@ -84,7 +84,9 @@ inline std::string isa_name() {
 }
 
 /// Whether oneDNN runs bf16 products on this CPU's own bf16 instructions (AVX512-BF16 or AMX). Without
-/// them oneDNN emulates bf16 at a fraction of the f32 speed, so pemoe refuses bf16 there.
+/// them oneDNN emulates bf16 at a fraction of the f32 speed, so pemoe refuses bf16 there. With them bf16 may
+/// still be slower than f32 (AVX512-BF16 without AMX on Intel): `bf16_speed()` (core/dnnl/bf16_speed.hpp)
+/// measures it.
 inline bool cpu_has_bf16() {
   const auto isa = dnnl::get_effective_cpu_isa();
   return isa == dnnl::cpu_isa::avx512_core_bf16 || isa == dnnl::cpu_isa::avx512_core_amx;
