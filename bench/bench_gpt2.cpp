@@ -13,8 +13,10 @@
 // d `dnnl_packed_f32` / `dnnl_packed_bf16` (the frozen backbone and tied head packed once, GPT2::pack_frozen;
 // bf16 only on CPUs with bf16 units). `dnnl_packed_bf16` is the bf16-only backbone a user asking for bf16
 // runs (release_f32: one plain bf16 copy per weight, the f32 weights dropped); `dnnl_packed_bf16_keep_f32`
-// keeps the f32 backbone beside blocked bf16 packs (the fastest products, the most memory). The peer's bf16
-// figure: hf_gpt2_bench.py --bf16.
+// keeps the f32 backbone beside blocked bf16 packs (the fastest products, the most memory);
+// `dnnl_packed_bf16_autocast` is the bf16-only backbone with the step in a bf16 `GemmPrecisionScope`, so the
+// MoLoRA expert products run in bf16 too, as the peer's autocast runs them. The peer's bf16 figure:
+// hf_gpt2_bench.py --bf16.
 #include <fstream>
 #include <memory>
 #include <string>
@@ -48,7 +50,9 @@ double step_flops(const GPT2Config& c, bool full, Index E, Index r) {
 
 // full: config a (full fine-tuning); otherwise config d (frozen backbone + MoLoRA E8 r8 on c_attn, c_fc).
 // pack: 0 none, 1 f32, 2 bf16 (bf16-only backbone), 3 bf16 blocked packs beside the f32 backbone.
-void BM_GPT2Train(benchmark::State& state, bool full, GemmBackend backend, int pack) {
+// autocast: the step runs in a bf16 GemmPrecisionScope (the MoLoRA expert products in bf16, as the peer's
+// torch.autocast runs them).
+void BM_GPT2Train(benchmark::State& state, bool full, GemmBackend backend, int pack, bool autocast) {
   set_gemm_backend(backend);
   GPT2Config cfg;  // GPT-2 124M, dropout 0.1
   auto model = std::make_unique<GPT2<float>>(cfg);
@@ -75,6 +79,7 @@ void BM_GPT2Train(benchmark::State& state, bool full, GemmBackend backend, int p
   for (auto& v : ids) v = std::int64_t(data.below(std::uint64_t(cfg.vocab_size)));
   typename GPT2<float>::Cache cache;
   auto step = [&]() {
+    const GemmPrecisionScope precision(autocast ? GemmPrecision::bf16 : GemmPrecision::f32);
     model->forward(ids, ids, cache);
     store.zero_grad();
     model->backward_over_logits(cache);  // as a training loop that does not read the logits after it
@@ -94,20 +99,23 @@ const int registered = [] {
     bool full;
     GemmBackend backend;
     int pack;
+    bool autocast;
   };
   const Variant variants[] = {
-      {"config_d_frozen_molora/eigen", false, GemmBackend::eigen, 0},
-      {"config_d_frozen_molora/dnnl", false, GemmBackend::dnnl, 0},
-      {"config_d_frozen_molora/dnnl_packed_f32", false, GemmBackend::dnnl, 1},
-      {"config_d_frozen_molora/dnnl_packed_bf16", false, GemmBackend::dnnl, 2},
-      {"config_d_frozen_molora/dnnl_packed_bf16_keep_f32", false, GemmBackend::dnnl, 3},
-      {"config_a_full/eigen", true, GemmBackend::eigen, 0},
-      {"config_a_full/dnnl", true, GemmBackend::dnnl, 0}};
+      {"config_d_frozen_molora/eigen", false, GemmBackend::eigen, 0, false},
+      {"config_d_frozen_molora/dnnl", false, GemmBackend::dnnl, 0, false},
+      {"config_d_frozen_molora/dnnl_packed_f32", false, GemmBackend::dnnl, 1, false},
+      {"config_d_frozen_molora/dnnl_packed_bf16", false, GemmBackend::dnnl, 2, false},
+      {"config_d_frozen_molora/dnnl_packed_bf16_autocast", false, GemmBackend::dnnl, 2, true},
+      {"config_d_frozen_molora/dnnl_packed_bf16_keep_f32", false, GemmBackend::dnnl, 3, false},
+      {"config_a_full/eigen", true, GemmBackend::eigen, 0, false},
+      {"config_a_full/dnnl", true, GemmBackend::dnnl, 0, false}};
   for (const Variant& v : variants) {
     if (v.backend == GemmBackend::dnnl && !have_dnnl()) continue;
     if (v.pack && !weight_pack_available<float>(v.pack == 1 ? PackDtype::f32 : PackDtype::bf16)) continue;
-    benchmark::RegisterBenchmark((std::string("BM_GPT2Train/") + v.name).c_str(),
-                                 [v](benchmark::State& st) { BM_GPT2Train(st, v.full, v.backend, v.pack); })
+    benchmark::RegisterBenchmark(
+        (std::string("BM_GPT2Train/") + v.name).c_str(),
+        [v](benchmark::State& st) { BM_GPT2Train(st, v.full, v.backend, v.pack, v.autocast); })
         ->Unit(benchmark::kMillisecond)
         ->Iterations(8);
   }

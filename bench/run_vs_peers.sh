@@ -26,7 +26,8 @@ for t in $THREADS; do
       gpt2)
         # one process per variant: peak RSS is per process
         for v in config_d_frozen_molora/eigen config_d_frozen_molora/dnnl config_d_frozen_molora/dnnl_packed_f32 \
-                 config_d_frozen_molora/dnnl_packed_bf16 config_d_frozen_molora/dnnl_packed_bf16_keep_f32 \
+                 config_d_frozen_molora/dnnl_packed_bf16 config_d_frozen_molora/dnnl_packed_bf16_autocast \
+                 config_d_frozen_molora/dnnl_packed_bf16_keep_f32 \
                  config_a_full/eigen config_a_full/dnnl; do
           ./build/bench/pemoe_bench_gpt2 --benchmark_filter="$v/" --benchmark_format=json \
             > "$OUT/gpt2_pemoe_${v//\//_}_t$t.json" 2>/dev/null || true

@@ -11,8 +11,10 @@
 #include <utility>
 #include <vector>
 
+#include "pemoe/adapters/molora.hpp"
 #include "pemoe/core/dnnl/packed_weight.hpp"
 #include "pemoe/core/gemm.hpp"
+#include "pemoe/core/profile.hpp"
 #include "pemoe/core/weight_pack.hpp"
 #include "pemoe/io/safetensors.hpp"
 #include "pemoe/models/gpt2.hpp"
@@ -305,6 +307,89 @@ TEST_CASE("dnnl: a bf16 slower than f32 is reported with the measured speeds, a 
   }
 }
 
+TEST_CASE("dnnl: a bf16 GemmPrecisionScope rounds both operands of every transpose, then restores f32") {
+  if (!bf16_here()) return;
+  const auto round = [](const Matrix<float>& a) { return Matrix<float>(a.unaryExpr(&to_bf16)); };
+  const Index m = 67, k = 71, n = 83;  // 394,000 multiply-adds: above detail::kDnnlMinWork
+  for (const bool ta : {false, true})
+    for (const bool tb : {false, true})
+      for (const float beta : {0.0f, 0.5f}) {
+        INFO("trans_a " << ta << " trans_b " << tb << " beta " << beta);
+        const Matrix<float> opA = testing::random_matrix<float>(m, k, 31),
+                            opB = testing::random_matrix<float>(k, n, 32);
+        const Matrix<float> A = ta ? Matrix<float>(opA.transpose()) : opA;
+        const Matrix<float> B = tb ? Matrix<float>(opB.transpose()) : opB;
+        Matrix<float> wide = testing::random_matrix<float>(m, n + 9, 33);  // C: a strided block of it
+        const Matrix<float> C0 = wide.leftCols(n);
+        auto C = wide.leftCols(n);
+        profile::Totals totals;
+        {
+          const profile::Session session(totals);
+          const GemmPrecisionScope bf16(GemmPrecision::bf16);
+          CHECK(gemm_precision() == GemmPrecision::bf16);
+          gemm<float>(ta ? Op::T : Op::N, tb ? Op::T : Op::N, 0.75f, A, B, beta, C);
+        }
+        CHECK(gemm_precision() == GemmPrecision::f32);
+        CHECK(totals.seconds.count("gemm_bf16") == 1);
+        CHECK(totals.seconds.count("gemm") == 0);
+        const Matrix<float> got = C;
+        // within an f32 product's bound of the exact product of the rounded operands ...
+        CHECK(worst_gemm_error(round(opA), round(opB), 0.75f, beta, C0, got) <= 1.0);
+        // ... and far outside it for the unrounded ones: the operands were rounded
+        CHECK(worst_gemm_error(opA, opB, 0.75f, beta, C0, got) > 10.0);
+        CHECK_THAT(dnnl_backend::last_executed_impl(), !Catch::StartsWith("ref"));
+        CHECK((wide.rightCols(9).array() == testing::random_matrix<float>(m, n + 9, 33).rightCols(9).array())
+                  .all());
+      }
+  {  // nested scopes restore what was there
+    const GemmPrecisionScope outer(GemmPrecision::bf16);
+    {
+      const GemmPrecisionScope inner(GemmPrecision::f32);
+      CHECK(gemm_precision() == GemmPrecision::f32);
+    }
+    CHECK(gemm_precision() == GemmPrecision::bf16);
+  }
+  CHECK(gemm_precision() == GemmPrecision::f32);
+}
+
+TEST_CASE("dnnl: MoLoRA under a bf16 GemmPrecisionScope stays within bf16's error of its f32 self") {
+  if (!bf16_here()) return;
+  // E·r = 32 and 100 tokens: every expert product and the base product exceed kDnnlMinWork (bf16), the
+  // router's (E = 4) stays on the f32 skinny kernels
+  LoraExpertsConfig c = LoraExpertsConfig::for_ai(4, 8);
+  c.dropout = 0.0;
+  MoLoRA<float> layer(LinearConfig{96, 112, true}, c);
+  ParamStore<float> store;
+  Rng rng(3);
+  layer.register_params(store, "mlp.c_fc", rng);
+  layer.set_training(true);
+  Rng fill(4);
+  for (auto& v : store.values()) v = float(fill.normal()) * 0.3f;  // B ≠ 0: the experts contribute
+  const Matrix<float> x = testing::random_matrix<float>(100, 96, 5),
+                      dy = testing::random_matrix<float>(100, 112, 6);
+  auto run = [&](GemmPrecision p, Matrix<float>& y, Matrix<float>& dx, std::vector<float>& grads) {
+    const GemmPrecisionScope scope(p);
+    MoLoRA<float>::Cache cache;
+    y.resize(100, 112);
+    dx.resize(100, 96);
+    store.zero_grad();
+    layer.forward(x, y, cache);
+    layer.backward(x, cache, dy, dx);
+    grads.assign(store.grads().begin(), store.grads().end());
+  };
+  Matrix<float> y32, dx32, y16, dx16;
+  std::vector<float> g32, g16;
+  run(GemmPrecision::f32, y32, dx32, g32);
+  run(GemmPrecision::bf16, y16, dx16, g16);
+  const auto rel = [](const auto& a, const auto& b) { return double((a - b).norm() / b.norm()); };
+  const Eigen::Map<const Eigen::VectorXf> v32(g32.data(), Index(g32.size())),
+      v16(g16.data(), Index(g16.size()));
+  for (const double e : {rel(y16, y32), rel(dx16, dx32), rel(v16, v32)}) {
+    CHECK(e < 1e-2);  // bf16 operands: about 2⁻⁸ relative per operand, averaged over the sums
+    CHECK(e > 1e-5);  // and not the f32 result
+  }
+}
+
 TEST_CASE("dnnl: round_to_bf16 gives the bits of Eigen's bf16 conversion, ties to even, any width") {
   for (Index cols : {1, 31, 32, 33, 64, 100}) {
     Matrix<float> a = testing::random_matrix<float>(5, cols + 3, 15) * 1e3f;
@@ -578,4 +663,7 @@ TEST_CASE("dnnl: refusal without bf16 units names the CPU's instruction set", "[
   CHECK_THAT(why, Catch::Contains("avx2") && Catch::Contains("use f32"));
   CHECK_THROWS_AS(make_weight_pack<float>(W, PackDtype::bf16), ConfigError);
   CHECK(make_weight_pack<float>(W, PackDtype::f32) != nullptr);  // f32 still packs
+  CHECK_THROWS_WITH(GemmPrecisionScope(GemmPrecision::bf16),
+                    Catch::Contains("avx2") && Catch::Contains("f32"));
+  CHECK(gemm_precision() == GemmPrecision::f32);
 }

@@ -16,7 +16,9 @@
 /// With `PEMOE_WITH_DNNL` (the CMake target `pemoe::dnnl`) the other f32 products go to oneDNN matmul
 /// primitives, cached per shape (core/dnnl/matmul.hpp); `set_gemm_backend` switches back to Eigen at run
 /// time (benchmarks compare both in one process). Double precision always runs on Eigen (oneDNN has no
-/// f64 matmul), and so does a product called from inside an OpenMP parallel region.
+/// f64 matmul), and so does a product called from inside an OpenMP parallel region. Inside a
+/// `GemmPrecisionScope(GemmPrecision::bf16)` those oneDNN products round their operands to bf16 (f32
+/// accumulation), as PyTorch's autocast does.
 ///
 /// Speed depends on the compiler flags of the translation unit that instantiates it: with
 /// `-march=native` on AVX-512 machines Eigen's fp32 GEMM is 4-5× faster than with the default SSE2.
@@ -32,7 +34,9 @@
 #include "pemoe/core/profile.hpp"
 #include "pemoe/core/tensor.hpp"
 #ifdef PEMOE_WITH_DNNL
+#include "pemoe/core/dnnl/bf16_speed.hpp"
 #include "pemoe/core/dnnl/matmul.hpp"
+#include "pemoe/core/dnnl/matmul_bf16.hpp"
 #endif
 
 namespace pemoe {
@@ -80,6 +84,65 @@ inline void set_gemm_backend(GemmBackend b) {
 inline const char* gemm_backend_name(GemmBackend b) {
   return b == GemmBackend::dnnl ? "dnnl" : "eigen";
 }
+
+/// The precision of `gemm`'s large f32 products on the calling thread.
+enum class GemmPrecision {
+  f32,  ///< f32 operands (the default)
+  bf16  ///< operands rounded to bf16, f32 accumulation and output (`GemmPrecisionScope`)
+};
+
+namespace detail {
+inline GemmPrecision& gemm_precision_state() {
+  thread_local GemmPrecision p = GemmPrecision::f32;
+  return p;
+}
+}  // namespace detail
+
+/// The precision `gemm` uses on this thread now.
+inline GemmPrecision gemm_precision() {
+  return detail::gemm_precision_state();
+}
+
+/**
+ * @brief While alive, this thread's large f32 `gemm` products (those that run on oneDNN) take bf16-rounded
+ * operands with f32 accumulation: pemoe's counterpart of PyTorch's `torch.autocast("cpu",
+ * dtype=torch.bfloat16)` for the products of adapters and other unpacked weights.
+ *
+ * Frozen weights packed by `pack_frozen` / `Linear::pack` keep their pack's dtype; the small-extent products
+ * (routers, ranks ≤ 16: the skinny kernels), double precision and the Eigen backend stay as they are; so do
+ * the parameters, their gradients and the optimizer, which are f32. Scopes nest and restore the previous
+ * precision when they end. Constructing a bf16 scope throws `ConfigError` without oneDNN or on a CPU without
+ * bf16 units, and warns once (stderr) when this CPU runs bf16 slower than f32 (core/dnnl/bf16_speed.hpp).
+ */
+class GemmPrecisionScope {
+ public:
+  explicit GemmPrecisionScope(GemmPrecision p) : m_previous(gemm_precision()) {
+    if (p == GemmPrecision::bf16) {
+#ifdef PEMOE_WITH_DNNL
+      PEMOE_CHECK_CONFIG(dnnl_backend::cpu_has_bf16(),
+                         "GemmPrecisionScope(bf16): this CPU has no bf16 units "
+                         "(oneDNN dispatches to ",
+                         dnnl_backend::isa_name(),
+                         "; bf16 needs avx512_core_bf16 or AMX) and emulated bf16 would be slower than f32: "
+                         "keep GemmPrecision::f32 here");
+      dnnl_backend::warn_once_if_bf16_slow();
+#else
+      throw ConfigError(
+          "GemmPrecisionScope(bf16): this build has no oneDNN backend: link the CMake target pemoe::dnnl "
+          "(Debian: apt-get install libdnnl-dev) or keep GemmPrecision::f32");
+#endif
+    }
+    detail::gemm_precision_state() = p;
+  }
+  ~GemmPrecisionScope() {
+    detail::gemm_precision_state() = m_previous;
+  }
+  GemmPrecisionScope(const GemmPrecisionScope&) = delete;
+  GemmPrecisionScope& operator=(const GemmPrecisionScope&) = delete;
+
+ private:
+  GemmPrecision m_previous;
+};
 
 namespace detail {
 
@@ -139,9 +202,12 @@ void gemm(Op op_a, Op op_b, T alpha, ConstMatrixRef<T> A, ConstMatrixRef<T> B, T
                     "), op(B) is (", kb, ", ", n, "), C is (", C.rows(), ", ", C.cols(), ")");
   PEMOE_CHECK_SHAPE(!detail::views_overlap(C, A) && !detail::views_overlap(C, B),
                     "gemm: the output C shares memory with an input (A or B); pass a separate output buffer");
-  // Profiled (when a profile::Session is active) as "gemm", or "gemm_skinny" for the small-extent products
-  // of adapters and routers.
-  const profile::Scope scope(std::min({m, n, ka}) <= detail::kSkinnyMax ? "gemm_skinny" : "gemm");
+  // Profiled (when a profile::Session is active) as "gemm", "gemm_skinny" for the small-extent products
+  // of adapters and routers, or "gemm_bf16" under a bf16 `GemmPrecisionScope`.
+  const bool small = std::min({m, n, ka}) <= detail::kSkinnyMax;
+  const bool bf16 = std::is_same_v<T, float> && gemm_precision() == GemmPrecision::bf16 && have_dnnl() &&
+                    gemm_backend() == GemmBackend::dnnl;
+  const profile::Scope scope(small ? "gemm_skinny" : bf16 ? "gemm_bf16" : "gemm");
   if (m == 0 || n == 0 || ka == 0) {
     if (beta == T(0))
       C.setZero();
@@ -154,6 +220,7 @@ void gemm(Op op_a, Op op_b, T alpha, ConstMatrixRef<T> A, ConstMatrixRef<T> B, T
   if constexpr (std::is_same_v<T, float>) {
     if (gemm_backend() == GemmBackend::dnnl && !profile::detail::in_parallel() &&
         double(m) * double(n) * double(ka) > detail::kDnnlMinWork) {
+      if (bf16 && dnnl_backend::gemm_bf16(op_a == Op::T, op_b == Op::T, alpha, A, B, beta, C)) return;
       if (dnnl_backend::gemm_f32(op_a == Op::T, op_b == Op::T, alpha, A, B, beta, C)) return;
     }
   }
