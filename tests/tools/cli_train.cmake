@@ -3,6 +3,7 @@
 # values; 3 steps + stop (--stop-after) + resume + 3 steps gives the same adapter bytes and metrics as 6
 # uninterrupted steps; eval prints the held-out loss.
 #   -DPEMOE=<pemoe binary> -DPRETRAIN=<pemoe_pretrain_gpt2 binary> -DWORK=<scratch dir>
+#   -DHAVE_DNNL=<ON|OFF: the binary has the oneDNN fast path>
 cmake_minimum_required(VERSION 3.21)
 file(REMOVE_RECURSE ${WORK})
 file(MAKE_DIRECTORY ${WORK})
@@ -104,6 +105,19 @@ if(NOT rc EQUAL 0 OR differ)
   message(FATAL_ERROR "mpoe: another heap layout gives other weights (exit code ${rc}); a buffer that Eigen "
                       "reduces over is not aligned")
 endif()
+
+# 3d. precision: with the frozen weights packed once in f32 the run trains, evaluates and says so (the packed
+# products themselves are checked against the unpacked ones in tests/dnnl/); a bad value is a usage error naming the allowed ones; without oneDNN packing is refused with the reason
+write_config(${WORK}/packed.json ${WORK}/packed "${molora}" "\"precision\": {\"frozen_weights\": \"packed_f32\"}")
+if(HAVE_DNNL)
+  expect(0 "precision: frozen weights packed in f32, [0-9]+ MB.*saved to .*eval loss [0-9.]+" train
+         ${WORK}/packed.json --progress off)
+else()
+  expect(2 "config 'precision': .*no oneDNN backend" train ${WORK}/packed.json --progress off)
+endif()
+write_config(${WORK}/bad_precision.json ${WORK}/bad "${molora}" "\"precision\": {\"frozen_weights\": \"fp16\"}")
+expect(2 "'precision.frozen_weights' is \"fp16\"; allowed values: f32, packed_f32, bf16" train
+       ${WORK}/bad_precision.json)
 
 # 4. eval: the saved adapter (default: output_dir), another directory, the base model
 expect(0 "add +4 examples +loss [0-9.]+ +exact match.*eval loss [0-9.]+" eval ${WORK}/full.json

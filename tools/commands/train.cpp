@@ -8,6 +8,7 @@
 #include <iostream>
 #include <map>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -299,6 +300,27 @@ void save_trained(GPT2<float>& gpt, const FinetuneConfig& c, const std::vector<I
   }
 }
 
+// The config's `precision`: the frozen weights packed once (f32, or a bf16-only backbone), and the other
+// large products in bf16 while `autocast` lives (a ConfigError, e.g. bf16 on a CPU without bf16 units, is the
+// user's mistake: a usage error).
+void apply_precision(GPT2<float>& gpt, const FinetuneConfig& c, std::optional<GemmPrecisionScope>& autocast) {
+  try {
+    if (c.frozen_weights != "f32") {
+      const bool bf16 = c.frozen_weights == "bf16";
+      const std::size_t bytes = gpt.pack_frozen(bf16 ? PackDtype::bf16 : PackDtype::f32, bf16);
+      std::cout << "precision: frozen weights packed in " << (bf16 ? "bf16 (the f32 copies released)" : "f32")
+                << ", " << (bytes + 500000) / 1000000 << " MB\n";
+    }
+    if (c.autocast_bf16) {
+      autocast.emplace(GemmPrecision::bf16);
+      std::cout << "precision: autocast bf16 (the other large products take bf16 operands, f32 "
+                   "accumulation)\n";
+    }
+  } catch (const ConfigError& e) {
+    throw UsageError(std::string("config 'precision': ") + e.what());
+  }
+}
+
 // The model of the config with the weights trained into `dir` (none with `base`).
 std::unique_ptr<GPT2<float>> load_trained(const FinetuneConfig& c, const std::string& dir, bool base,
                                           ParamStore<float>& store) {
@@ -382,6 +404,8 @@ int train(const TrainOptions& o, const FinetuneConfig& c, const Tok& tok, std::i
   Rng rng(c.seed);
   gpt.register_params(params, rng);
   load_gpt2_weights(gpt, c.model);
+  std::optional<GemmPrecisionScope> autocast;
+  apply_precision(gpt, c, autocast);
   std::cout << "adapter " << c.adapter.type << ": " << params.num_trainable() << " trainable parameters of "
             << params.num_values() << "\n";
 
@@ -559,6 +583,8 @@ int eval(const TrainOptions& o, const FinetuneConfig& c, const Tok& tok, std::in
   ParamStore<float> store;
   const std::string dir = o.adapter.empty() ? c.output_dir : o.adapter;
   auto gpt = load_trained(c, dir, o.base, store);
+  std::optional<GemmPrecisionScope> autocast;
+  apply_precision(*gpt, c, autocast);
   const Data d = load_data(c, gpt->config(), tok, eos, false);
   const nlohmann::json r = evaluate(*gpt, c, d, tok, eos);
   if (!o.out.empty()) std::ofstream(o.out) << r.dump(2) << "\n";

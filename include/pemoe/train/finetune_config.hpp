@@ -119,7 +119,11 @@ struct FinetuneConfig {
   long checkpoint_every = 0;    ///< a checkpoint every K steps (0 = none)
   long checkpoint_keep = 0;     ///< keep the newest K checkpoints (0 = all)
   bool resume = false;          ///< resume from the newest checkpoint
-  nlohmann::json raw;           ///< the JSON it was read from
+  /// `precision.frozen_weights`: "f32" (the frozen weights as loaded), "packed_f32" (packed once for oneDNN:
+  /// faster products, a second copy) or "bf16" (a bf16-only frozen backbone, `GPT2::pack_frozen(bf16, true)`)
+  std::string frozen_weights = "f32";
+  bool autocast_bf16 = false;  ///< `precision.autocast` "bf16": the other large products in bf16 (autocast)
+  nlohmann::json raw;          ///< the JSON it was read from
 };
 
 namespace detail {
@@ -345,7 +349,7 @@ inline FinetuneConfig parse_finetune_config(const nlohmann::json& j) {
   const ConfigObject top(j, "");
   top.only({"model", "output_dir", "seed", "adapter", "data", "optimizer", "schedule", "steps", "batch_size",
             "grad_accum", "max_grad_norm", "eval_every", "log_every", "eval_batch_size", "checkpoint",
-            "resume"});
+            "resume", "precision"});
   c.model = top.str("model", "", {}, true);
   c.output_dir = top.str("output_dir", "", {}, true);
   c.seed = std::uint64_t(top.integer("seed", 7, 0));
@@ -411,6 +415,12 @@ inline FinetuneConfig parse_finetune_config(const nlohmann::json& j) {
     c.checkpoint_keep = k.integer("keep", 0, 0);
   }
   c.resume = top.boolean("resume", false);
+  if (top.has("precision")) {
+    const ConfigObject p = top.object("precision");
+    p.only({"frozen_weights", "autocast"});
+    c.frozen_weights = p.str("frozen_weights", "f32", {"f32", "packed_f32", "bf16"});
+    c.autocast_bf16 = p.str("autocast", "off", {"off", "bf16"}) == "bf16";
+  }
   PEMOE_CHECK_CONFIG(c.eval_every == 0 || !c.data.eval.empty(), "config: 'eval_every' is ", c.eval_every,
                      " but 'data.eval' is empty");
   return c;

@@ -24,8 +24,8 @@ namespace pemoe::dnnl_backend {
  * the matmul primitive is cached per shape like the f32 ones. Returns false, having done nothing, when
  * oneDNN has only its reference implementation for these strides: the caller then runs the product in f32.
  */
-inline bool gemm_bf16(bool trans_a, bool trans_b, float alpha, ConstMatrixRef<float> A, ConstMatrixRef<float> B,
-                      float beta, MatrixRef<float> C) {
+inline bool gemm_bf16(bool trans_a, bool trans_b, float alpha, ConstMatrixRef<float> A,
+                      ConstMatrixRef<float> B, float beta, MatrixRef<float> C) {
   using dt = dnnl::memory::data_type;
   const Index m = C.rows(), n = C.cols();
   const Index k = trans_a ? A.rows() : A.cols();
@@ -51,7 +51,8 @@ inline bool gemm_bf16(bool trans_a, bool trans_b, float alpha, ConstMatrixRef<fl
   });
   if (mm.reference) return false;
   auto* a16 = thread_buffer<Eigen::bfloat16, kBf16LeftOperand>(static_cast<std::size_t>(A.rows() * A.cols()));
-  auto* b16 = thread_buffer<Eigen::bfloat16, kBf16RightOperand>(static_cast<std::size_t>(B.rows() * B.cols()));
+  auto* b16 =
+      thread_buffer<Eigen::bfloat16, kBf16RightOperand>(static_cast<std::size_t>(B.rows() * B.cols()));
   round_to_bf16(A, a16);
   round_to_bf16(B, b16);
   execute(mm, a16, b16, C.data());
