@@ -120,11 +120,8 @@ class GemmPrecisionScope {
     if (p == GemmPrecision::bf16) {
 #ifdef PEMOE_WITH_DNNL
       PEMOE_CHECK_CONFIG(dnnl_backend::cpu_has_bf16(),
-                         "GemmPrecisionScope(bf16): this CPU has no bf16 units "
-                         "(oneDNN dispatches to ",
-                         dnnl_backend::isa_name(),
-                         "; bf16 needs avx512_core_bf16 or AMX) and emulated bf16 would be slower than f32: "
-                         "keep GemmPrecision::f32 here");
+                         "GemmPrecisionScope(bf16): ", dnnl_backend::bf16_unavailable_reason(),
+                         " (keep GemmPrecision::f32)");
       dnnl_backend::warn_once_if_bf16_slow();
 #else
       throw ConfigError(
@@ -205,8 +202,12 @@ void gemm(Op op_a, Op op_b, T alpha, ConstMatrixRef<T> A, ConstMatrixRef<T> B, T
   // Profiled (when a profile::Session is active) as "gemm", "gemm_skinny" for the small-extent products
   // of adapters and routers, or "gemm_bf16" under a bf16 `GemmPrecisionScope`.
   const bool small = std::min({m, n, ka}) <= detail::kSkinnyMax;
-  const bool bf16 = std::is_same_v<T, float> && gemm_precision() == GemmPrecision::bf16 && have_dnnl() &&
-                    gemm_backend() == GemmBackend::dnnl;
+  // the f32 products oneDNN runs unless a skinny kernel takes them (Eigen: double, the Eigen backend, OpenMP
+  // regions, products of at most kDnnlMinWork multiply-adds)
+  const bool on_dnnl = std::is_same_v<T, float> && have_dnnl() && gemm_backend() == GemmBackend::dnnl &&
+                       !profile::detail::in_parallel() &&
+                       double(m) * double(n) * double(ka) > detail::kDnnlMinWork;
+  const bool bf16 = on_dnnl && gemm_precision() == GemmPrecision::bf16;
   const profile::Scope scope(small ? "gemm_skinny" : bf16 ? "gemm_bf16" : "gemm");
   if (m == 0 || n == 0 || ka == 0) {
     if (beta == T(0))
@@ -218,8 +219,7 @@ void gemm(Op op_a, Op op_b, T alpha, ConstMatrixRef<T> A, ConstMatrixRef<T> B, T
   if (detail::skinny(op_a, op_b, alpha, A, B, beta, C, m, n, ka)) return;
 #ifdef PEMOE_WITH_DNNL
   if constexpr (std::is_same_v<T, float>) {
-    if (gemm_backend() == GemmBackend::dnnl && !profile::detail::in_parallel() &&
-        double(m) * double(n) * double(ka) > detail::kDnnlMinWork) {
+    if (on_dnnl) {
       if (bf16 && dnnl_backend::gemm_bf16(op_a == Op::T, op_b == Op::T, alpha, A, B, beta, C)) return;
       if (dnnl_backend::gemm_f32(op_a == Op::T, op_b == Op::T, alpha, A, B, beta, C)) return;
     }

@@ -96,9 +96,7 @@ bool weight_pack_available(PackDtype dtype, std::string* why = nullptr) {
   } else {
 #ifdef PEMOE_WITH_DNNL
     if (dtype == PackDtype::bf16 && !dnnl_backend::cpu_has_bf16())
-      return no("this CPU has no bf16 units (oneDNN dispatches to " + dnnl_backend::isa_name() +
-                "; bf16 needs avx512_core_bf16 or AMX), and emulated bf16 would be slower than f32: "
-                "use f32 here");
+      return no(dnnl_backend::bf16_unavailable_reason());
     return true;
 #else
     (void)dtype;

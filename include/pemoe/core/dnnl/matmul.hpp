@@ -92,6 +92,14 @@ inline bool cpu_has_bf16() {
   return isa == dnnl::cpu_isa::avx512_core_bf16 || isa == dnnl::cpu_isa::avx512_core_amx;
 }
 
+/// Why bf16 products are refused on this CPU, or "" when it has bf16 units (`cpu_has_bf16`): the one message
+/// of every bf16 refusal (packs, `GemmPrecisionScope`).
+inline std::string bf16_unavailable_reason() {
+  if (cpu_has_bf16()) return {};
+  return "this CPU has no bf16 units (oneDNN dispatches to " + isa_name() +
+         "; bf16 needs avx512_core_bf16 or AMX), and emulated bf16 would be slower than f32: use f32 here";
+}
+
 /// A 2-D memory descriptor of logical extents (rows, cols) with a row stride and a column stride.
 inline dnnl::memory::desc strided_desc(Index rows, Index cols, Index row_stride, Index col_stride,
                                        dnnl::memory::data_type dt) {
