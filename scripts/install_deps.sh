@@ -4,7 +4,7 @@
 set -euo pipefail
 packages=(g++ cmake ninja-build libeigen3-dev libxtensor-dev xtl-dev catch2 libbenchmark-dev nlohmann-json3-dev
           libcli11-dev libpng-dev doxygen libgomp1 clang-format libdnnl-dev ocl-icd-opencl-dev liblapacke-dev libopenblas-dev
-          wamerican iso-codes fortunes fortunes-min)  # ocl-icd-opencl-dev: dnnl-config.cmake requires OpenCL; data: the task suite (data/tasks.hpp), the examples' text
+          wamerican iso-codes fortunes fortunes-min clang libclang-rt-14-dev libomp-dev)  # ocl-icd-opencl-dev: dnnl-config.cmake requires OpenCL; data: the task suite (data/tasks.hpp), the examples' text; clang with its sanitizer runtime and OpenMP: CI's second compiler (scripts/test.sh)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -70,7 +70,9 @@ TEST_CASE("Embedding backward scatter-adds in token order: repeated ids, add sem
 }
 
 TEST_CASE("Embedding lookup gradient passes the checker (full blocks and tails)") {
-  for (auto [vocab, d, n] : {std::array<Index, 3>{37, 40, 33}, std::array<Index, 3>{11, 5, 9}}) {
+  for (const auto& size : {std::array<Index, 3>{37, 40, 33}, std::array<Index, 3>{11, 5, 9}}) {
+    const Index vocab = size[0], d = size[1],
+                n = size[2];  // (not a structured binding: C++17 lambdas cannot capture one)
     ParamStore<double> s;
     Rng rng(1);
     Embedding<double> e({vocab, d});
@@ -94,7 +96,9 @@ TEST_CASE("Embedding lookup gradient passes the checker (full blocks and tails)"
 }
 
 TEST_CASE("Tied LM head: logits = h·Wᵀ against the naive loop; dW and dh pass the checker (V = 37, 5)") {
-  for (auto [vocab, d, n] : {std::array<Index, 3>{37, 40, 33}, std::array<Index, 3>{5, 3, 4}}) {
+  for (const auto& size : {std::array<Index, 3>{37, 40, 33}, std::array<Index, 3>{5, 3, 4}}) {
+    const Index vocab = size[0], d = size[1],
+                n = size[2];  // (not a structured binding: C++17 lambdas cannot capture one)
     ParamStore<double> s;
     Rng rng(1);
     Embedding<double> e({vocab, d});

@@ -44,8 +44,10 @@ TEST_CASE("Linear forward equals the naive loop") {
 
 TEST_CASE("Linear gradients (trainable weight and bias, dx) pass the checker in double") {
   // (6 -> 4) exercises the tails; (37 -> 48) over 33 rows fills whole SIMD blocks and the GEMM fallback.
-  for (auto [d_in, d_out, rows] : {std::array<Index, 3>{6, 4, 3}, std::array<Index, 3>{37, 48, 33}})
+  for (const auto& size : {std::array<Index, 3>{6, 4, 3}, std::array<Index, 3>{37, 48, 33}})
     for (bool bias : {true, false}) {
+      const Index d_in = size[0], d_out = size[1],
+                  rows = size[2];  // (lambdas cannot capture a structured binding in C++17)
       ParamStore<double> s;
       Rng rng(1);
       Linear<double> lin({d_in, d_out, bias});

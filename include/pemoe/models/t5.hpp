@@ -1055,7 +1055,8 @@ class T5 {
       const ParamId id = store.id(name);
       rng.split(name + ".init").fill_normal(store.value(id), store.entry(id).size, 0.0, stddev);
     };
-    for (auto& [name, site] : linear_sites()) {
+    for (auto& entry : linear_sites()) {
+      const std::string& name = entry.first;  // (a structured binding cannot be captured in C++17)
       const auto ends = [&](const char* s) {
         const std::string t(s);
         return name.size() >= t.size() && name.compare(name.size() - t.size(), t.size(), t) == 0;
