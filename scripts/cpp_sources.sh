@@ -3,7 +3,7 @@
 # the list scripts/test.sh checks with clang-format.
 # - In a git checkout (and git installed): the files git tracks that exist in the work tree.
 # - Anywhere else (a source tarball, no .git, or no git at all): every *.hpp, *.cpp, *.cu, *.cuh under
-#   include/ tools/ tests/ bench/ examples/ docs/ test_package/, leaving out build directories (build*,
+#   include/ tools/ tests/ bench/ examples/ docs/ test_package/ cmake/, leaving out build directories (build*,
 #   cmake-build*) and hidden ones.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +16,7 @@ if command -v git >/dev/null 2>&1 && [ "$(git rev-parse --show-toplevel 2>/dev/n
   exit 0
 fi
 dirs=()
-for d in include tools tests bench examples docs test_package; do
+for d in include tools tests bench examples docs test_package cmake; do
   if [ -d "$d" ]; then dirs+=("$d"); fi
 done
 if [ ${#dirs[@]} -eq 0 ]; then exit 0; fi

@@ -10,7 +10,7 @@ jobs=$(nproc)
 bash scripts/install_deps.sh
 
 echo "== clang-format"
-# The tracked sources in a git checkout, every source under include/ tools/ tests/ bench/ examples/ docs/
+# The tracked sources in a git checkout, every source under include/ tools/ tests/ bench/ examples/ docs/ cmake/
 # test_package/ in a tarball (git is not needed).
 bash scripts/cpp_sources.sh | xargs -0 -r clang-format --dry-run -Werror
 

@@ -25,6 +25,7 @@
 #include "pemoe/core/param_store.hpp"
 #include "pemoe/core/rng.hpp"
 #include "pemoe/core/tensor.hpp"
+#include "pemoe/core/weight_pack.hpp"
 #include "pemoe/core/xtensor_view.hpp"
 #include "support/distribution.hpp"
 #include "support/helpers.hpp"
@@ -625,3 +626,21 @@ TEST_CASE("ParamStore::release_values_if compacts in place: no second arena, the
   CHECK(s.entry(kept).offset == 0);
 }
 #endif
+
+TEST_CASE(
+    "Without oneDNN, every request for it is refused with the same fix (this binary has no pemoe::dnnl)") {
+  REQUIRE_FALSE(have_dnnl());  // the role tests link pemoe::pemoe only; tests/dnnl covers the other build
+  const auto says_how_to_fix =
+      Catch::Matchers::Contains("no oneDNN backend: link the CMake target pemoe::dnnl");
+  CHECK_THROWS_WITH(set_gemm_backend(GemmBackend::dnnl), says_how_to_fix);
+  CHECK(gemm_backend() == GemmBackend::eigen);
+  CHECK_THROWS_WITH(GemmPrecisionScope(GemmPrecision::bf16), says_how_to_fix);
+  CHECK(gemm_precision() == GemmPrecision::f32);
+  for (PackDtype dtype : {PackDtype::f32, PackDtype::bf16}) {
+    std::string why;
+    CHECK_FALSE(weight_pack_available<float>(dtype, &why));
+    CHECK_THAT(why, says_how_to_fix);
+    const Matrix<float> w = Matrix<float>::Ones(3, 4);
+    CHECK_THROWS_WITH(make_weight_pack<float>(w, dtype), says_how_to_fix);
+  }
+}

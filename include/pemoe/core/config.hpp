@@ -26,4 +26,12 @@ inline int max_threads() {
 #endif
 }
 
+namespace detail {
+/// What a request for the oneDNN backend (`set_gemm_backend`, a bf16 `GemmPrecisionScope`, a weight pack) is
+/// told in a build without `PEMOE_WITH_DNNL`.
+inline constexpr const char* kNoDnnlBackend =
+    "this build has no oneDNN backend: link the CMake target pemoe::dnnl (Debian: apt-get install "
+    "libdnnl-dev)";
+}  // namespace detail
+
 }  // namespace pemoe

@@ -29,6 +29,7 @@
 #include <atomic>
 #include <type_traits>
 
+#include "pemoe/core/config.hpp"
 #include "pemoe/core/detail/skinny_gemm.hpp"
 #include "pemoe/core/error.hpp"
 #include "pemoe/core/profile.hpp"
@@ -74,9 +75,8 @@ inline GemmBackend gemm_backend() {
 /// Chooses the backend of `gemm`'s large f32 products for the whole process; throws `ConfigError` for
 /// `GemmBackend::dnnl` in a build without oneDNN.
 inline void set_gemm_backend(GemmBackend b) {
-  PEMOE_CHECK_CONFIG(b != GemmBackend::dnnl || have_dnnl(),
-                     "set_gemm_backend: this build has no oneDNN backend; link the CMake target pemoe::dnnl "
-                     "(Debian: apt-get install libdnnl-dev) or keep GemmBackend::eigen");
+  PEMOE_CHECK_CONFIG(b != GemmBackend::dnnl || have_dnnl(), "set_gemm_backend: ", detail::kNoDnnlBackend,
+                     ", or keep GemmBackend::eigen");
   detail::gemm_backend_state().store(b, std::memory_order_relaxed);
 }
 
@@ -124,9 +124,8 @@ class GemmPrecisionScope {
                          " (keep GemmPrecision::f32)");
       dnnl_backend::warn_once_if_bf16_slow();
 #else
-      throw ConfigError(
-          "GemmPrecisionScope(bf16): this build has no oneDNN backend: link the CMake target pemoe::dnnl "
-          "(Debian: apt-get install libdnnl-dev) or keep GemmPrecision::f32");
+      throw ConfigError(detail::concat("GemmPrecisionScope(bf16): ", detail::kNoDnnlBackend,
+                                       ", or keep GemmPrecision::f32"));
 #endif
     }
     detail::gemm_precision_state() = p;

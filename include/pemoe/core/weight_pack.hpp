@@ -14,6 +14,7 @@
 #include <memory>
 #include <string>
 
+#include "pemoe/core/config.hpp"
 #include "pemoe/core/error.hpp"
 #include "pemoe/core/tensor.hpp"
 #ifdef PEMOE_WITH_DNNL
@@ -100,9 +101,7 @@ bool weight_pack_available(PackDtype dtype, std::string* why = nullptr) {
     return true;
 #else
     (void)dtype;
-    return no(
-        "this build has no oneDNN backend: link the CMake target pemoe::dnnl (Debian: apt-get "
-        "install libdnnl-dev)");
+    return no(detail::kNoDnnlBackend);
 #endif
   }
 }

@@ -468,4 +468,14 @@ xt::xtensor<T, 4> fix_auxiliary_central(ConstMatrixRef<T> W_new, const Mpo<T>& m
   return detail::make_core<T>(Y.data(), d[c], mpo.shape.row_modes[c], mpo.shape.col_modes[c], d_r);
 }
 
+#ifdef PEMOE_PREBUILT_DECOMPOSE
+// pemoe's own binaries (tests, tools, examples, benches) compile these two instantiations once, in a static
+// library (cmake/prebuilt/decompose.cpp), and every other translation unit skips them: GCC takes about 45 s
+// for them at -O1, as long as for the rest of a tool that trains GPT-2. Users of the headers need nothing.
+extern template Mpo<float> decompose<float>(ConstMatrixRef<float>, const MpoShape&, const TruncationPolicy&,
+                                            MpoGauge);
+extern template Mpo<double> decompose<double>(ConstMatrixRef<double>, const MpoShape&,
+                                              const TruncationPolicy&, MpoGauge);
+#endif
+
 }  // namespace pemoe

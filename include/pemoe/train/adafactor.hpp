@@ -86,7 +86,7 @@ class Adafactor {
       m_state.assign(store.entries().size(), State{});
     }
     const auto& entries = store.entries();
-    std::vector<double> u;
+    std::vector<double> u, csum, sqrt_col;  // reused by every parameter (no allocation per matrix)
     for (std::size_t p = 0; p < entries.size(); ++p) {
       const auto& e = entries[p];
       if (!e.trainable) continue;
@@ -117,8 +117,8 @@ class Adafactor {
           const T* gb = g + b * rows * cols;
           double* R = st.row.data() + b * rows;
           double* C = st.col.data() + b * cols;
-          std::vector<double> csum(static_cast<std::size_t>(cols), 0.0),
-              sqrt_col(static_cast<std::size_t>(cols));
+          csum.assign(static_cast<std::size_t>(cols), 0.0);
+          sqrt_col.resize(static_cast<std::size_t>(cols));
           for (Index i = 0; i < rows; ++i) {
             double rsum = 0.0;
             for (Index j = 0; j < cols; ++j) {
