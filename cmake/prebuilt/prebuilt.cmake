@@ -5,8 +5,9 @@
 #   pemoe_prebuilt_fastest  pemoe_fastest + pemoe_fast_flags         (tools, examples, benches)
 # A binary with other requirements (another backend, LAPACK, other flags) must not link one: it instantiates
 # the templates itself. Measured: MPO `decompose<float>` alone costs GCC about 45 s per translation unit.
+# Built only when a binary links it (EXCLUDE_FROM_ALL).
 function(pemoe_add_prebuilt name)
-  add_library(${name} STATIC ${PROJECT_SOURCE_DIR}/cmake/prebuilt/decompose.cpp)
+  add_library(${name} STATIC EXCLUDE_FROM_ALL ${PROJECT_SOURCE_DIR}/cmake/prebuilt/decompose.cpp)
   target_link_libraries(${name} PUBLIC ${ARGN})
   target_compile_definitions(${name} PUBLIC PEMOE_PREBUILT_DECOMPOSE)
 endfunction()
