@@ -6,7 +6,7 @@
 // and each adapter's ratio to it (same N, d_in, d_out) is its overhead:
 //   BM_LoRA         rank r                                   target (lead's bench) ≤ 1.25×
 //   BM_MoLoRA       soft, all E experts, rank-E·r form       target ≤ 1.6× at E = 8, r = 8
-//   BM_SparseTop2   top-2 of E renormalised, grouped GEMM    target ≤ 1.35× (expert FLOPs k/E of soft's)
+//   BM_SparseTop2   top-2 of E renormalised, tiles of tokens  target ≤ 1.35× (expert FLOPs k/E of soft's)
 //   BM_MoV          E vectors on the linear's output, router on that output (reference), target ≤ 1.1×
 //   BM_IA3          one vector on the linear's output        target ≤ 1.1×
 // Run `--benchmark_filter=paired:1` for the ratios alone (each iteration paired with the dense layer).
