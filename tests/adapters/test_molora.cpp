@@ -217,9 +217,8 @@ TEST_CASE("SparseLoRAExperts with k = E (topk_renorm) equals soft MoLoRA, forwar
   struct Size {
     Index e, r, d_in, d_out, n;
   };
-  // The second size selects E·r = 512 rows per token, so the (E·r, d_out) expert rows are read in column
-  // chunks (64 columns for double: 256 KB) and d_out = 100 ends in a partial chunk, a partial packet and
-  // scalar columns (d_in = 37 likewise).
+  // The second size selects E·r = 512 rows per token (128 register blocks of rows), and d_out = 100 ends in
+  // a partial packet step and scalar columns at any SIMD width (d_in = 37 likewise).
   for (const Size z : {Size{4, 2, 6, 5, 9}, Size{16, 32, 37, 100, 13}}) {
     DYNAMIC_SECTION("E " << z.e << " r " << z.r << " d_in " << z.d_in << " d_out " << z.d_out) {
       ParamStore<double> s1, s2;

@@ -50,35 +50,49 @@ void add_selected_rows(const T* R, Index ldr, const Index* row, Index count, con
   Index o = 0;
   for (; o + U * w <= n; o += U * w) {
     P acc[TT][U];
-    for (int t = 0; t < TT; ++t)
+    PEMOE_UNROLL
+    for (int t = 0; t < TT; ++t) {
+      PEMOE_UNROLL
       for (int u = 0; u < U; ++u) acc[t][u] = ei::ploadu<P>(y[t] + o + u * w);
+    }
     for (Index p = 0; p < count; ++p) {
       const T* r = R + row[p] * ldr + o;
       P rv[U];
+      PEMOE_UNROLL
       for (int u = 0; u < U; ++u) rv[u] = ei::ploadu<P>(r + u * w);
+      PEMOE_UNROLL
       for (int t = 0; t < TT; ++t) {
         const P cv = ei::pset1<P>(c[t * ldc + p]);
+        PEMOE_UNROLL
         for (int u = 0; u < U; ++u) acc[t][u] = ei::pmadd(cv, rv[u], acc[t][u]);
       }
     }
-    for (int t = 0; t < TT; ++t)
+    PEMOE_UNROLL
+    for (int t = 0; t < TT; ++t) {
+      PEMOE_UNROLL
       for (int u = 0; u < U; ++u) ei::pstoreu(y[t] + o + u * w, acc[t][u]);
+    }
   }
   for (; o + w <= n; o += w) {
     P acc[TT];
+    PEMOE_UNROLL
     for (int t = 0; t < TT; ++t) acc[t] = ei::ploadu<P>(y[t] + o);
     for (Index p = 0; p < count; ++p) {
       const P rv = ei::ploadu<P>(R + row[p] * ldr + o);
+      PEMOE_UNROLL
       for (int t = 0; t < TT; ++t) acc[t] = ei::pmadd(ei::pset1<P>(c[t * ldc + p]), rv, acc[t]);
     }
+    PEMOE_UNROLL
     for (int t = 0; t < TT; ++t) ei::pstoreu(y[t] + o, acc[t]);
   }
-  for (; o < n; ++o)
+  for (; o < n; ++o) {
+    PEMOE_UNROLL
     for (int t = 0; t < TT; ++t) {
       T a = y[t][o];
       for (Index p = 0; p < count; ++p) a += c[t * ldc + p] * R[row[p] * ldr + o];
       y[t][o] = a;
     }
+  }
 }
 
 /// The body of `dot_and_accumulate_selected_rows` for one block of PB rows (`valid` of them real; the rest
@@ -92,34 +106,44 @@ void dot_and_accumulate_row_block(const T* const* v, Index n, const T* const* r,
   P acc[TT][PB];
   zero_block(acc);
   T cg[TT][PB];  // the gradient weights of the block, dropped rows zero (they are not written either)
-  for (int t = 0; t < TT; ++t)
+  PEMOE_UNROLL
+  for (int t = 0; t < TT; ++t) {
+    PEMOE_UNROLL
     for (int q = 0; q < PB; ++q) cg[t][q] = kGrad && q < valid ? c[t * ldc + q] : T(0);
+  }
   Index o = 0;
   for (; o + w <= n; o += w) {
     P vv[TT];
+    PEMOE_UNROLL
     for (int t = 0; t < TT; ++t) vv[t] = ei::ploadu<P>(v[t] + o);
+    PEMOE_UNROLL
     for (int q = 0; q < PB; ++q) {
       if (kDots) {
         const P rv = ei::ploadu<P>(r[q] + o);
+        PEMOE_UNROLL
         for (int t = 0; t < TT; ++t) acc[t][q] = ei::pmadd(vv[t], rv, acc[t][q]);
       }
       if (kGrad && q < valid) {
         P gv = ei::ploadu<P>(g[q] + o);
+        PEMOE_UNROLL
         for (int t = 0; t < TT; ++t) gv = ei::pmadd(ei::pset1<P>(cg[t][q]), vv[t], gv);
         ei::pstoreu(g[q] + o, gv);
       }
     }
   }
   for (int q = 0; q < valid; ++q) {
-    if (kDots)
+    if (kDots) {
+      PEMOE_UNROLL
       for (int t = 0; t < TT; ++t) {
         T s = lane_sum<T>(acc[t][q]);
         for (Index e = o; e < n; ++e) s += v[t][e] * r[q][e];
         dots[t * ldd + q] += s;
       }
+    }
     if (kGrad)
       for (Index e = o; e < n; ++e) {
         T gv = g[q][e];
+        PEMOE_UNROLL
         for (int t = 0; t < TT; ++t) gv += cg[t][q] * v[t][e];
         g[q][e] = gv;
       }
@@ -129,19 +153,21 @@ void dot_and_accumulate_row_block(const T* const* v, Index n, const T* const* r,
 /**
  * @brief One pass over the TT tokens' rows v_t[0, n) for `count` selected rows p:
  * - dots[t·ldd + p] += Σ_o v_t[o]·R[row[p]][o] (when `dots` is given);
- * - G[row[p]][o] += Σ_t c[t·ldc + p]·v_t[o], token after token (when `G` is given: an outer-product gradient).
+ * - G[row[p]][o] += Σ_t c[t·ldc + p]·v_t[o], token after token (when `G` is given; a gradient).
  *
  * Rows go in blocks of PB, whose TT × PB dot accumulators stay in registers; the tokens' packets are read
  * once per block.
  */
 template <int TT, class T>
 void dot_and_accumulate_selected_rows(const T* const* v, Index n, const T* R, Index ldr, const Index* row,
-                                      Index count, T* dots, Index ldd, T* G, Index ldg, const T* c, Index ldc) {
+                                      Index count, T* dots, Index ldd, T* G, Index ldg, const T* c,
+                                      Index ldc) {
   constexpr int PB = Simd<T>::wide_file ? 4 : 2;  // selected rows per block
   for (Index p0 = 0; p0 < count; p0 += PB) {
     const int valid = int(std::min<Index>(PB, count - p0));
     const T* r[PB];
     T* g[PB];
+    PEMOE_UNROLL
     for (int q = 0; q < PB; ++q) {
       const Index p = p0 + std::min(q, valid - 1);
       r[q] = dots ? R + row[p] * ldr : nullptr;

@@ -80,6 +80,7 @@ struct TransposedAxpbyOut {
   void packet(Index i, Index j, const Packet& v) const {
     T lanes[Simd<T>::width];
     Eigen::internal::pstoreu(lanes, v);
+    PEMOE_UNROLL
     for (Index l = 0; l < Simd<T>::width; ++l) c.scalar(j + l, i, lanes[l]);
   }
   void scalar(Index i, Index j, T v) const { c.scalar(j, i, v); }
@@ -92,6 +93,7 @@ inline T lane_sum(const typename Simd<T>::Packet& v) {
   T lanes[Simd<T>::width];
   Eigen::internal::pstoreu(lanes, v);
   T s = lanes[0];
+  PEMOE_UNROLL
   for (Index l = 1; l < Simd<T>::width; ++l) s += lanes[l];
   return s;
 }
@@ -99,8 +101,11 @@ inline T lane_sum(const typename Simd<T>::Packet& v) {
 /// Sets an R × C block of packet accumulators to zero.
 template <class P, int R, int C>
 inline void zero_block(P (&acc)[R][C]) {
-  for (int r = 0; r < R; ++r)
+  PEMOE_UNROLL
+  for (int r = 0; r < R; ++r) {
+    PEMOE_UNROLL
     for (int c = 0; c < C; ++c) acc[r][c] = Eigen::internal::pset1<P>(0);
+  }
 }
 
 /// Threads for `units` independent pieces of `work_per_unit` multiply-adds each (1 inside a parallel region).
@@ -124,18 +129,24 @@ inline void abt_block(const T* A, Index lda, const T* B, Index ldb, Index k, Ind
   Index p = 0;
   for (; p + W <= k; p += W) {
     P b[C];
+    PEMOE_UNROLL
     for (int c = 0; c < C; ++c) b[c] = ei::ploadu<P>(B + c * ldb + p);
+    PEMOE_UNROLL
     for (int r = 0; r < R; ++r) {
       const P a = ei::ploadu<P>(A + r * lda + p);
+      PEMOE_UNROLL
       for (int c = 0; c < C; ++c) acc[r][c] = ei::pmadd(a, b[c], acc[r][c]);
     }
   }
-  for (int r = 0; r < R; ++r)
+  PEMOE_UNROLL
+  for (int r = 0; r < R; ++r) {
+    PEMOE_UNROLL
     for (int c = 0; c < C; ++c) {
       T s = lane_sum<T>(acc[r][c]);
       for (Index q = p; q < k; ++q) s += A[r * lda + q] * B[c * ldb + q];
       out.scalar(i0 + r, j0 + c, s);
     }
+  }
 }
 
 /// `out(i, j, Σ_p A(i, p)·B(j, p))` for i < m, j < n.   A: (m, k) stride lda, B: (n, k) stride ldb
@@ -176,20 +187,27 @@ inline void ab_block(const T* G, Index ldg, const T* B, Index ldb, Index q, Inde
   zero_block(acc);
   for (Index p = 0; p < q; ++p) {
     P b[J];
+    PEMOE_UNROLL
     for (int c = 0; c < J; ++c) b[c] = ei::ploadu<P>(B + p * ldb + j0 + c * W);
+    PEMOE_UNROLL
     for (int r = 0; r < R; ++r) {
       const P g = ei::pset1<P>(G[(i0 + r) * ldg + p]);
+      PEMOE_UNROLL
       for (int c = 0; c < J; ++c) acc[r][c] = ei::pmadd(g, b[c], acc[r][c]);
     }
   }
-  for (int r = 0; r < R; ++r)
+  PEMOE_UNROLL
+  for (int r = 0; r < R; ++r) {
+    PEMOE_UNROLL
     for (int c = 0; c < J; ++c) out.packet(i0 + r, j0 + c * W, acc[r][c]);
+  }
 }
 
 /// `out(i, j, Σ_p G(i, p)·B(p, j))` for i < m, j < n.   G: (m, q) stride ldg, B: (q, n) stride ldb
 ///
 /// With `lower` G is lower triangular (G(i, p) = 0 for p > i: causal attention probabilities), and a block of
-/// rows i … i + R − 1 sums p < i + R only: the skipped terms are exact zeros, so the result is the same bits.
+/// rows i … i + R − 1 sums p < i + R only (in the packet columns): the skipped terms are exact zeros, so the
+/// result is the same bits.
 template <class T, class Out>
 void skinny_ab(const T* G, Index ldg, const T* B, Index ldb, Index m, Index q_all, Index n, const Out& out,
                bool lower = false) {
@@ -211,10 +229,12 @@ void skinny_ab(const T* G, Index ldg, const T* B, Index ldb, Index m, Index q_al
           ab_block<R, 1>(G, ldg, B, ldb, q, i, j, out);
         else
           for (Index ii = i; ii < i + r; ++ii) ab_block<1, 1>(G, ldg, B, ldb, q, ii, j, out);
+      // The last columns sum every p even when G is lower triangular: GCC -O3 compiles this scalar loop
+      // differently for another bound, and the skipped form came out 1 ulp apart.
       for (; j < n; ++j)
         for (Index ii = i; ii < i + r; ++ii) {
           T s(0);
-          for (Index p = 0; p < q; ++p) s += G[ii * ldg + p] * B[p * ldb + j];
+          for (Index p = 0; p < q_all; ++p) s += G[ii * ldg + p] * B[p * ldb + j];
           out.scalar(ii, j, s);
         }
     }
@@ -234,24 +254,33 @@ inline void atb_block(const T* G, Index ldg, const T* A, Index lda, Index i0, In
   using Pk = typename Simd<T>::Packet;
   constexpr Index W = Simd<T>::width;
   Pk acc[P][J];
-  for (int p = 0; p < P; ++p)
+  PEMOE_UNROLL
+  for (int p = 0; p < P; ++p) {
+    PEMOE_UNROLL
     for (int c = 0; c < J; ++c)
       acc[p][c] = first ? ei::pset1<Pk>(T(0)) : ei::ploadu<Pk>(S + (p0 + p) * lds + j0 + c * W);
+  }
   for (Index i = i0; i < i1; ++i) {
     Pk a[J];
+    PEMOE_UNROLL
     for (int c = 0; c < J; ++c) a[c] = ei::ploadu<Pk>(A + i * lda + j0 + c * W);
+    PEMOE_UNROLL
     for (int p = 0; p < P; ++p) {
       const Pk g = ei::pset1<Pk>(G[i * ldg + p0 + p]);
+      PEMOE_UNROLL
       for (int c = 0; c < J; ++c) acc[p][c] = ei::pmadd(g, a[c], acc[p][c]);
     }
   }
-  for (int p = 0; p < P; ++p)
+  PEMOE_UNROLL
+  for (int p = 0; p < P; ++p) {
+    PEMOE_UNROLL
     for (int c = 0; c < J; ++c) {
       if (last)
         out.packet(p0 + p, j0 + c * W, acc[p][c]);
       else
         ei::pstoreu(S + (p0 + p) * lds + j0 + c * W, acc[p][c]);
     }
+  }
 }
 
 /// `out(p, j, Σ_i G(i, p)·A(i, j))` for p < q, j < n.   G: (m, q) stride ldg, A: (m, n) stride lda
@@ -291,8 +320,8 @@ void skinny_atb(const T* G, Index ldg, const T* A, Index lda, Index m, Index q, 
             atb_block<1, 1>(G, ldg, A, lda, is, i1, p, j, S, n, first, last, out);
         for (; j < j_end; ++j)
           for (Index p = p0; p < p0 + pb; ++p) {
-            T s = first ? T(0) : S[p * n + j];
-            for (Index i = is; i < i1; ++i) s += G[i * ldg + p] * A[i * lda + j];
+            T s = first ? T(0) : S[p * n + j];  // every row, as for the last columns of skinny_ab
+            for (Index i = i0; i < i1; ++i) s += G[i * ldg + p] * A[i * lda + j];
             if (last)
               out.scalar(p, j, s);
             else
