@@ -97,6 +97,22 @@ testing::GradcheckResult check_external_router(ParamStore<double>& s, Layer& l, 
       opt);
 }
 
+// Runs layers a and b forward and backward on the same x and dy (d_out outputs); checks that y and dx agree
+// within tol.
+template <class A, class B>
+void check_same_outputs(A& a, B& b, const Matrix<double>& x, const Matrix<double>& dy, double tol) {
+  const Index n = x.rows(), d_in = x.cols(), d_out = dy.cols();
+  Matrix<double> y1(n, d_out), y2(n, d_out), dx1(n, d_in), dx2(n, d_in);
+  typename A::Cache c1;
+  typename B::Cache c2;
+  a.forward(x, y1, c1);
+  b.forward(x, y2, c2);
+  CHECK(testing::max_abs_diff(y1, y2) < tol);
+  a.backward(x, c1, dy, dx1);
+  b.backward(x, c2, dy, dx2);
+  CHECK(testing::max_abs_diff(dx1, dx2) < tol);
+}
+
 }  // namespace
 
 TEST_CASE("MoLoRA: names, stacked shapes, for-ai and MoLA presets") {
@@ -195,17 +211,7 @@ TEST_CASE("MoLoRA with E = 1 equals LoRA with the same A and B") {
   l.base().bias() = m.base().bias();
   l.lora_A() = m.experts().A_cat();
   l.lora_B() = m.experts().B(0);
-  auto x = testing::random_matrix(5, 6, 7);
-  auto dy = testing::random_matrix(5, 4, 8);
-  Matrix<double> y1(5, 4), y2(5, 4), dx1(5, 6), dx2(5, 6);
-  MoLoRA<double>::Cache c1;
-  LoRA<double>::Cache c2;
-  m.forward(x, y1, c1);
-  l.forward(x, y2, c2);
-  CHECK(testing::max_abs_diff(y1, y2) < 1e-13);
-  m.backward(x, c1, dy, dx1);
-  l.backward(x, c2, dy, dx2);
-  CHECK(testing::max_abs_diff(dx1, dx2) < 1e-13);
+  check_same_outputs(m, l, testing::random_matrix(5, 6, 7), testing::random_matrix(5, 4, 8), 1e-13);
   CHECK(testing::max_abs_diff(MatrixMap<double>(s1.grad(m.experts().A_id()), 3, 6),
                               MatrixMap<double>(s2.grad(l.lora_A_id()), 3, 6)) < 1e-13);
   CHECK(testing::max_abs_diff(MatrixMap<double>(s1.grad(m.experts().B_id()), 4, 3),
@@ -233,17 +239,8 @@ TEST_CASE("SparseLoRAExperts with k = E (topk_renorm) equals soft MoLoRA, forwar
       so.register_params(s2, "fc", rng);
       testing::randomize_params(s1, 9);
       s2.values() = s1.values();
-      auto x = testing::random_matrix(z.n, z.d_in, 1);
-      auto dy = testing::random_matrix(z.n, z.d_out, 2);
-      Matrix<double> y1(z.n, z.d_out), y2(z.n, z.d_out), dx1(z.n, z.d_in), dx2(z.n, z.d_in);
-      SparseLoRAExperts<double>::Cache c1;
-      MoLoRA<double>::Cache c2;
-      sp.forward(x, y1, c1);
-      so.forward(x, y2, c2);
-      CHECK(testing::max_abs_diff(y1, y2) < 1e-12);
-      sp.backward(x, c1, dy, dx1);
-      so.backward(x, c2, dy, dx2);
-      CHECK(testing::max_abs_diff(dx1, dx2) < 1e-12);
+      check_same_outputs(sp, so, testing::random_matrix(z.n, z.d_in, 1),
+                         testing::random_matrix(z.n, z.d_out, 2), 1e-12);
       REQUIRE(s1.grads().size() == s2.grads().size());
       for (std::size_t i = 0; i < s1.grads().size(); ++i)
         CHECK(s1.grads()[i] == Approx(s2.grads()[i]).margin(1e-12));
