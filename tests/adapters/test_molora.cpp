@@ -484,8 +484,8 @@ TEST_CASE("SparseLoRAExperts: token blocks over threads give the same result as 
 }
 
 TEMPLATE_TEST_CASE(
-    "Selected-row kernels equal the naive sums; a tile of 4 tokens gives each token's own bits", "", float,
-    double) {
+    "Selected-row kernels equal the naive sums; tiles of 1 to 4 tokens give each token its own bits", "",
+    float, double) {
   // n: below a packet, a packet and a tail, several 4-packet steps and a tail; count: below, at and above a
   // register block of rows (2 or 4); distinct rows in a scattered order, as a token's selected set has.
   const Index kRows = 19;
@@ -521,6 +521,30 @@ TEMPLATE_TEST_CASE(
       detail::add_selected_rows<4, TestType>(R.data(), ld, row.data(), count, c.data(), count, n, yp);
       detail::dot_and_accumulate_selected_rows<4, TestType>(
           vp, n, R.data(), ld, row.data(), count, dots4.data(), count, g4.data(), ld, c.data(), count);
+      {  // the same work as tiles of 3 and 1 tokens, and of 2 and 2
+        Matrix<TestType> y31 = Y0, y22 = Y0, d31 = Matrix<TestType>::Zero(4, count), d22 = d31;
+        Matrix<TestType> g31 = Matrix<TestType>::Zero(kRows, ld), g22 = g31;
+        TestType* y31p[4] = {&y31(0, 0), &y31(1, 0), &y31(2, 0), &y31(3, 0)};
+        TestType* y22p[4] = {&y22(0, 0), &y22(1, 0), &y22(2, 0), &y22(3, 0)};
+        detail::add_selected_rows<3, TestType>(R.data(), ld, row.data(), count, c.data(), count, n, y31p);
+        detail::add_selected_rows<1, TestType>(R.data(), ld, row.data(), count, &c(3, 0), count, n, y31p + 3);
+        detail::add_selected_rows<2, TestType>(R.data(), ld, row.data(), count, c.data(), count, n, y22p);
+        detail::add_selected_rows<2, TestType>(R.data(), ld, row.data(), count, &c(2, 0), count, n, y22p + 2);
+        detail::dot_and_accumulate_selected_rows<3, TestType>(
+            vp, n, R.data(), ld, row.data(), count, d31.data(), count, g31.data(), ld, c.data(), count);
+        detail::dot_and_accumulate_selected_rows<1, TestType>(
+            vp + 3, n, R.data(), ld, row.data(), count, &d31(3, 0), count, g31.data(), ld, &c(3, 0), count);
+        detail::dot_and_accumulate_selected_rows<2, TestType>(
+            vp, n, R.data(), ld, row.data(), count, d22.data(), count, g22.data(), ld, c.data(), count);
+        detail::dot_and_accumulate_selected_rows<2, TestType>(
+            vp + 2, n, R.data(), ld, row.data(), count, &d22(2, 0), count, g22.data(), ld, &c(2, 0), count);
+        CHECK(y31 == y4);
+        CHECK(y22 == y4);
+        CHECK(d31 == dots4);
+        CHECK(d22 == dots4);
+        CHECK(g31 == g4);
+        CHECK(g22 == g4);
+      }
       for (int t = 0; t < 4; ++t) {  // the same work one token at a time
         TestType* y = &y1(t, 0);
         const TestType* v = &V(t, 0);

@@ -98,7 +98,8 @@ class SparseLoRAExperts : public detail::RoutedLoraLayer<SparseLoRAExperts<T>, T
   }
 
   // Calls f(tile size as std::integral_constant, tokens) for the tiles of block [t0, t1) of c.order: runs of
-  // one selected set, kTile tokens at a time, the rest of a run one by one.
+  // one selected set, kTile tokens at a time, the rest of a run as one smaller tile (GPT-2 at B·T = 256 on
+  // two threads leaves about 4.6 tokens per set of top-2 of 8).
   template <class F>
   static void for_each_tile(const Cache& c, Index t0, Index t1, F&& f) {
     const Index k = c.experts.cols();
@@ -111,7 +112,10 @@ class SparseLoRAExperts : public detail::RoutedLoraLayer<SparseLoRAExperts<T>, T
       while (j < t1 && same(tok[i], tok[j])) ++j;
       Index q = i;
       for (; q + kTile <= j; q += kTile) f(std::integral_constant<int, kTile>{}, tok + q);
-      for (; q < j; ++q) f(std::integral_constant<int, 1>{}, tok + q);
+      static_assert(kTile == 4, "the rest of a run below is a tile of 3, 2 or 1 tokens");
+      if (j - q == 3) f(std::integral_constant<int, 3>{}, tok + q);
+      if (j - q == 2) f(std::integral_constant<int, 2>{}, tok + q);
+      if (j - q == 1) f(std::integral_constant<int, 1>{}, tok + q);
       i = j;
     }
   }
