@@ -3,6 +3,7 @@
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <functional>
+#include <limits>
 #include <string>
 #include <vector>
 #ifdef _OPENMP
@@ -568,5 +569,12 @@ TEMPLATE_TEST_CASE(
                                                             0, only_g.data(), ld, c.data(), count);
       CHECK(only_dots == dots4);
       CHECK(only_g == g4);
+
+      // write-only form: y's old contents (NaN here) are never read, y = c·R_sel
+      Matrix<TestType> y_write = Matrix<TestType>::Constant(4, n, std::numeric_limits<TestType>::quiet_NaN());
+      TestType* ywp[4] = {&y_write(0, 0), &y_write(1, 0), &y_write(2, 0), &y_write(3, 0)};
+      detail::add_selected_rows<4, TestType, false>(R.data(), ld, row.data(), count, c.data(), count, n, ywp);
+      CHECK(y_write.allFinite());
+      CHECK(testing::max_abs_diff(y_write, Matrix<TestType>(c * R_sel)) < tol);
     }
 }

@@ -94,8 +94,10 @@ class LoRA {
                       " features, layer expects ", m_base.config().d_in);
     check_shape(site(), "y", y, x.rows(), m_base.config().d_out);
     check_no_alias(site(), x, y);
-    m_base.forward(x, y, cache.base);
-    if (m_merged) return;
+    if (m_merged) {
+      m_base.forward(x, y, cache.base);
+      return;
+    }
     const Index n = x.rows();
     cache.h.resize(n, m_config.r);
     if (m_dropout.active()) {
@@ -106,7 +108,10 @@ class LoRA {
       cache.x_dropped.resize(0, 0);
       gemm<T>(Op::N, Op::T, T(1), x, lora_A(), T(0), cache.h);
     }
-    gemm<T>(Op::N, Op::T, scaling(), cache.h, lora_B(), T(1), y);
+    // y = s·h·Bᵀ, then the base product adds x·Wᵀ + b in its epilogue: y is written once and read once
+    // (inside the base GEMM), where base-then-adapter would read and write it again
+    gemm<T>(Op::N, Op::T, scaling(), cache.h, lora_B(), T(0), y);
+    m_base.forward(x, y, cache.base, Output::add);
   }
 
   /// dB += s·dyᵀ·h, dA += (s·dy·B)ᵀ·dropout(x); dx = dy·W + dropoutᵀ((s·dy·B)·A).
@@ -119,27 +124,24 @@ class LoRA {
     check_shape(site(), "dy", dy, n, m_base.config().d_out);
     if (dx) check_shape(site(), "dx", *dx, n, m_base.config().d_in);
     check_shape(site(), "cache.h (did forward run on this x?)", cache.h, n, m_config.r);
-    m_base.backward(x, cache.base, dy, dx);
     if (m_store->trainable(m_b))
       gemm<T>(Op::T, Op::N, scaling(), dy, cache.h, T(1), m_store->grad_matrix(m_b));
     const bool need_dh = m_store->trainable(m_a) || dx.has_value();
-    if (!need_dh) return;
+    if (!need_dh) {
+      m_base.backward(x, cache.base, dy, dx);
+      return;
+    }
     Matrix<T> dh(n, m_config.r);  // (N, r) = s·dy·B
     gemm<T>(Op::N, Op::N, scaling(), dy, lora_B(), T(0), dh);
     const bool dropped = cache.x_dropped.size() != 0;
     if (m_store->trainable(m_a))
       gemm<T>(Op::T, Op::N, T(1), dh, dropped ? ConstMatrixRef<T>(cache.x_dropped) : x, T(1),
               m_store->grad_matrix(m_a));
-    if (dx) {
-      if (!dropped) {
-        gemm<T>(Op::N, Op::N, T(1), dh, lora_A(), T(1), *dx);
-      } else {
-        Matrix<T> dxd(n, x.cols());
-        gemm<T>(Op::N, Op::N, T(1), dh, lora_A(), T(0), dxd);
-        m_dropout.apply_mask_rows(cache.dropout, 0, dxd);
-        *dx += dxd;
-      }
+    if (dx) {  // dx = dropoutᵀ(dh·A), then the base product adds dy·W in its epilogue (as in forward)
+      gemm<T>(Op::N, Op::N, T(1), dh, lora_A(), T(0), *dx);
+      if (dropped) m_dropout.apply_mask_rows(cache.dropout, 0, *dx);
     }
+    m_base.backward(x, cache.base, dy, dx, InputGrad::add);
   }
 
   void set_training(bool on) { m_dropout.set_training(on); }

@@ -56,7 +56,6 @@ class MoLoRA : public detail::RoutedLoraLayer<MoLoRA<T>, T, MoLoRACache<T>> {
     const Index n = x.rows(), d_in = m_base.config().d_in, er = m_config.n_experts * m_config.r;
     PEMOE_CHECK_SHAPE(x.cols() == d_in, site(), ": x has ", x.cols(), " features, layer expects ", d_in);
     PEMOE_CHECK_SHAPE(u.rows() == n, site(), ": router input has ", u.rows(), " rows, x has ", n);
-    m_base.forward(x, y, c.base);
     c.gates.resize(n, m_config.n_experts);
     m_router.forward(u, c.gates, c.router);
     c.h.resize(n, er);
@@ -70,7 +69,10 @@ class MoLoRA : public detail::RoutedLoraLayer<MoLoRA<T>, T, MoLoRACache<T>> {
     }
     apply_gates(c.h, c.gates, c.hg);
     m_bank.build_B_cat(c.b_cat);
-    gemm<T>(Op::N, Op::T, scaling(), c.hg, c.b_cat, T(1), y);
+    // y = s·H_g·B_catᵀ, then the base product adds x·Wᵀ + b in its epilogue (one pass over y fewer than
+    // adding the experts' term to the base output)
+    gemm<T>(Op::N, Op::T, scaling(), c.hg, c.b_cat, T(0), y);
+    m_base.forward(x, y, c.base, Output::add);
   }
 
   // hg = h with column block e (r wide) scaled by gates(:, e).
@@ -85,7 +87,6 @@ class MoLoRA : public detail::RoutedLoraLayer<MoLoRA<T>, T, MoLoRACache<T>> {
                     GradOut<T> dx, GradOut<T> du) {
     const Index n = x.rows(), e = m_config.n_experts, r = m_config.r;
     check_shape(site(), "cache.h (did forward run on this x?)", c.h, n, e * r);
-    m_base.backward(x, c.base, dy, dx);
     if (m_bank.b_trainable()) {
       Matrix<T> db_cat(c.b_cat.rows(), e * r);  // (d_out, E·r) = s·dyᵀ·H_g
       gemm<T>(Op::T, Op::N, scaling(), dy, c.hg, T(0), db_cat);
@@ -102,16 +103,11 @@ class MoLoRA : public detail::RoutedLoraLayer<MoLoRA<T>, T, MoLoRACache<T>> {
     const bool dropped = c.x_dropped.size() != 0;
     if (m_bank.a_trainable())
       gemm<T>(Op::T, Op::N, T(1), dhg, dropped ? ConstMatrixRef<T>(c.x_dropped) : x, T(1), m_bank.dA_cat());
-    if (dx) {
-      if (!dropped) {
-        gemm<T>(Op::N, Op::N, T(1), dhg, m_bank.A_cat(), T(1), *dx);
-      } else {
-        Matrix<T> dxd(n, x.cols());
-        gemm<T>(Op::N, Op::N, T(1), dhg, m_bank.A_cat(), T(0), dxd);
-        m_dropout.apply_mask_rows(c.dropout, 0, dxd);
-        *dx += dxd;
-      }
+    if (dx) {  // dx = dropoutᵀ(dL/dH·A_cat), then the base product adds dy·W in its epilogue
+      gemm<T>(Op::N, Op::N, T(1), dhg, m_bank.A_cat(), T(0), *dx);
+      if (dropped) m_dropout.apply_mask_rows(c.dropout, 0, *dx);
     }
+    m_base.backward(x, c.base, dy, dx, InputGrad::add);
     if (m_config.router_input == RouterInput::layer_input)
       m_router.backward(u, c.router, dgates, dx, InputGrad::add);
     else

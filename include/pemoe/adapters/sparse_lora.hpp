@@ -143,7 +143,6 @@ class SparseLoRAExperts : public detail::RoutedLoraLayer<SparseLoRAExperts<T>, T
     const Index ne = m_config.n_experts;
     PEMOE_CHECK_SHAPE(x.cols() == d_in, site(), ": x has ", x.cols(), " features, layer expects ", d_in);
     PEMOE_CHECK_SHAPE(u.rows() == n, site(), ": router input has ", u.rows(), " rows, x has ", n);
-    m_base.forward(x, y, c.base);
     c.gates.resize(n, ne);
     m_router.forward(u, c.gates, c.router);
     if (m_dropout.active()) {
@@ -179,10 +178,13 @@ class SparseLoRAExperts : public detail::RoutedLoraLayer<SparseLoRAExperts<T>, T
         detail::dot_and_accumulate_selected_rows<tt, T>(xp, d_in, c.a_rows.data(), lda, rows.data(), kr,
                                                         h.data(), kr, nullptr, 0, nullptr, 0);
         for (int i = 0; i < tt; ++i) c.h.row(tok[i]) = h.row(i);
-        mixing_weights(c, tok, tt, coef);  // y += (s·g·H) · B_rows
-        detail::add_selected_rows<tt, T>(c.b_rows.data(), ldb, rows.data(), kr, coef.data(), kr, d_out, yp);
+        mixing_weights(c, tok, tt, coef);  // y = (s·g·H) · B_rows
+        detail::add_selected_rows<tt, T, false>(c.b_rows.data(), ldb, rows.data(), kr, coef.data(), kr, d_out,
+                                                yp);
       });
     });
+    // the base product adds x·Wᵀ + b in its epilogue: y is written once by the tiles and read once by it
+    m_base.forward(x, y, c.base, Output::add);
   }
 
   void run_backward(ConstMatrixRef<T> x, ConstMatrixRef<T> u, const Cache& c, ConstMatrixRef<T> dy,
@@ -193,7 +195,6 @@ class SparseLoRAExperts : public detail::RoutedLoraLayer<SparseLoRAExperts<T>, T
         c.gates.rows() == n && c.h.rows() == n && c.experts.rows() == n &&
             static_cast<Index>(c.order.size()) == n && c.a_rows.rows() == ne * r && c.b_rows.rows() == ne * r,
         site(), ": the cache holds ", c.gates.rows(), " tokens, x has ", n, " (did forward run on this x?)");
-    m_base.backward(x, c.base, dy, dx);
     const bool dropped = c.x_dropped.size() != 0;
     const ConstMatrixRef<T> xs = dropped ? ConstMatrixRef<T>(c.x_dropped) : x;
     const T s = scaling();
@@ -210,7 +211,7 @@ class SparseLoRAExperts : public detail::RoutedLoraLayer<SparseLoRAExperts<T>, T
     detail::parallel_rows(n, blocks, [&](int b, Index t0, Index t1) {
       const auto bi = static_cast<std::size_t>(b);
       std::vector<Index> rows(static_cast<std::size_t>(kr));
-      Matrix<T> coef(kTile, kr), dh(kTile, kr), dxe(dx && dropped ? kTile : 0, d_in);
+      Matrix<T> coef(kTile, kr), dh(kTile, kr);
       T* dbt = tb ? m_dbt[bi].data() : nullptr;
       T* da = ta ? m_da[bi].data() : nullptr;
       for_each_tile(c, t0, t1, [&](auto tile, const Index* tok) {
@@ -242,18 +243,16 @@ class SparseLoRAExperts : public detail::RoutedLoraLayer<SparseLoRAExperts<T>, T
           detail::dot_and_accumulate_selected_rows<tt, T>(xp, d_in, c.a_rows.data(), lda, rows.data(), kr,
                                                           nullptr, 0, da, lda, dh.data(), kr);
         if (!dx) return;
-        T* dxp[tt];  // dx += dL/dH · A_rows (through the dropout mask)
-        for (int i = 0; i < tt; ++i) dxp[i] = dropped ? &dxe(i, 0) : dx->data() + tok[i] * dx->outerStride();
-        if (dropped) dxe.setZero();
-        detail::add_selected_rows<tt, T>(c.a_rows.data(), lda, rows.data(), kr, dh.data(), kr, d_in, dxp);
+        T* dxp[tt];  // dx = dL/dH · A_rows (through the dropout mask); the base adds dy·W below
+        for (int i = 0; i < tt; ++i) dxp[i] = dx->data() + tok[i] * dx->outerStride();
+        detail::add_selected_rows<tt, T, false>(c.a_rows.data(), lda, rows.data(), kr, dh.data(), kr, d_in,
+                                                dxp);
         if (dropped)
-          for (int i = 0; i < tt; ++i) {
-            auto row = dxe.middleRows(i, 1);
-            m_dropout.apply_mask_rows(c.dropout, tok[i], row);
-            dx->row(tok[i]) += row;
-          }
+          for (int i = 0; i < tt; ++i)
+            m_dropout.apply_mask_rows(c.dropout, tok[i], dx->middleRows(tok[i], 1));
       });
     });
+    m_base.backward(x, c.base, dy, dx, InputGrad::add);
     for (const auto& g : m_da) m_bank.dA_cat() += g.leftCols(d_in);
     if (tb) {
       auto dB = m_bank.dB_stack();  // (E·d_out, r): dB_e(o, ρ) += Σ_blocks dB_catᵀ(e·r + ρ, o)

@@ -68,6 +68,14 @@ enum class InputGrad {
   add,    ///< dx += ...  (the caller's dx already holds another path's gradient)
 };
 
+/// Whether a forward writes its output (the contract's default) or adds into it (explicit; a frozen `Linear`
+/// under an adapter adds the base product onto the adapter's term inside its GEMM's epilogue, which saves the
+/// pass over y that `y += adapter` would make).
+enum class Output {
+  write,  ///< y = ...
+  add,    ///< y += ...
+};
+
 namespace detail {
 
 /// Which unkept activation a scratch buffer holds (`unkept_activation`).

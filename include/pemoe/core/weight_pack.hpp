@@ -66,8 +66,9 @@ template <class T>
 class WeightPack {
  public:
   virtual ~WeightPack() = default;
-  /// y = x·Wᵀ (+ b when `bias` points at d_out values, added in the product's epilogue); overwrites y.
-  virtual void forward(ConstMatrixRef<T> x, MatrixRef<T> y, const T* bias = nullptr) const = 0;
+  /// y = x·Wᵀ (+ b when `bias` points at d_out values) + beta·y, the bias and beta·y added in the product's
+  /// epilogue (beta = 0 overwrites y).
+  virtual void forward(ConstMatrixRef<T> x, MatrixRef<T> y, const T* bias = nullptr, T beta = T(0)) const = 0;
   /// dx = dy·W + beta·dx.
   virtual void backward_input(ConstMatrixRef<T> dy, MatrixRef<T> dx, T beta) const = 0;
   /// The unpacked weight (d_out, d_in) (exact in f32; the bf16-rounded weight in bf16).
@@ -127,8 +128,9 @@ std::shared_ptr<const WeightPack<T>> make_weight_pack(ConstMatrixRef<T> W, PackD
           : packed(w, bf16, 256,
                    l == PackLayout::single ? dnnl_backend::PackedWeight::Layout::single
                                            : dnnl_backend::PackedWeight::Layout::blocked) {}
-      void forward(ConstMatrixRef<float> x, MatrixRef<float> y, const float* bias) const override {
-        packed.forward(x, y, bias);
+      void forward(ConstMatrixRef<float> x, MatrixRef<float> y, const float* bias,
+                   float beta) const override {
+        packed.forward(x, y, bias, beta);
       }
       void backward_input(ConstMatrixRef<float> dy, MatrixRef<float> dx, float beta) const override {
         packed.backward_input(dy, dx, beta);

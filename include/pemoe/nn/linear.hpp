@@ -74,26 +74,28 @@ class Linear {
     if (m_config.bias) m_bias = store.id(prefix + ".bias");
   }
 
-  /// y = x·Wᵀ + b.   x: (N, d_in) -> y: (N, d_out)
-  void forward(ConstMatrixRef<T> x, MatrixRef<T> y, Cache& /*cache*/) {
+  /// y = x·Wᵀ + b, or y += x·Wᵀ + b with `Output::add` (the product accumulates into y in its epilogue).
+  /// x: (N, d_in) -> y: (N, d_out)
+  void forward(ConstMatrixRef<T> x, MatrixRef<T> y, Cache& /*cache*/, Output mode = Output::write) {
     check_bound();
     PEMOE_CHECK_SHAPE(x.cols() == m_config.d_in, site(), ": x has ", x.cols(), " features, layer expects ",
                       m_config.d_in);
     check_shape(site(), "y", y, x.rows(), m_config.d_out);
     check_no_alias(site(), x, y);
+    const T beta = mode == Output::add ? T(1) : T(0);
     if (m_pack) {  // the bias is added in the packed product's epilogue (no second pass over y)
       check_pack();
-      m_pack->forward(x, y, m_config.bias ? bias().data() : nullptr);
+      m_pack->forward(x, y, m_config.bias ? bias().data() : nullptr, beta);
       return;
     }
-    product(x, y);
+    product(x, y, beta);
     if (m_config.bias) y.rowwise() += bias().row(0);
   }
 
-  /// dW += dyᵀ·x, db += Σ_rows dy (when trainable); dx = dy·W.
+  /// dW += dyᵀ·x, db += Σ_rows dy (when trainable); dx = dy·W, or dx += dy·W with `InputGrad::add`.
   /// x: (N, d_in), dy: (N, d_out) -> dx: (N, d_in)
   void backward(ConstMatrixRef<T> x, const Cache& /*cache*/, ConstMatrixRef<T> dy,
-                GradOut<T> dx = std::nullopt) {
+                GradOut<T> dx = std::nullopt, InputGrad mode = InputGrad::write) {
     check_bound();
     check_shape(site(), "x", x, -1, m_config.d_in);
     check_shape(site(), "dy", dy, x.rows(), m_config.d_out);
@@ -104,7 +106,7 @@ class Linear {
     if (m_config.bias && m_store->trainable(m_bias)) m_store->grad_matrix(m_bias) += dy.colwise().sum();
     if (dx) {
       check_shape(site(), "dx", *dx, x.rows(), m_config.d_in);
-      input_grad(dy, *dx);
+      input_grad(dy, *dx, mode == InputGrad::add ? T(1) : T(0));
     }
   }
 
@@ -140,14 +142,14 @@ class Linear {
                        ": only a frozen weight can be packed (its values must not change); freeze it first");
     m_pack = make_weight_pack<T>(weight(), dtype, layout);
   }
-  /// y = x·Wᵀ without the bias, on the pack when there is one (adapters that scale the base output while it
-  /// is in cache call this on panels).   x (N, d_in) -> y (N, d_out)
-  void product(ConstMatrixRef<T> x, MatrixRef<T> y) const {
+  /// y = x·Wᵀ + beta·y without the bias, on the pack when there is one (adapters that scale the base output
+  /// while it is in cache call this on panels).   x (N, d_in) -> y (N, d_out)
+  void product(ConstMatrixRef<T> x, MatrixRef<T> y, T beta = T(0)) const {
     if (m_pack) {
       check_pack();
-      m_pack->forward(x, y);
+      m_pack->forward(x, y, nullptr, beta);
     } else {
-      gemm<T>(Op::N, Op::T, T(1), x, weight(), T(0), y);
+      gemm<T>(Op::N, Op::T, T(1), x, weight(), beta, y);
     }
   }
   /// dx = dy·W + beta·dx, on the pack when there is one.   dy (N, d_out) -> dx (N, d_in)

@@ -37,10 +37,11 @@ Index selected_rows_ld(Index d) {
 
 /**
  * @brief For TT tokens t: y_t[0, n) += Σ_{p < count} c[t·ldc + p] · R[row[p]][0, n) (R row-major, leading
- * dimension ldr). TT × U packets of the outputs stay in registers while the count rows stream past once per
- * tile; each output element adds the rows in the order p = 0, 1, …
+ * dimension ldr); with kAdd = false, y_t = Σ … (y is only written). TT × U packets of the outputs stay in
+ * registers while the count rows stream past once per tile; each output element adds the rows in the order
+ * p = 0, 1, …
  */
-template <int TT, class T>
+template <int TT, class T, bool kAdd = true>
 void add_selected_rows(const T* R, Index ldr, const Index* row, Index count, const T* c, Index ldc, Index n,
                        T* const* y) {
   namespace ei = Eigen::internal;
@@ -53,7 +54,7 @@ void add_selected_rows(const T* R, Index ldr, const Index* row, Index count, con
     PEMOE_UNROLL
     for (int t = 0; t < TT; ++t) {
       PEMOE_UNROLL
-      for (int u = 0; u < U; ++u) acc[t][u] = ei::ploadu<P>(y[t] + o + u * w);
+      for (int u = 0; u < U; ++u) acc[t][u] = kAdd ? ei::ploadu<P>(y[t] + o + u * w) : ei::pset1<P>(T(0));
     }
     for (Index p = 0; p < count; ++p) {
       const T* r = R + row[p] * ldr + o;
@@ -76,7 +77,7 @@ void add_selected_rows(const T* R, Index ldr, const Index* row, Index count, con
   for (; o + w <= n; o += w) {
     P acc[TT];
     PEMOE_UNROLL
-    for (int t = 0; t < TT; ++t) acc[t] = ei::ploadu<P>(y[t] + o);
+    for (int t = 0; t < TT; ++t) acc[t] = kAdd ? ei::ploadu<P>(y[t] + o) : ei::pset1<P>(T(0));
     for (Index p = 0; p < count; ++p) {
       const P rv = ei::ploadu<P>(R + row[p] * ldr + o);
       PEMOE_UNROLL
@@ -88,7 +89,7 @@ void add_selected_rows(const T* R, Index ldr, const Index* row, Index count, con
   for (; o < n; ++o) {
     PEMOE_UNROLL
     for (int t = 0; t < TT; ++t) {
-      T a = y[t][o];
+      T a = kAdd ? y[t][o] : T(0);
       for (Index p = 0; p < count; ++p) a += c[t * ldc + p] * R[row[p] * ldr + o];
       y[t][o] = a;
     }

@@ -74,10 +74,11 @@ class PackedWeight {
   /// columns gained nothing.
   static constexpr Index kSingleBackwardDepth = 768;
 
-  /// y = x·Wᵀ (+ b, added by the product's epilogue while the tile is in registers, when `bias` is given:
-  /// d_out values).   x (N, d_in) -> y (N, d_out)
-  void forward(ConstMatrixRef<float> x, MatrixRef<float> y, const float* bias = nullptr) const {
-    run(m_fwd, x, y, 0.0f, bias);
+  /// y = x·Wᵀ (+ b when `bias` is given: d_out values) + beta·y, the bias and beta·y added by the product's
+  /// epilogue while the tile is in registers.   x (N, d_in) -> y (N, d_out)
+  void forward(ConstMatrixRef<float> x, MatrixRef<float> y, const float* bias = nullptr,
+               float beta = 0.0f) const {
+    run(m_fwd, x, y, beta, bias);
   }
   /// dx = dy·W + beta·dx.   dy (N, d_out) -> dx (N, d_in)
   void backward_input(ConstMatrixRef<float> dy, MatrixRef<float> dx, float beta) const {
