@@ -13,6 +13,11 @@
 // gelu(x Wi0) with its router on it (MlpBlock.intermediate_conv): the same FLOPs to within the router's.
 // Counters: tokens/s (source + target tokens, as the peer's tok_s), trainable parameters, peak RSS, and the
 // share of one step's time per kind of work (`t_<bucket>`, core/profile.hpp).
+//
+// Variants (the name's last part): `eigen`, `dnnl` (oneDNN matmul primitives), and for config c
+// `dnnl_packed_f32` (the frozen backbone and the head packed once, T5::pack_frozen) and `dnnl_packed_bf16`
+// (a bf16-only frozen backbone, bf16 operands with f32 accumulation; only on CPUs with bf16 units; the
+// peer's bf16 figure: hf_t5_bench.py --bf16).
 #include <memory>
 #include <string>
 #include <vector>
@@ -46,7 +51,8 @@ T5Config small_t5() {
   return c;
 }
 
-void BM_T5Train(benchmark::State& state, bool full, GemmBackend backend) {
+// pack: 0 none, 1 the frozen backbone packed in f32, 2 a bf16-only frozen backbone (T5::pack_frozen).
+void BM_T5Train(benchmark::State& state, bool full, GemmBackend backend, int pack) {
   set_gemm_backend(backend);
   const T5Config cfg = small_t5();
   auto model = std::make_unique<T5<float>>(cfg);
@@ -54,6 +60,7 @@ void BM_T5Train(benchmark::State& state, bool full, GemmBackend backend) {
   ParamStore<float> store;
   Rng rng(0);
   model->register_params(store, rng);
+  if (pack) model->pack_frozen(pack == 1 ? PackDtype::f32 : PackDtype::bf16, pack == 2);
   model->set_training(true);
   std::vector<std::int64_t> src(std::size_t(kB * kS)), labels(std::size_t(kB * kT));
   std::vector<std::int64_t> src_mask(src.size(), 1);
@@ -87,15 +94,19 @@ const int registered = [] {
     const char* name;
     bool full;
     GemmBackend backend;
+    int pack;
   };
-  const Variant variants[] = {{"config_c_frozen_mov/eigen", false, GemmBackend::eigen},
-                              {"config_c_frozen_mov/dnnl", false, GemmBackend::dnnl},
-                              {"config_a_full/eigen", true, GemmBackend::eigen},
-                              {"config_a_full/dnnl", true, GemmBackend::dnnl}};
+  const Variant variants[] = {{"config_c_frozen_mov/eigen", false, GemmBackend::eigen, 0},
+                              {"config_c_frozen_mov/dnnl", false, GemmBackend::dnnl, 0},
+                              {"config_c_frozen_mov/dnnl_packed_f32", false, GemmBackend::dnnl, 1},
+                              {"config_c_frozen_mov/dnnl_packed_bf16", false, GemmBackend::dnnl, 2},
+                              {"config_a_full/eigen", true, GemmBackend::eigen, 0},
+                              {"config_a_full/dnnl", true, GemmBackend::dnnl, 0}};
   for (const Variant& v : variants) {
     if (v.backend == GemmBackend::dnnl && !have_dnnl()) continue;
+    if (v.pack && !weight_pack_available<float>(v.pack == 1 ? PackDtype::f32 : PackDtype::bf16)) continue;
     benchmark::RegisterBenchmark((std::string("BM_T5Train/") + v.name).c_str(),
-                                 [v](benchmark::State& st) { BM_T5Train(st, v.full, v.backend); })
+                                 [v](benchmark::State& st) { BM_T5Train(st, v.full, v.backend, v.pack); })
         ->Unit(benchmark::kMillisecond)
         ->Iterations(8);
   }

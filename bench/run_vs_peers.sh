@@ -36,11 +36,13 @@ for t in $THREADS; do
         python3 "$PEERS/hf_gpt2_bench.py" --mode train --config d --bf16 --threads "$t" > "$OUT/gpt2_torch_d_bf16_t$t.json"
         python3 "$PEERS/hf_gpt2_bench.py" --mode train --config a --threads "$t" > "$OUT/gpt2_torch_a_t$t.json" ;;
       t5)
-        for v in config_c_frozen_mov/eigen config_c_frozen_mov/dnnl config_a_full/eigen config_a_full/dnnl; do
+        for v in config_c_frozen_mov/eigen config_c_frozen_mov/dnnl config_c_frozen_mov/dnnl_packed_f32 \
+                 config_c_frozen_mov/dnnl_packed_bf16 config_a_full/eigen config_a_full/dnnl; do
           ./build/bench/pemoe_bench_t5 --benchmark_filter="$v/" --benchmark_format=json \
             > "$OUT/t5_pemoe_${v//\//_}_t$t.json" 2>/dev/null || true
         done
         python3 "$PEERS/hf_t5_bench.py" --mode train --config c --threads "$t" > "$OUT/t5_torch_c_t$t.json"
+        python3 "$PEERS/hf_t5_bench.py" --mode train --config c --bf16 --threads "$t" > "$OUT/t5_torch_c_bf16_t$t.json"
         python3 "$PEERS/hf_t5_bench.py" --mode train --config a --threads "$t" > "$OUT/t5_torch_a_t$t.json" ;;
       layers)
         ./build/bench/pemoe_bench_moe_adapters --benchmark_min_time=0.3 --benchmark_format=json \

@@ -89,8 +89,8 @@ for t in sorted({re.search(r"_t(\d+)\.", p).group(1) for p in glob.glob(os.path.
                 {"a": "config a (full FT)", "d": "config d (MoLoRA E8 r8)", "d_bf16": "config d --bf16"},
                 lambda name: "a" if name.startswith("config_a") else ("d_bf16" if "bf16" in name else "d"))
     model_table(out, t, "t5", "BM_T5Train/", f"T5 v1.1-small-shaped training, B8 S64 T16, {t} thread(s)",
-                {"a": "config a (full FT)", "c": "config c (MoV E10)"},
-                lambda name: "a" if name.startswith("config_a") else "c")
+                {"a": "config a (full FT)", "c": "config c (MoV E10)", "c_bf16": "config c --bf16"},
+                lambda name: "a" if name.startswith("config_a") else ("c_bf16" if "bf16" in name else "c"))
     # ---- adapter layers ----
     pem = load_gbench(os.path.join(out, f"layers_pemoe_t{t}.json"))
     if pem:

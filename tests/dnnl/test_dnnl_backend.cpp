@@ -515,7 +515,9 @@ double scaled_error(const float* got, const std::vector<double>& want) {
 
 TEST_CASE("dnnl: GPT-2 with a packed frozen backbone agrees with Hugging Face (f32 1e-4, bf16 2e-2)") {
   // f32 packs, bf16 packs beside the f32 backbone, and the bf16-only backbone (one bf16 copy per weight, the
-  // token lookup reading the head's bf16 table)
+  // token lookup reading the head's bf16 table). The bf16 packs beside the f32 backbone are also held to
+  // PEFT's model with bf16 operands in every frozen product (make_bf16_fixtures.py): what a bf16 pack
+  // computes, up to float32 accumulation and the operands it rounds to a neighbouring bf16 value.
   const std::vector<std::pair<PackDtype, bool>> variants{
       {PackDtype::f32, false}, {PackDtype::bf16, false}, {PackDtype::bf16, true}};
   for (const std::string model : {"tiny", "small"})
@@ -537,29 +539,41 @@ TEST_CASE("dnnl: GPT-2 with a packed frozen backbone agrees with Hugging Face (f
       m->set_batch(b.B, b.T);
       GPT2<float>::Cache c;
       const double loss = m->forward(b.ids, b.labels, c);
-      const double want_loss = exp.to_vector<double>("loss")[0];
-      const double err = scaled_error(c.logits.data(), exp.to_vector<double>("logits"));
-      // bf16 rounds every frozen product's inputs to 8 significant bits (relative 2^-9 each); measured on the
-      // fixtures: logits within 6.4e-3 / 7.0e-3 of the scale (tiny / small), 9.8e-3 / 7.2e-3 with the
-      // bf16-only backbone, whose token embedding is bf16 too; the loss within ≈ 1e-3 relative. The bounds
-      // leave margin.
-      const double tol = d == PackDtype::f32 ? 1e-4 : 3e-2;
-      CHECK(err <= tol);
-      CHECK(std::abs(loss - want_loss) <= tol * std::abs(want_loss));
-      // the adapter's gradients flow through the packed dx products
       s.zero_grad();
-      m->backward(c);
-      Index checked = 0;
-      for (const auto& e : s.entries()) {
-        if (!e.trainable) continue;
-        const auto want = exp.to_vector<double>("grad." + peft_key(e.name));
-        INFO(e.name);
-        const double gerr = scaled_error(s.grad(s.id(e.name)), want);
-        // measured: f32 1.5e-6, bf16 3.6e-2 of the tensor's scale (every input of dx rounded to bf16)
-        CHECK(gerr <= (d == PackDtype::f32 ? 1e-4 : 6e-2));
-        ++checked;
-      }
-      CHECK(checked > 0);
+      m->backward(c);  // the adapter's gradients flow through the packed dx products
+      // against Hugging Face's float64 model: bf16 rounds every frozen product's inputs to 8 significant bits
+      // (relative 2^-9 each); measured on the fixtures: logits within 6.4e-3 / 7.0e-3 of the scale (tiny /
+      // small), 9.8e-3 / 7.2e-3 with the bf16-only backbone, whose token embedding is bf16 too; the loss
+      // within ≈ 1e-3 relative; gradients f32 1.5e-6, bf16 3.6e-2 of the tensor's scale. The bounds leave
+      // margin.
+      auto check_against = [&](const SafetensorsFile& want, double tol, double grad_tol) {
+        const double want_loss = want.to_vector<double>("loss")[0];
+        const double err = scaled_error(c.logits.data(), want.to_vector<double>("logits"));
+        INFO("logits error " << err << ", loss " << loss << " vs " << want_loss);
+        CHECK(err <= tol);
+        CHECK(std::abs(loss - want_loss) <= tol * std::abs(want_loss));
+        Index checked = 0;
+        for (const auto& e : s.entries()) {
+          if (!e.trainable) continue;
+          const double gerr =
+              scaled_error(s.grad(s.id(e.name)), want.to_vector<double>("grad." + peft_key(e.name)));
+          INFO(e.name << " gradient error " << gerr);
+          CHECK(gerr <= grad_tol);
+          ++checked;
+        }
+        CHECK(checked > 0);
+      };
+      if (d == PackDtype::f32)
+        check_against(exp, 1e-4, 1e-4);
+      else
+        check_against(exp, 3e-2, 6e-2);
+      // against the bf16 model itself (the f32 token lookup kept). Measured: logits 2.3e-4 / 1.7e-4,
+      // gradients up to 9.5e-4. What remains is float32 against float64 activations rounding to neighbouring
+      // bf16 values at a few operands: the reference computed with float32 activations differs from the
+      // float64 one by up to 1.9e-3 in the logits (small). The bounds leave room for another CPU's summation
+      // order.
+      if (d == PackDtype::bf16 && !release)
+        check_against(SafetensorsFile::load(kDir + model + "_lora/expected_bf16.safetensors"), 5e-3, 2e-2);
     }
 }
 

@@ -21,6 +21,7 @@
 #include "pemoe/core/profile.hpp"
 #include "pemoe/core/rng.hpp"
 #include "pemoe/core/tensor.hpp"
+#include "pemoe/models/backbone_pack.hpp"
 #include "pemoe/models/linear_site.hpp"
 #include "pemoe/models/target_modules.hpp"
 #include "pemoe/moe/aux_loss.hpp"
@@ -532,12 +533,10 @@ class GPT2 {
   /// Merges every mergeable adapter (LoRA, IA3) into the backbone weights and makes every site a plain
   /// linear again (PEFT `merge_and_unload`); `ConfigError` for MoE adapters. The backbone stays frozen.
   void merge_and_unload() {
-    PEMOE_CHECK_CONFIG(!m_released,
-                       "GPT2: merge_and_unload needs the f32 backbone, which pack_frozen(bf16, "
-                       "release_f32) dropped; load the model again without release_f32");
+    m_pack.require_f32("GPT2", "merge_and_unload");
     for (auto& [name, site] : linear_sites()) site->merge_and_unload();
     m_adapted = false;
-    if (m_pack_dtype) pack_frozen(*m_pack_dtype);  // merged weights changed: pack them anew
+    if (m_pack.dtype()) pack_frozen(*m_pack.dtype());  // merged weights changed: pack them anew
   }
 
   /**
@@ -558,52 +557,12 @@ class GPT2 {
    * saving or merging those weights is a `ConfigError` until the model is loaded again.
    */
   std::size_t pack_frozen(PackDtype dtype, bool release_f32 = false) {
-    PEMOE_CHECK_CONFIG(
-        !release_f32 || dtype == PackDtype::bf16,
-        "GPT2: release_f32 needs a bf16 pack (an f32 pack is as large as the weight it copies)");
-    PEMOE_CHECK_CONFIG(m_store != nullptr, "GPT2: pack_frozen() after register_params() and loading weights");
-    PEMOE_CHECK_CONFIG(!m_released,
-                       "GPT2: the backbone is already bf16-only (pack_frozen(bf16, release_f32))");
-    std::string why;
-    PEMOE_CHECK_CONFIG(weight_pack_available<T>(dtype, &why), "GPT2: cannot pack the frozen backbone as ",
-                       pack_dtype_name(dtype), ": ", why);
-    const PackLayout layout = release_f32 ? PackLayout::single : PackLayout::blocked;
-    // Each weight's f32 values go right after its pack is made. In reverse declaration order, each release
-    // compacts only the small values declared after the weight (biases, LayerNorms, adapters).
-    auto release = [&](ParamId id) {
-      if (!release_f32) return;
-      const std::string& name = m_store->entry(id).name;
-      m_store->release_values_if([&](const auto& e) { return e.name == name; });
-    };
-    std::size_t bytes = 0;
-    auto sites = linear_sites();
-    for (auto it = sites.rbegin(); it != sites.rend(); ++it)
-      if (Linear<T>* base = it->second->base_linear(); base && !m_store->trainable(base->weight_id())) {
-        base->pack(dtype, layout);
-        bytes += base->packed()->bytes();
-        release(base->weight_id());
-      }
-    if (!m_store->trainable(m_wte.weight_id())) {
-      m_wte.pack_head(dtype, layout);
-      bytes += m_wte.head_packed()->bytes();
-      release(m_wte.weight_id());
-    }
-    m_pack_dtype = dtype;
-    m_released = release_f32;
-    return bytes;
+    return m_pack.pack("GPT2", m_store, pack_targets(), dtype, release_f32);
   }
   /// Drops every pack (products read the weights in the store again).
-  void unpack_frozen() {
-    PEMOE_CHECK_CONFIG(!m_released,
-                       "GPT2: the f32 backbone was released by pack_frozen(bf16, release_f32): "
-                       "the packs are all that is left; load the model again to unpack");
-    for (auto& [name, site] : linear_sites())
-      if (Linear<T>* base = site->base_linear()) base->unpack();
-    m_wte.unpack_head();
-    m_pack_dtype.reset();
-  }
+  void unpack_frozen() { m_pack.unpack("GPT2", pack_targets()); }
   /// The dtype of the packed backbone, if packed.
-  std::optional<PackDtype> packed_dtype() const { return m_pack_dtype; }
+  std::optional<PackDtype> packed_dtype() const { return m_pack.dtype(); }
 
   /// Training mode (dropout, router noise) for every layer.
   void set_training(bool on) {
@@ -745,6 +704,15 @@ class GPT2 {
         .fill_normal(store.value(m_wpe.weight_id()), store.entry(m_wpe.weight_id()).size, 0.0, 0.02);
   }
 
+  // What pack_frozen may pack: the base linear of every linear site and the tied head's table.
+  typename BackbonePack<T>::Weights pack_targets() {
+    typename BackbonePack<T>::Weights w;
+    for (auto& [name, site] : linear_sites())
+      if (Linear<T>* base = site->base_linear()) w.linears.push_back(base);
+    w.tied_head = &m_wte;
+    return w;
+  }
+
   GPT2Config m_config;
   Embedding<T> m_wte, m_wpe;
   Dropout<T> m_drop;
@@ -754,8 +722,7 @@ class GPT2 {
   ParamStore<T>* m_store = nullptr;
   Index m_batch = 0, m_seq_len = 0;
   bool m_adapted = false;
-  std::optional<PackDtype> m_pack_dtype;
-  bool m_released = false;
+  BackbonePack<T> m_pack;
 };
 
 }  // namespace pemoe

@@ -18,6 +18,7 @@
 #include "pemoe/core/param_store.hpp"
 #include "pemoe/core/rng.hpp"
 #include "pemoe/core/tensor.hpp"
+#include "pemoe/models/backbone_pack.hpp"
 #include "pemoe/models/linear_site.hpp"
 #include "pemoe/models/t5_attention.hpp"
 #include "pemoe/models/target_modules.hpp"
@@ -731,6 +732,51 @@ class T5 {
     store.set_frozen_filter({});
   }
 
+  /// Merges every mergeable adapter (LoRA, IA3) into the backbone weights and makes every site a plain
+  /// linear again (PEFT `merge_and_unload`); `ConfigError` for MoE adapters (MoV on the feed-forward's
+  /// intermediate activation included), before anything is merged. A packed backbone is packed anew.
+  void merge_and_unload() {
+    m_pack.require_f32("T5", "merge_and_unload");
+    for (auto* stack : {&m_enc, &m_dec})
+      for (auto& b : *stack)
+        PEMOE_CHECK_CONFIG(!b.ff().has_intermediate_mov(),
+                           "T5: MoV on the feed-forward's intermediate activation routes each token by that "
+                           "activation and cannot be merged into a weight");
+    for (auto& [name, site] : linear_sites()) {
+      const AdapterKind k = site->kind();
+      PEMOE_CHECK_CONFIG(k == AdapterKind::none || k == AdapterKind::lora || k == AdapterKind::ia3,
+                         "T5: the ", adapter_kind_name(k), " adapter at '", name,
+                         "' routes each token by its input and cannot be merged into the weight");
+    }
+    for (auto& [name, site] : linear_sites()) site->merge_and_unload();
+    m_adapted = false;
+    if (m_pack.dtype()) pack_frozen(*m_pack.dtype());  // merged weights changed: pack them anew
+  }
+
+  /**
+   * @brief Packs every frozen backbone weight once for the fast path (core/weight_pack.hpp): the base
+   * weight of each linear site whose weight is frozen, the untied LM head, or the shared table of a tied
+   * head. In `PackDtype::bf16` those products take bf16 inputs with f32 accumulation, while adapters,
+   * routers, the norms, attention, the loss and the optimizer stay f32.
+   *
+   * Call after the weights are loaded and the trainable set is final (packs are copies); `merge_and_unload`
+   * packs again. Returns the bytes the packs hold. `ConfigError` where packing is unavailable (no oneDNN,
+   * bf16 on a CPU without bf16 units: use f32 there), before anything is packed.
+   *
+   * `release_f32` (bf16 only) makes a bf16-only backbone: each packed weight is kept as one plain bf16 copy
+   * and its f32 values are dropped from the store (models/backbone_pack.hpp). A tied shared table goes the
+   * same way (the encoder's and decoder's lookups then read the head's bf16 rows); an untied model's shared
+   * table is only looked up and stays f32. Reading, saving or merging released weights is a `ConfigError`
+   * until the model is loaded again.
+   */
+  std::size_t pack_frozen(PackDtype dtype, bool release_f32 = false) {
+    return m_pack.pack("T5", m_store, pack_targets(), dtype, release_f32);
+  }
+  /// Drops every pack (products read the weights in the store again).
+  void unpack_frozen() { m_pack.unpack("T5", pack_targets()); }
+  /// The dtype of the packed backbone, if packed.
+  std::optional<PackDtype> packed_dtype() const { return m_pack.dtype(); }
+
   /**
    * @brief Layout of the next forward calls: B pairs of Ts source and Tt target tokens; the source padding
    * mask (B·Ts, 1 = token; HF `attention_mask`), applied in the encoder self-attention and the decoder
@@ -1049,6 +1095,19 @@ class T5 {
            (f.has_intermediate_mov() ? f.intermediate_mov().aux_loss(c.cm) : 0.0);
   }
 
+  // What pack_frozen may pack: the base linear of every linear site, and the head (the untied lm_head, or
+  // the shared table it is tied to).
+  typename BackbonePack<T>::Weights pack_targets() {
+    typename BackbonePack<T>::Weights w;
+    for (auto& [name, site] : linear_sites())
+      if (Linear<T>* base = site->base_linear()) w.linears.push_back(base);
+    if (m_config.tie_word_embeddings)
+      w.tied_head = &m_shared;
+    else
+      w.linears.push_back(&m_lm_head);
+    return w;
+  }
+
   void init_like_hf(ParamStore<T>& store, Rng& rng) {
     const double d = double(m_config.d_model), inner = double(m_config.inner());
     auto fill = [&](const std::string& name, double stddev) {
@@ -1081,6 +1140,7 @@ class T5 {
   Index m_batch = 0, m_src_len = 0, m_tgt_len = 0;
   std::vector<std::int64_t> m_src_mask, m_tgt_mask;  ///< of the last set_batch
   bool m_adapted = false;
+  BackbonePack<T> m_pack;
 };
 
 }  // namespace pemoe
