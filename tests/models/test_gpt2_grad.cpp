@@ -299,14 +299,20 @@ TEST_CASE("GPT-2 merge_and_unload: LoRA and IA3 fold into the weights with the s
     m.forward(b.ids, {}, c2);
     CHECK(testing::max_abs_diff(c1.logits, c2.logits) < 1e-10);
   }
+  // MoLoRA on c_fc beside LoRA on c_attn: refused before anything is merged (the LoRA sites stay LoRA)
   GPT2<double> m(tiny());
-  TargetModules all;
-  all.all_linear = true;
-  m.inject(spec_of(AdapterKind::molora), all);
+  TargetModules attn, fc;
+  attn.names = {"c_attn"};
+  fc.names = {"c_fc"};
+  m.inject(spec_of(AdapterKind::lora), attn);
+  m.inject(spec_of(AdapterKind::molora), fc);
   ParamStore<double> s;
   Rng rng(1);
   m.register_params(s, rng);
-  CHECK_THROWS_AS(m.merge_and_unload(), ConfigError);
+  CHECK_THROWS_WITH(m.merge_and_unload(), Catch::Contains("molora") && Catch::Contains("c_fc"));
+  Index lora_sites = 0;
+  for (auto& [name, site] : m.linear_sites()) lora_sites += site->kind() == AdapterKind::lora ? 1 : 0;
+  CHECK(lora_sites == tiny().n_layer);
 }
 
 TEST_CASE("GPT-2 with MPOE banks (GELU experts with biases, scale_by_prob gate) passes central differences") {
@@ -325,6 +331,8 @@ TEST_CASE("GPT-2 with MPOE banks (GELU experts with biases, scale_by_prob gate) 
   const double worst = gradcheck_model(m, s, Batch{}, where);
   INFO("worst " << worst << " at " << where);
   CHECK(worst < 1e-5);
+  // an expert bank routes each token: it cannot be merged into one weight
+  CHECK_THROWS_WITH(m.merge_and_unload(), Catch::Contains("MPOE"));
 }
 
 TEST_CASE("GPT-2 backward_over_logits: the same gradients bit for bit, the logits become their gradient") {

@@ -531,9 +531,17 @@ class GPT2 {
   }
 
   /// Merges every mergeable adapter (LoRA, IA3) into the backbone weights and makes every site a plain
-  /// linear again (PEFT `merge_and_unload`); `ConfigError` for MoE adapters. The backbone stays frozen.
+  /// linear again (PEFT `merge_and_unload`); `ConfigError` for MoE adapters and MPOE banks, before anything
+  /// is merged. The backbone stays frozen.
   void merge_and_unload() {
     m_pack.require_f32("GPT2", "merge_and_unload");
+    for (Index i = 0; i < m_config.n_layer; ++i)
+      PEMOE_CHECK_CONFIG(!m_blocks[std::size_t(i)].has_mpoe(), "GPT2: block ", i,
+                         "'s MLP is an MPOE expert bank, which routes each token and cannot be merged into a "
+                         "weight");
+    for (auto& [name, site] : linear_sites())
+      PEMOE_CHECK_CONFIG(site->mergeable(), "GPT2: the ", adapter_kind_name(site->kind()), " adapter at '",
+                         name, "' routes each token by its input and cannot be merged into the weight");
     for (auto& [name, site] : linear_sites()) site->merge_and_unload();
     m_adapted = false;
     if (m_pack.dtype()) pack_frozen(*m_pack.dtype());  // merged weights changed: pack them anew

@@ -281,6 +281,11 @@ class LinearSite {
   }
 
   AdapterKind kind() const { return m_kind; }
+  /// Whether `merge_and_unload` can fold this site's adapter into its weight (none, LoRA, IA3); MoE adapters
+  /// route each token by its input and cannot be merged.
+  bool mergeable() const {
+    return m_kind == AdapterKind::none || m_kind == AdapterKind::lora || m_kind == AdapterKind::ia3;
+  }
   const LinearConfig& base_config() const { return m_base; }
   const std::string& name() const { return m_name; }
   Layer& layer() { return m_layer; }

@@ -7,7 +7,10 @@
 /// sitting7.md): half the speed. With AMX the same products run at 600-1100 GFLOP/s, on an AMD EPYC
 /// (Zen 5, avx512_bf16) at about 2× f32. The instruction set alone cannot tell these apart, so pemoe times
 /// one product of each dtype the first time a bf16 pack is made, and warns (once, on stderr) when bf16 is
-/// not faster: the bf16 pack still saves memory, but the user who chose it for speed must know.
+/// not faster: the bf16 pack still saves memory, but the user who chose it for speed must know. One product
+/// does not decide for a whole model: on that no-AMX Xeon a bf16 backbone trained GPT-2-124M at 0.56× its f32
+/// speed but T5-small (fewer rows per weight) at 1.14× (bench/results/2026-12-04-intel-xeon-no-amx-*), so the
+/// warning says to time the model both ways.
 #pragma once
 
 #include <algorithm>
@@ -76,8 +79,11 @@ inline std::string bf16_speed_warning(const Bf16Speed& s, const std::string& isa
   os.precision(0);
   os << std::fixed << "pemoe: warning: bf16 products are slower than f32 on this CPU (oneDNN ISA " << isa
      << ": " << s.bf16_gflops << " GFLOP/s in bf16 against " << s.f32_gflops
-     << " in f32, measured just now). A bf16 pack still halves the weights' memory; for speed pack in f32 "
-        "(PackDtype::f32). bf16 pays off with AMX units or on CPUs whose bf16 units outrun their f32 ones.";
+     << " in f32 for a packed (256, 768) x (768, 768) product, measured just now). A bf16 pack still "
+        "halves the weights' memory; where speed matters, time your model both ways (PackDtype::f32): on "
+        "one such CPU GPT-2-124M trained at 0.56x its f32 speed in bf16, T5-small at 1.14x (its products "
+        "have fewer rows per weight). bf16 pays off most with AMX units or on CPUs whose bf16 units outrun "
+        "their f32 ones.";
   return os.str();
 }
 
