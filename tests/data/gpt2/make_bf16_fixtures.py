@@ -16,6 +16,7 @@ Run from this directory after make_fixtures.py (pip: torch transformers peft saf
     python3 make_bf16_fixtures.py
 """
 import os
+import sys
 
 import torch
 from peft import PeftModel
@@ -26,24 +27,8 @@ from transformers.pytorch_utils import Conv1D
 from make_fixtures import MODELS, run
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def bf16(t):
-    return t.to(torch.bfloat16).to(torch.float64)
-
-
-class Bf16Product(torch.autograd.Function):
-    """y = bf16(x)·bf16(W) for W (d_in, d_out); dx = bf16(dy)·bf16(W)ᵀ; the frozen W gets no gradient."""
-
-    @staticmethod
-    def forward(ctx, x, w):
-        ctx.save_for_backward(w)
-        return bf16(x) @ bf16(w)
-
-    @staticmethod
-    def backward(ctx, dy):
-        (w,) = ctx.saved_tensors
-        return bf16(dy) @ bf16(w).T, None
+sys.path.insert(0, os.path.dirname(HERE))
+from bf16_products import Bf16Product  # noqa: E402 (tests/data/bf16_products.py)
 
 
 def bf16_frozen_products(model):

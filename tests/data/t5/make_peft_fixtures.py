@@ -29,11 +29,14 @@ BASE = os.path.join(HERE, "v11")
 OUT = os.path.join(HERE, "peft")
 
 
-def reference(model_dir, adapter_dir, name):
-    """Loads the adapter with PEFT, in float64, and writes logits, loss and the adapter gradients."""
+def peft_reference(adapter_dir, patch=None):
+    """PEFT's model of the adapter on v11, in float64 (`patch(model)`, when given, changes it first): logits,
+    loss and the adapter gradients on v11/batch.safetensors."""
     base = T5ForConditionalGeneration.from_pretrained(BASE, torch_dtype=torch.float32).double()
     m = PeftModel.from_pretrained(base, adapter_dir, is_trainable=True).double()
     m.eval()
+    if patch:
+        patch(m)
     b = load_file(os.path.join(BASE, "batch.safetensors"))
     out = m(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"],
             decoder_attention_mask=b["decoder_attention_mask"])
@@ -43,7 +46,12 @@ def reference(model_dir, adapter_dir, name):
         if p.requires_grad:
             key = n.replace(".default", "")  # PEFT's file keys drop the adapter name
             ref["grad." + key] = p.grad.detach().contiguous()
-    save_file(ref, os.path.join(OUT, f"expected_{name}.safetensors"))
+    return ref
+
+
+def reference(model_dir, adapter_dir, name):
+    """Loads the adapter with PEFT, in float64, and writes logits, loss and the adapter gradients."""
+    save_file(peft_reference(adapter_dir), os.path.join(OUT, f"expected_{name}.safetensors"))
 
 
 def make(name, config, draw):
