@@ -110,8 +110,6 @@ class BackbonePack {
 
   /// The dtype of the packs, if packed.
   std::optional<PackDtype> dtype() const { return m_dtype; }
-  /// Whether the f32 values of the packed weights were released (a bf16-only backbone).
-  bool released() const { return m_released; }
 
  private:
   std::optional<PackDtype> m_dtype;

@@ -539,10 +539,7 @@ class GPT2 {
       PEMOE_CHECK_CONFIG(!m_blocks[std::size_t(i)].has_mpoe(), "GPT2: block ", i,
                          "'s MLP is an MPOE expert bank, which routes each token and cannot be merged into a "
                          "weight");
-    for (auto& [name, site] : linear_sites())
-      PEMOE_CHECK_CONFIG(site->mergeable(), "GPT2: the ", adapter_kind_name(site->kind()), " adapter at '",
-                         name, "' routes each token by its input and cannot be merged into the weight");
-    for (auto& [name, site] : linear_sites()) site->merge_and_unload();
+    merge_linear_sites("GPT2", linear_sites());
     m_adapted = false;
     if (m_pack.dtype()) pack_frozen(*m_pack.dtype());  // merged weights changed: pack them anew
   }

@@ -299,4 +299,15 @@ class LinearSite {
   bool m_registered = false;
 };
 
+/// PEFT's `merge_and_unload` over a model's linear sites (`linear_sites()`: name, site): every site is
+/// checked first, so a `ConfigError` (an MoE adapter, which routes each token by its input) leaves every site
+/// as it was; then LoRA and IA3 fold into their weights. `model` names the model in the message.
+template <class Sites>
+void merge_linear_sites(const std::string& model, const Sites& sites) {
+  for (const auto& [name, site] : sites)
+    PEMOE_CHECK_CONFIG(site->mergeable(), model, ": the ", adapter_kind_name(site->kind()), " adapter at '",
+                       name, "' routes each token by its input and cannot be merged into the weight");
+  for (const auto& [name, site] : sites) site->merge_and_unload();
+}
+
 }  // namespace pemoe

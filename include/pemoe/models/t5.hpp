@@ -742,10 +742,7 @@ class T5 {
         PEMOE_CHECK_CONFIG(!b.ff().has_intermediate_mov(),
                            "T5: MoV on the feed-forward's intermediate activation routes each token by that "
                            "activation and cannot be merged into a weight");
-    for (auto& [name, site] : linear_sites())
-      PEMOE_CHECK_CONFIG(site->mergeable(), "T5: the ", adapter_kind_name(site->kind()), " adapter at '",
-                         name, "' routes each token by its input and cannot be merged into the weight");
-    for (auto& [name, site] : linear_sites()) site->merge_and_unload();
+    merge_linear_sites("T5", linear_sites());
     m_adapted = false;
     if (m_pack.dtype()) pack_frozen(*m_pack.dtype());  // merged weights changed: pack them anew
   }
